@@ -1,0 +1,314 @@
+"""Datasets: built-in ones by name, or a user's CSV / Parquet / NPZ file -> prepared arrays.
+
+Preparation (split, one-hot encoding, standardization fitted on the training split only) runs
+once per process and is cached: every trial of a worker reuses the same arrays.
+This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dlboost_search.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from dlboost_search.spaces import DataSpec
+
+# Datasets that scikit-learn ships inside its wheel (nothing is downloaded), with their task.
+BUILTIN_TASKS = {
+    "diabetes": "regression",
+    "breast_cancer": "binary",
+    "digits": "multiclass",
+    "wine": "multiclass",
+    "iris": "multiclass",
+}
+
+MIN_TRAIN_ROWS = 8
+MIN_VALIDATION_ROWS = 2
+# An integer target with at most this many distinct values is taken for classes.
+MAX_INFERRED_CLASSES = 20
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    task: str
+    n_outputs: int
+    feature_names: list[str]
+    class_labels: list[Any] = field(default_factory=list)
+    # Regression targets are standardized; predictions are y * target_std + target_mean.
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def summary(self) -> str:
+        classes = f", {len(self.class_labels)} classes" if self.class_labels else ""
+        return (
+            f"{self.task}{classes}: {len(self.x_train)} training rows, "
+            f"{len(self.x_val)} validation rows, {len(self.feature_names)} features"
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def prepare(spec: DataSpec, seed: int = 0) -> PreparedData:
+    """Load and prepare the data a search space names. Cached per process."""
+    if spec.builtin:
+        frame, target = _load_builtin(spec.builtin)
+        task = BUILTIN_TASKS[spec.builtin]
+        validation = None
+        source = f"built-in dataset {spec.builtin!r}"
+    else:
+        path = Path(spec.path)
+        source = str(path)
+        if path.suffix.lower() == ".npz":
+            return _prepare_npz(path, spec, seed)
+        frame = _read_table(path)
+        target = _check_target(frame, spec.target, source)
+        validation = _read_table(Path(spec.validation_path)) if spec.validation_path else None
+        if validation is not None:
+            _check_same_columns(frame, validation, spec.validation_path)
+        task = spec.task or _infer_task(frame[target])
+    _check_finite(frame, source)
+    if validation is not None:
+        _check_finite(validation, spec.validation_path)
+    return _prepare_frame(frame, validation, target, task, spec.validation_split, seed, source)
+
+
+def _load_builtin(name: str) -> tuple[pd.DataFrame, str]:
+    from sklearn import datasets
+
+    bunch = getattr(datasets, f"load_{name}")(as_frame=True)
+    return bunch.frame, "target"
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    if not path.is_file():
+        raise DataError(
+            f"{path}: data file not found. Check `data.path` in the search space "
+            f"(relative paths are taken from the directory you run the command in)."
+        )
+    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix!r}. Use .csv, .parquet or .npz."
+        )
+    try:
+        frame = reader(path)
+    except Exception as exc:  # the parsers raise many types; all mean "cannot read"
+        raise DataError(f"{path}: cannot be read as {path.suffix[1:]}: {exc}") from None
+    if frame.empty:
+        raise DataError(f"{path}: the file has no rows.")
+    return frame
+
+
+def _check_target(frame: pd.DataFrame, target: str, source: str) -> str:
+    if target in frame.columns:
+        return target
+    columns = [str(c) for c in frame.columns]
+    close = difflib.get_close_matches(target, columns, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise DataError(
+        f"{source}: unknown target column {target!r}.{hint} "
+        f"Columns: {', '.join(columns[:30])}{' ...' if len(columns) > 30 else ''}. "
+        f"Fix `data.target` in the search space."
+    )
+
+
+def _check_same_columns(train: pd.DataFrame, validation: pd.DataFrame, source: str) -> None:
+    missing = [c for c in train.columns if c not in validation.columns]
+    extra = [c for c in validation.columns if c not in train.columns]
+    if missing or extra:
+        raise DataError(
+            f"{source}: the validation file must have the training file's columns; "
+            f"missing: {missing or 'none'}, extra: {extra or 'none'}."
+        )
+
+
+def _check_finite(frame: pd.DataFrame, source: str) -> None:
+    problems = []
+    for column in frame.columns:
+        values = frame[column]
+        bad = values.isna()
+        if values.dtype.kind in "fc":
+            bad |= ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
+        count = int(bad.sum())
+        if count:
+            rows = ", ".join(str(i) for i in np.flatnonzero(bad.to_numpy())[:5])
+            problems.append(f"column {column!r} has {count} rows with NaN or inf (rows {rows}...)")
+    if problems:
+        raise DataError(
+            f"{source}: {'; '.join(problems)}. Drop or fill those rows before the search "
+            f"(row numbers count from 0, header excluded)."
+        )
+
+
+def _infer_task(target: pd.Series) -> str:
+    if target.dtype.kind not in "iufb":
+        return "binary" if target.nunique() == 2 else "multiclass"
+    values = target.to_numpy(dtype=float)
+    distinct = np.unique(values)
+    if len(distinct) == 2:
+        return "binary"
+    if np.all(values == np.round(values)) and len(distinct) <= MAX_INFERRED_CLASSES:
+        return "multiclass"
+    return "regression"
+
+
+def _split(n_rows: int, y: np.ndarray | None, fraction: float, seed: int, source: str):
+    from sklearn.model_selection import train_test_split
+
+    n_val = int(np.ceil(n_rows * fraction))
+    if n_rows - n_val < MIN_TRAIN_ROWS or n_val < MIN_VALIDATION_ROWS:
+        raise DataError(
+            f"{source}: {n_rows} rows are too few for a validation split of {fraction:g} "
+            f"(need at least {MIN_TRAIN_ROWS} training and {MIN_VALIDATION_ROWS} validation "
+            f"rows). Add rows, change `data.validation_split`, or give `data.validation_path`."
+        )
+    try:
+        return train_test_split(
+            np.arange(n_rows), test_size=n_val, random_state=seed, stratify=y
+        )
+    except ValueError as exc:  # a class with a single row cannot be stratified
+        raise DataError(
+            f"{source}: cannot split into training and validation rows with every class "
+            f"on both sides ({exc}). Every class needs at least 2 rows."
+        ) from None
+
+
+def _encode_target(y_train, y_val, task: str, source: str, target: str):
+    """Targets as float32 arrays, plus class labels or the regression scale."""
+    if task == "regression":
+        if y_train.dtype.kind not in "iuf":
+            raise DataError(
+                f"{source}: target {target!r} is not numeric ({y_train.dtype}), so it cannot "
+                f"be regressed. Set `data.task: binary` or `multiclass` for a class label."
+            )
+        mean, std = float(y_train.mean()), float(y_train.std()) or 1.0
+        scale = lambda y: ((y.astype("float64") - mean) / std).astype("float32")  # noqa: E731
+        return scale(y_train), scale(y_val), [], mean, std
+    labels = sorted(set(y_train.tolist()) | set(y_val.tolist()), key=str)
+    if task == "binary" and len(labels) != 2:
+        raise DataError(
+            f"{source}: a binary task needs exactly 2 classes in {target!r}, found "
+            f"{len(labels)}. Set `data.task: multiclass` or `regression`."
+        )
+    index = {label: i for i, label in enumerate(labels)}
+    encode = lambda y: np.array([index[v] for v in y.tolist()], dtype="float32")  # noqa: E731
+    return encode(y_train), encode(y_val), labels, 0.0, 1.0
+
+
+def _prepare_frame(frame, validation, target, task, fraction, seed, source) -> PreparedData:
+    y_all = frame[target].to_numpy()
+    features = frame.drop(columns=[target])
+    if features.shape[1] == 0:
+        raise DataError(f"{source}: no feature columns besides the target {target!r}.")
+    if validation is None:
+        stratify = y_all if task != "regression" else None
+        train_idx, val_idx = _split(len(frame), stratify, fraction, seed, source)
+        x_train_df, x_val_df = features.iloc[train_idx], features.iloc[val_idx]
+        y_train, y_val = y_all[train_idx], y_all[val_idx]
+    else:
+        x_train_df, y_train = features, y_all
+        x_val_df, y_val = validation.drop(columns=[target]), validation[target].to_numpy()
+    x_train, x_val, names = _encode_features(x_train_df, x_val_df)
+    y_train, y_val, labels, mean, std = _encode_target(y_train, y_val, task, source, target)
+    return PreparedData(
+        x_train, y_train, x_val, y_val, task,
+        n_outputs=len(labels) if task == "multiclass" else 1,
+        feature_names=names, class_labels=labels, target_mean=mean, target_std=std,
+    )  # fmt: skip
+
+
+def _encode_features(train: pd.DataFrame, val: pd.DataFrame):
+    """Standardize numeric columns and one-hot encode the others, fitted on `train` only."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numeric = [c for c in train.columns if train[c].dtype.kind in "iuf"]
+    categorical = [c for c in train.columns if c not in numeric]
+    transformer = ColumnTransformer(
+        [
+            ("numeric", StandardScaler(), numeric),
+            (
+                "categorical",
+                OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+                categorical,
+            ),
+        ],
+        verbose_feature_names_out=False,
+    )
+    x_train = transformer.fit_transform(train).astype("float32")
+    x_val = transformer.transform(val).astype("float32")
+    return x_train, x_val, [str(n) for n in transformer.get_feature_names_out()]
+
+
+def _prepare_npz(path: Path, spec: DataSpec, seed: int) -> PreparedData:
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found. Check `data.path` in the search space.")
+    try:
+        arrays = dict(np.load(path, allow_pickle=False))
+    except Exception as exc:  # a corrupt zip, a pickled array, ...
+        raise DataError(f"{path}: cannot be read as NPZ: {exc}") from None
+    if {"x", "y"} <= arrays.keys():
+        x, y = arrays["x"], arrays["y"]
+        if len(x) != len(y):
+            raise DataError(f"{path}: x has {len(x)} rows but y has {len(y)}; they must match.")
+        task = spec.task or _infer_task(_series(y))
+        train_idx, val_idx = _split(
+            len(x), y if task != "regression" else None, spec.validation_split, seed, str(path)
+        )
+        x_train, x_val, y_train, y_val = x[train_idx], x[val_idx], y[train_idx], y[val_idx]
+    elif {"x_train", "y_train", "x_val", "y_val"} <= arrays.keys():
+        x_train, y_train = arrays["x_train"], arrays["y_train"]
+        x_val, y_val = arrays["x_val"], arrays["y_val"]
+        task = spec.task or _infer_task(_series(y_train))
+    else:
+        raise DataError(
+            f"{path}: an NPZ file holds arrays `x` and `y` (split by `data.validation_split`) "
+            f"or `x_train`, `y_train`, `x_val`, `y_val`; found: {', '.join(arrays) or 'none'}."
+        )
+    for name, values in (("x", x_train), ("x_val", x_val)):
+        if values.dtype.kind not in "iuf":
+            raise DataError(f"{path}: array {name} must be numeric, got dtype {values.dtype}.")
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            raise DataError(
+                f"{path}: array {name} has {int(bad.sum())} rows with NaN or inf "
+                f"(rows {', '.join(map(str, np.flatnonzero(bad)[:5]))}...). Drop or fill them."
+            )
+    # Standardize each feature (the last axis) with the training split's statistics.
+    flat = x_train.reshape(-1, x_train.shape[-1]).astype("float64")
+    mean, std = flat.mean(axis=0), flat.std(axis=0)
+    std[std == 0] = 1.0
+    x_train = ((x_train - mean) / std).astype("float32")
+    x_val = ((x_val - mean) / std).astype("float32")
+    y_train, y_val, labels, t_mean, t_std = _encode_target(y_train, y_val, task, str(path), "y")
+    return PreparedData(
+        x_train, y_train, x_val, y_val, task,
+        n_outputs=len(labels) if task == "multiclass" else 1,
+        feature_names=[f"x{i}" for i in range(x_train.shape[-1])],
+        class_labels=labels, target_mean=t_mean, target_std=t_std,
+    )  # fmt: skip
+
+
+def _series(values: np.ndarray):
+    import pandas as pd
+
+    return pd.Series(values)

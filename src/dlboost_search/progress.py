@@ -1,0 +1,115 @@
+"""The live progress display of a running study, fed by the runner's events."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.text import Text
+
+
+def format_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+class StudyProgress:
+    """Trials done / pruned / failed of the target, best so far, time per trial, time left."""
+
+    def __init__(self, console: Console, metric: str, direction: str):
+        self.console, self.metric, self.direction = console, metric, direction
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            console=console,
+        )
+        self.task = self.bar.add_task("trials", total=1, counts="")
+        self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
+        self.target = 0
+        self.best: tuple[float, int, dict[str, Any]] | None = None
+        self.seconds: list[float] = []
+        self.current = ""
+        self.trial_started = time.monotonic()
+        self.live = Live(self._render(), console=console, refresh_per_second=4)
+
+    def __enter__(self) -> StudyProgress:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.live.__exit__(*exc)
+
+    def _render(self) -> Group:
+        lines = [self.bar]
+        if self.best:
+            value, number, params = self.best
+            lines.append(Text(f"best {self.metric} {value:.5g} (trial {number}): {format_params(params)}"))
+        if self.seconds:
+            per_trial = statistics.median(self.seconds)
+            left = max(0, self.target - self.counts["COMPLETE"] - self.counts["PRUNED"])
+            lines.append(
+                Text(f"{per_trial:.1f} s per trial (median), about {_duration(per_trial * left)} left")
+            )
+        if self.current:
+            lines.append(Text(self.current, style="dim"))
+        return Group(*lines)
+
+    def _is_better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best[0] if self.direction == "minimize" else value > self.best[0]
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "study":
+            summary = event["summary"]
+            self.target = event["target"]
+            self.counts = {"COMPLETE": summary.complete, "PRUNED": summary.pruned, "FAIL": summary.failed}
+            if summary.best_value is not None:
+                self.best = (summary.best_value, summary.best_trial, {})
+            self.bar.update(self.task, description=summary.name, total=self.target)
+        elif kind == "trial_started":
+            self.trial_started = time.monotonic()
+            self.current = f"trial {event['number']}: {format_params(event['params'])}"
+        elif kind == "epoch":
+            self.current = f"{self.current.split(' — ')[0]} — epoch {event['epoch']}"
+        elif kind == "trial_finished":
+            self._finished(event)
+        elif kind == "worker_lost":
+            self.console.print(f"[red]worker died (exit code {event['exitcode']}); trials {event['trials']} closed as failed; starting a new one")
+        elif kind == "stopping":
+            self.console.print("[yellow]stopping: closing the running trial (Ctrl-C again is ignored)...")
+        self.bar.update(
+            self.task,
+            completed=self.counts["COMPLETE"] + self.counts["PRUNED"],
+            counts=f"complete {self.counts['COMPLETE']}  pruned {self.counts['PRUNED']}  failed {self.counts['FAIL']}",
+        )
+        self.live.update(self._render())
+
+    def _finished(self, event: dict[str, Any]) -> None:
+        state, number, value = event["state"], event["number"], event["value"]
+        attrs = event["attrs"]
+        self.counts[state] = self.counts.get(state, 0) + 1
+        self.seconds.append(time.monotonic() - self.trial_started)
+        self.current = ""
+        epochs = attrs.get("epochs_trained")
+        if state == "FAIL":
+            detail = f"[red]failed[/red]: {attrs.get('fail_reason', 'see the log')}"
+        else:
+            detail = f"{'[yellow]pruned[/yellow]' if state == 'PRUNED' else 'complete'} {self.metric}={value:.5g}"
+        self.console.print(f"trial {number:>4} {detail} ({epochs} epochs, {attrs.get('train_seconds', 0):.1f} s)")
+        if state == "COMPLETE" and self._is_better(value):
+            self.best = (value, number, event["params"])
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

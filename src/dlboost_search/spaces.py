@@ -1,0 +1,382 @@
+"""Search spaces: a YAML file -> a validated, frozen `SearchSpace`.
+
+Validation happens before anything is trained or stored. Each problem is reported with the
+file, the key path, the value received and the fix. This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dlboost_search.data import BUILTIN_TASKS
+from dlboost_search.errors import SpaceError
+from dlboost_search.hyperparams import (
+    TASK_METRICS,
+    TRAINING_PARAMS,
+    ParamRule,
+    metric_direction,
+)
+from dlboost_search.models import FAMILIES, family_module
+
+SAMPLERS = ("tpe", "random", "qmc")
+PRUNERS = ("hyperband", "median", "successive_halving", "patient", "none")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class IntParam(_Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+
+class FloatParam(_Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    step: float | None = Field(None, gt=0)
+    log: bool = False
+
+
+class CategoricalParam(_Strict):
+    type: Literal["categorical"]
+    choices: list[bool | int | float | str | None] = Field(min_length=1)
+
+
+class FixedParam(_Strict):
+    type: Literal["fixed"]
+    value: bool | int | float | str | None
+
+
+ParamSpec = Annotated[
+    Union[IntParam, FloatParam, CategoricalParam, FixedParam], Field(discriminator="type")
+]
+
+
+class DataSpec(_Strict):
+    builtin: str | None = None
+    path: str | None = None
+    target: str | None = None
+    validation_path: str | None = None
+    validation_split: float = Field(0.2, gt=0, lt=1)
+    task: Literal["regression", "binary", "multiclass"] | None = None
+
+
+class ModelSpec(_Strict):
+    family: str = "mlp"
+
+
+class ObjectiveSpec(_Strict):
+    metric: str = "val_loss"
+    direction: Literal["minimize", "maximize"] | None = None
+
+
+class EarlyStoppingSpec(_Strict):
+    patience: int = Field(10, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainingSpec(_Strict):
+    max_epochs: int = Field(100, ge=1)
+    batch_size: int = Field(32, ge=1)
+    early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
+
+
+class SearchSettings(_Strict):
+    sampler: Literal["tpe", "random", "qmc"] = "tpe"
+    pruner: Literal["hyperband", "median", "successive_halving", "patient", "none"] = "hyperband"
+    trials: int = Field(50, ge=1)
+    seed: int | None = 0
+    max_consecutive_failures: int = Field(5, ge=1)
+
+
+class SearchSpace(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200)
+    description: str = ""
+    data: DataSpec
+    model: ModelSpec = ModelSpec()
+    objective: ObjectiveSpec = ObjectiveSpec()
+    training: TrainingSpec = TrainingSpec()
+    search: SearchSettings = SearchSettings()
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_values_are_fixed(cls, raw: Any) -> Any:
+        # `batch_norm: true` in YAML means the value is fixed, not searched.
+        if isinstance(raw, dict) and isinstance(raw.get("params"), dict):
+            params = {
+                name: spec if isinstance(spec, dict) else {"type": "fixed", "value": spec}
+                for name, spec in raw["params"].items()
+            }
+            raw = {**raw, "params": params}
+        return raw
+
+    @property
+    def direction(self) -> str:
+        """The objective's direction, given or implied by the metric."""
+        if self.objective.direction:
+            return self.objective.direction
+        base = self.objective.metric.removeprefix("val_")
+        return next((m[base] for m in TASK_METRICS.values() if base in m), "minimize")
+
+    @property
+    def param_rules(self) -> dict[str, ParamRule]:
+        return {**TRAINING_PARAMS, **family_module(self.model.family).PARAMS}
+
+    def searched(self) -> dict[str, Any]:
+        """Specs of the parameters a trial samples (not the fixed ones)."""
+        return {k: v for k, v in self.params.items() if not isinstance(v, FixedParam)}
+
+    def resolve(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """Every parameter the model and training need: sampled, fixed, or the default."""
+        values = {name: rule.default for name, rule in self.param_rules.items()}
+        values["batch_size"] = self.training.batch_size
+        values.update({k: v.value for k, v in self.params.items() if isinstance(v, FixedParam)})
+        values.update(sampled)
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def check_task(self, task: str, source: str) -> None:
+        """Fail unless the objective's metric is one that `task` logs."""
+        metric = self.objective.metric
+        natural = metric_direction(task, metric)
+        if natural is None:
+            names = ", ".join(f"{prefix}{m}" for m in TASK_METRICS[task] for prefix in ("val_", ""))
+            raise SpaceError(
+                f"{source}: objective.metric: a {task} model does not log {metric!r}. "
+                f"Use one of: {names} (val_ metrics are measured on the validation split)."
+            )
+        if self.objective.direction and self.objective.direction != natural:
+            raise SpaceError(
+                f"{source}: objective.direction: {metric!r} gets better as it goes "
+                f"{'down' if natural == 'minimize' else 'up'}, so it must be {natural!r}, "
+                f"got {self.objective.direction!r}. Write direction: {natural} or leave it out."
+            )
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML file."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise SpaceError(
+            f"{source}: no such file. Give the path of a search-space YAML file, "
+            f"for example search_spaces/diabetes_mlp.yaml."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(
+            f"{source}: a search space is a YAML mapping with at least `name`, `data` and "
+            f"`params`; got {type(raw).__name__}."
+        )
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        # Data paths are relative to where the command runs; the study stores them absolute
+        # so that `resume` finds the file from any directory.
+        raw = {**raw, "data": {**data, "path": str(Path(data["path"]).resolve())}}
+        if isinstance(data.get("validation_path"), str):
+            raw["data"]["validation_path"] = str(Path(data["validation_path"]).resolve())
+    return space_from_dict(raw, source)
+
+
+def space_from_dict(raw: dict[str, Any], source: str) -> SearchSpace:
+    """Validate a space given as a mapping (from YAML or from a stored study)."""
+    try:
+        space = SearchSpace.model_validate(raw)
+    except ValidationError as exc:
+        raise SpaceError(_describe(exc, raw, source)) from None
+    problems = _semantic_problems(space)
+    if problems:
+        raise SpaceError(_join(source, problems))
+    if space.data.builtin:
+        space.check_task(BUILTIN_TASKS[space.data.builtin], source)
+    elif space.data.task:
+        space.check_task(space.data.task, source)
+    return space
+
+
+def _join(source: str, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return f"{source}: {problems[0]}"
+    listed = "".join(f"\n  - {p}" for p in problems)
+    return f"{source}: {len(problems)} problems in the search space:{listed}"
+
+
+def _did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _describe(exc: ValidationError, raw: Any, source: str) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = [p for p in error["loc"] if p not in ("int", "float", "categorical", "fixed")]
+        # The discriminated union puts the tag in the location; params.units.int.low -> params.units.low
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1], raw)
+            problems.append(
+                f"{key}: unknown key {str(loc[-1])!r}.{_did_you_mean(str(loc[-1]), allowed)} "
+                f"Allowed here: {', '.join(allowed)}."
+            )
+        elif kind == "missing":
+            problems.append(f"{key}: required key is missing; add it.")
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            problems.append(
+                f"{key}: a parameter is a plain value (fixed) or a mapping with "
+                f"type: int, float or categorical; got {error['input']!r}."
+            )
+        else:
+            problems.append(f"{key}: {error['msg']}; got {error['input']!r}.")
+    return _join(source, problems)
+
+
+def _allowed_keys(loc: list[Any], raw: Any) -> list[str]:
+    model: Any = SearchSpace
+    node = raw
+    for part in loc:
+        if model is SearchSpace and part == "params":
+            return []
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            break
+        model = field.annotation
+        node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            continue
+        # data.x is Optional[...] and the like: not a model, stop here
+        break
+    if loc[:1] == ["params"] and len(loc) == 2 and isinstance(node, dict):
+        model = {"int": IntParam, "float": FloatParam, "categorical": CategoricalParam}.get(
+            node.get("type"), FixedParam
+        )
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _semantic_problems(space: SearchSpace) -> list[str]:
+    problems = []
+    data = space.data
+    if (data.builtin is None) == (data.path is None):
+        problems.append(
+            "data: give exactly one of `builtin` (one of "
+            f"{', '.join(BUILTIN_TASKS)}) or `path` (a CSV, Parquet or NPZ file)."
+        )
+    if data.builtin is not None and data.builtin not in BUILTIN_TASKS:
+        problems.append(
+            f"data.builtin: unknown dataset {data.builtin!r}.{_did_you_mean(data.builtin, tuple(BUILTIN_TASKS))} "
+            f"Built-in datasets: {', '.join(BUILTIN_TASKS)}."
+        )
+    if data.builtin is not None and (data.target or data.validation_path or data.task):
+        problems.append(
+            "data: a built-in dataset brings its own target and task; remove "
+            "`target`, `validation_path` and `task`."
+        )
+    if data.path is not None and not data.path.endswith(".npz") and not data.target:
+        problems.append(
+            "data.target: a CSV or Parquet file needs `target: COLUMN`, the column to predict."
+        )
+    metric = space.objective.metric
+    if not any(metric.removeprefix("val_") in m for m in TASK_METRICS.values()):
+        known = sorted({f"val_{m}" for task_metrics in TASK_METRICS.values() for m in task_metrics})
+        problems.append(
+            f"objective.metric: unknown metric {metric!r}.{_did_you_mean(metric, known)} "
+            f"Known: {', '.join(known)} (and the same without val_, on the training data)."
+        )
+    if space.model.family not in FAMILIES:
+        problems.append(
+            f"model.family: unknown family {space.model.family!r}."
+            f"{_did_you_mean(space.model.family, FAMILIES)} Families: {', '.join(FAMILIES)}."
+        )
+        return problems
+    rules = space.param_rules
+    for name, spec in space.params.items():
+        key = f"params.{name}"
+        if name not in rules:
+            problems.append(
+                f"{key}: {space.model.family} models have no hyperparameter {name!r}."
+                f"{_did_you_mean(name, tuple(rules))} Known: {', '.join(rules)}."
+            )
+            continue
+        problems.extend(f"{key}{p}" for p in _param_problems(spec, rules[name]))
+    if "clipvalue" in space.params and "clipnorm" in space.params:
+        problems.append(
+            "params: clipvalue and clipnorm both clip gradients; keep one of them."
+        )
+    return problems
+
+
+def _param_problems(spec: Any, rule: ParamRule) -> list[str]:
+    if isinstance(spec, FixedParam):
+        if spec.value is None and rule.default is None:
+            return []
+        why = rule.problem(spec.value)
+        return [f": {rule.help} {why}; got {spec.value!r}."] if why else []
+    if isinstance(spec, CategoricalParam):
+        return [
+            f".choices: {rule.help} {why}; got {choice!r}."
+            for choice in spec.choices
+            if (why := rule.problem(choice))
+        ]
+    if rule.kind in ("bool", "choice"):
+        suggestion = "[true, false]" if rule.kind == "bool" else f"[{', '.join(rule.choices)}]"
+        return [
+            f": {rule.help} is not numeric; search it with "
+            f"{{type: categorical, choices: {suggestion}}}."
+        ]
+    if isinstance(spec, FloatParam) and rule.kind == "int":
+        return [f".type: {rule.help} is a whole number; write type: int."]
+    problems = []
+    if spec.low > spec.high:
+        problems.append(
+            f": low ({spec.low!r}) is above high ({spec.high!r}); swap them."
+        )
+    if spec.log and spec.low <= 0:
+        problems.append(
+            f".low: a log-scale range must start above 0, got {spec.low!r}; "
+            f"raise low or set log: false."
+        )
+    if spec.log and isinstance(spec, FloatParam) and spec.step is not None:
+        problems.append(".step: step and log cannot be combined; remove one.")
+    if spec.log and isinstance(spec, IntParam) and spec.step != 1:
+        problems.append(".step: step and log cannot be combined; remove one.")
+    for bound in ("low", "high"):
+        value = getattr(spec, bound)
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f".{bound}: must be a finite number, got {value!r}.")
+        elif why := rule.problem(value):
+            problems.append(f".{bound}: {rule.help} {why}; got {value!r}.")
+    return problems
+
+
+def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
+    """Sample the searched parameters of `space` through an Optuna trial."""
+    values: dict[str, Any] = {}
+    for name, spec in space.searched().items():
+        if isinstance(spec, IntParam):
+            values[name] = trial.suggest_int(name, spec.low, spec.high, step=spec.step, log=spec.log)
+        elif isinstance(spec, FloatParam):
+            values[name] = trial.suggest_float(
+                name, spec.low, spec.high, step=spec.step, log=spec.log
+            )
+        else:
+            values[name] = trial.suggest_categorical(name, spec.choices)
+    return values

@@ -1,0 +1,116 @@
+"""Storage URLs -> Optuna storages, and the search space each study keeps in them.
+
+SQLite (the default) is opened with the write-ahead log, synchronous=NORMAL and a busy
+timeout: cheaper per trial than Optuna's defaults, and safe for several local processes.
+This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dlboost_search.errors import StorageError, StudyError
+
+if TYPE_CHECKING:
+    import optuna
+
+DEFAULT_STORAGE = "sqlite:///storage/studies.db"
+STORAGE_ENV = "DLBOOST_STORAGE"
+SPEC_ATTR = "dlboost_search"  # study user attribute holding the space, data spec and version
+SQLITE_BUSY_TIMEOUT_S = 60
+
+_sqlite_pragmas_installed = False
+
+
+def storage_url(given: str | None) -> str:
+    """The URL to use: the one given, else $DLBOOST_STORAGE, else the default SQLite file."""
+    url = given or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    if "://" not in url:
+        hint = f"sqlite:///{url}" if url.endswith((".db", ".sqlite", ".sqlite3")) else None
+        raise StorageError(
+            f"storage {url!r} is not a URL. "
+            + (f"For an SQLite file write {hint!r}." if hint else "")
+            + " Examples: sqlite:///storage/studies.db, "
+            "postgresql://user@host/db, mysql+pymysql://user@host/db."
+        )
+    return url
+
+
+def masked(url: str) -> str:
+    """The URL with its password replaced by ***, for messages."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _install_sqlite_pragmas() -> None:
+    global _sqlite_pragmas_installed
+    if _sqlite_pragmas_installed:
+        return
+    from sqlalchemy import event
+    from sqlalchemy.pool import Pool
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.close()
+
+    event.listen(Pool, "connect", on_connect)
+    _sqlite_pragmas_installed = True
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Open (creating if needed) the storage at `url`, or raise StorageError saying why not."""
+    import optuna
+    import sqlalchemy.exc
+
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _install_sqlite_pragmas()
+    try:
+        return optuna.storages.RDBStorage(url)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise StorageError(
+            f"cannot open storage {masked(url)}: {reason}. Check the URL (--storage or "
+            f"${STORAGE_ENV}), that the server is running and reachable, and the user and "
+            f"password."
+        ) from None
+    except RuntimeError as exc:  # optuna's schema-version check
+        raise StorageError(
+            f"storage {masked(url)} was written by another Optuna version: {exc}"
+        ) from None
+
+
+def load_study(name: str, url: str) -> optuna.Study:
+    """Load an existing study, or raise StudyError listing the ones that exist."""
+    import optuna
+
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in storage.get_all_studies()]
+        listed = ", ".join(names) if names else "none yet"
+        raise StudyError(
+            f"no study named {name!r} in {masked(url)} (studies there: {listed}). "
+            f"Start one with `dlboost-search start SPACE.yaml`, or pass --storage."
+        ) from None
+
+
+def stored_spec(study: optuna.Study) -> dict[str, Any]:
+    spec = study.user_attrs.get(SPEC_ATTR)
+    if not isinstance(spec, dict) or "space" not in spec:
+        raise StudyError(
+            f"study {study.study_name!r} was not created by dlboost-search (it has no stored "
+            f"search space), so it cannot be resumed from the storage alone. Run "
+            f"`dlboost-search start SPACE.yaml --study-name {study.study_name}` with its space."
+        )
+    return spec

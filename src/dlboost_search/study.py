@@ -1,0 +1,159 @@
+"""Optuna studies that remember their search space: create, check, resume, summarize.
+
+This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from dlboost_search import __version__
+from dlboost_search.errors import StudyError
+from dlboost_search.spaces import SearchSpace, space_from_dict
+from dlboost_search.storage import SPEC_ATTR, load_study, masked, open_storage, stored_spec
+
+if TYPE_CHECKING:
+    import optuna
+
+# `search.trials` is a target the CLI may change; everything else defines the study.
+_NOT_DEFINING = ("search.trials",)
+
+
+def make_sampler(space: SearchSpace, trials_so_far: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    # Each worker process gets its own sampler; offsetting the seed by the trials already in
+    # the study keeps a recycled worker from replaying its predecessor's random start-up points.
+    seed = None if space.search.seed is None else space.search.seed + trials_so_far
+    if space.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if space.search.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=space.search.seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
+    import optuna
+
+    max_epochs = space.training.max_epochs
+    name = space.search.pruner
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    if name == "patient":
+        return optuna.pruners.PatientPruner(
+            optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2), patience=3
+        )
+    return optuna.pruners.NopPruner()
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def space_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    old_flat, new_flat = _flatten(stored), _flatten(new)
+    return [
+        f"{key}: {old_flat.get(key, '(absent)')!r} -> {new_flat.get(key, '(absent)')!r}"
+        for key in sorted(old_flat.keys() | new_flat.keys())
+        if key not in _NOT_DEFINING and old_flat.get(key) != new_flat.get(key)
+    ]
+
+
+def create_or_check(space: SearchSpace, url: str) -> optuna.Study:
+    """The study named by `space`: created with its spec stored, or loaded if it matches."""
+    import optuna
+
+    storage = open_storage(url)
+    study = optuna.create_study(
+        study_name=space.name,
+        storage=storage,
+        direction=space.direction,
+        load_if_exists=True,
+    )
+    spec = study.user_attrs.get(SPEC_ATTR)
+    if spec is None:
+        study.set_user_attr(SPEC_ATTR, {"space": space.to_dict(), "version": __version__})
+        return study
+    stored = stored_spec(study)["space"]
+    differences = space_differences(stored, space.to_dict())
+    if differences:
+        listed = "; ".join(differences[:8]) + (" ..." if len(differences) > 8 else "")
+        raise StudyError(
+            f"study {space.name!r} in {masked(url)} was created with a different search space "
+            f"({listed}). Nothing was changed. To continue it as stored, run "
+            f"`dlboost-search resume {space.name}`; to search the new space, give it another "
+            f"`name:` in the YAML or pass --study-name."
+        )
+    return study
+
+
+def space_of(study: optuna.Study) -> SearchSpace:
+    """The search space a study was created with."""
+    return space_from_dict(stored_spec(study)["space"], f"study {study.study_name!r}")
+
+
+def resume_space(name: str, url: str) -> SearchSpace:
+    return space_of(load_study(name, url))
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    name: str
+    direction: str
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+    best_value: float | None
+    best_trial: int | None
+    last_activity: datetime | None
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def summarize(study: optuna.Study) -> StudySummary:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = None
+    if complete:
+        best = study.best_trial
+    stamps = [s for t in trials for s in (t.datetime_start, t.datetime_complete) if s]
+    return StudySummary(
+        name=study.study_name,
+        direction=study.direction.name.lower(),
+        complete=len(complete),
+        pruned=count(TrialState.PRUNED),
+        failed=count(TrialState.FAIL),
+        running=count(TrialState.RUNNING),
+        best_value=best.value if best else None,
+        best_trial=best.number if best else None,
+        last_activity=max(stamps) if stamps else None,
+    )
+
+
+def all_summaries(url: str) -> list[StudySummary]:
+    import optuna
+
+    storage = open_storage(url)
+    return [
+        summarize(optuna.load_study(study_name=s.study_name, storage=storage))
+        for s in storage.get_all_studies()
+    ]

@@ -1,0 +1,154 @@
+"""The worker process: runs trials of one study and reports each event to its parent.
+
+Keras keeps a few MB per model even after `clear_session` (keras#17458), so a worker runs at
+most a bounded number of trials and exits; the runner starts a fresh one. Memory stays flat
+however long the study runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from typing import Any
+
+from dlboost_search.errors import DlboostError, SearchAborted, TrialFailed
+
+INTERRUPTED_REASON = "interrupted (Ctrl-C or SIGTERM); run `dlboost-search resume` to go on"
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _stop_on_first_signal(signum: int, _frame: Any) -> None:
+    # Ignore further signals so the trial can be closed in storage without being cut short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_worker(
+    study_name: str, url: str, n_trials: int, failures_in_a_row: int, events: Any
+) -> None:
+    """Entry point of a worker process (started with the spawn method)."""
+    # Own process group: a terminal's Ctrl-C reaches the runner only, which forwards it once.
+    os.setpgrp()
+    signal.signal(signal.SIGINT, _stop_on_first_signal)
+    signal.signal(signal.SIGTERM, _stop_on_first_signal)
+    try:
+        _run(study_name, url, n_trials, failures_in_a_row, events)
+    except KeyboardInterrupt:
+        events.put({"event": "interrupted"})
+    except DlboostError as exc:
+        events.put({"event": "fatal", "error": type(exc).__name__, "message": str(exc)})
+
+
+def _run(study_name: str, url: str, n_trials: int, failures_in_a_row: int, events: Any) -> None:
+    _quiet_tensorflow()
+    import keras
+    import optuna
+    from optuna.trial import TrialState
+
+    from dlboost_search import data as data_module
+    from dlboost_search.models import family_module
+    from dlboost_search.spaces import suggest
+    from dlboost_search.storage import load_study
+    from dlboost_search.study import make_pruner, make_sampler, space_of
+    from dlboost_search.training import TrainingRecord, train
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = load_study(study_name, url)
+    space = space_of(study)
+    study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)))
+    study.pruner = make_pruner(space)
+    seed = space.search.seed or 0
+    prepared = data_module.prepare(space.data, seed)
+    space.check_task(prepared.task, f"study {study_name!r}")
+    build = family_module(space.model.family).build
+    me = worker_id()
+    parent = os.getppid()
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", me)
+        params = space.resolve(suggest(trial, space))
+        events.put({"event": "trial_started", "number": trial.number, "params": params})
+        keras.utils.set_random_seed(seed + trial.number)
+        record = TrainingRecord()
+
+        def report(epoch: int, value: float) -> None:
+            if os.getppid() != parent:  # the runner is gone: nobody will resume us
+                raise KeyboardInterrupt
+            events.put({"event": "epoch", "number": trial.number, "epoch": epoch + 1})
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({value:.4g})")
+
+        try:
+            model = build(params, prepared.input_shape, prepared.task, prepared.n_outputs)
+            return train(
+                model,
+                params,
+                prepared,
+                max_epochs=space.training.max_epochs,
+                patience=space.training.early_stopping.patience,
+                min_delta=space.training.early_stopping.min_delta,
+                monitor=space.objective.metric,
+                direction=space.direction,
+                seed=seed + trial.number,
+                record=record,
+                report=report,
+            )
+        except (TrialFailed, SearchAborted) as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
+            raise
+        finally:
+            for key, value in record.as_attrs().items():
+                trial.set_user_attr(key, value)
+            trial.set_user_attr("worker_rss_mb", round(_rss_mb(), 1))
+            keras.backend.clear_session()
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal failures_in_a_row
+        failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        events.put(
+            {
+                "event": "trial_finished",
+                "number": trial.number,
+                "state": trial.state.name,
+                "value": trial.value,
+                "params": trial.params,
+                "attrs": trial.user_attrs,
+                "failures_in_a_row": failures_in_a_row,
+            }
+        )
+        if failures_in_a_row >= space.search.max_consecutive_failures:
+            reasons = [
+                t.user_attrs.get("fail_reason", "see the worker's log")
+                for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))[-3:]
+            ]
+            raise SearchAborted(
+                f"{failures_in_a_row} trials failed in a row "
+                f"(search.max_consecutive_failures is {space.search.max_consecutive_failures}); "
+                f"last reasons: {'; '.join(reasons)}. Narrow the space (a lower learning_rate "
+                f"or a clipvalue usually cures NaN losses), then `dlboost-search resume "
+                f"{study_name}`."
+            )
+
+    study.optimize(objective, n_trials=n_trials, callbacks=[after_trial], catch=(TrialFailed,))
+    events.put({"event": "done", "rss_mb": _rss_mb()})
