@@ -77,6 +77,7 @@ def create_or_check(space: SearchSpace, url: str) -> optuna.Study:
     import optuna
 
     storage = open_storage(url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=space.name,
         storage=storage,

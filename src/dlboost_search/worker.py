@@ -28,11 +28,18 @@ def _stop_on_first_signal(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _quiet_tensorflow() -> None:
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up chatter (CUDA probes, CPU flags) silenced."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import absl.logging
-
-    absl.logging.set_verbosity(absl.logging.ERROR)
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            import tensorflow as tf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    tf.get_logger().setLevel("ERROR")
 
 
 def _rss_mb() -> float:
@@ -57,7 +64,7 @@ def run_worker(
 
 
 def _run(study_name: str, url: str, n_trials: int, failures_in_a_row: int, events: Any) -> None:
-    _quiet_tensorflow()
+    _import_tensorflow_quietly()
     import keras
     import optuna
     from optuna.trial import TrialState

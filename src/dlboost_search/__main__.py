@@ -1,0 +1,3 @@
+from dlboost_search.cli import main
+
+main()

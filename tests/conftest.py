@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny search spaces, a fresh SQLite storage, and the CLI as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+# A small, fast study on the diabetes data: a handful of epochs, tiny networks.
+TINY_SPACE: dict[str, Any] = {
+    "name": "tiny",
+    "data": {"builtin": "diabetes"},
+    "model": {"family": "mlp"},
+    "objective": {"metric": "val_loss"},
+    "training": {"max_epochs": 4, "batch_size": 64, "early_stopping": {"patience": 2}},
+    "search": {"sampler": "tpe", "pruner": "median", "trials": 3, "seed": 0},
+    "params": {
+        "units": {"type": "int", "low": 4, "high": 16},
+        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        "l2": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+        "clipvalue": {"type": "float", "low": 0.5, "high": 2.0},
+        "layers": 1,
+    },
+}
+
+
+def deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "params":
+            merged[key] = deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture
+def write_space(tmp_path: Path):
+    """write_space(**changes) -> path of a YAML file: TINY_SPACE with `changes` merged in."""
+
+    def write(name: str = "space.yaml", **changes: Any) -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(deep_update(TINY_SPACE, changes), sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dlboost_search", *args]
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("DLBOOST_STORAGE", None)
+    env["COLUMNS"] = "200"  # keep rich from wrapping messages the tests read
+    return env
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path):
+    """run_cli(*args) -> CompletedProcess of `dlboost-search ARGS` run in tmp_path."""
+
+    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            cli_command(*args),
+            cwd=tmp_path,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

@@ -1,0 +1,208 @@
+"""Real studies of real Keras trials, run through the CLI, checked in the SQLite storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import cli_command, cli_env
+
+pytestmark = pytest.mark.slow
+
+
+def load(url: str, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in study.get_trials(deepcopy=False)]
+
+
+def test_start_stores_trials_with_their_records(write_space, storage, run_cli):
+    result = run_cli("start", str(write_space()), "--storage", storage)
+    assert result.returncode == 0, result.stderr
+    assert "best val_loss" in result.stdout
+
+    study = load(storage)
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 3
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    spec = study.user_attrs["dlboost_search"]
+    assert spec["space"]["name"] == "tiny" and spec["version"]
+    for trial in trials:
+        assert set(trial.params) == {"units", "learning_rate", "dropout", "l2", "clipvalue"}
+        epochs = trial.user_attrs["epochs_trained"]
+        assert len(trial.intermediate_values) == epochs >= 1
+        assert trial.user_attrs["n_params"] > 0
+        assert trial.user_attrs["train_seconds"] > 0
+        if trial.state == TrialState.COMPLETE:
+            # The objective is the best epoch's value (early stopping restores it).
+            assert trial.value == pytest.approx(min(trial.intermediate_values.values()))
+            best_epoch = trial.user_attrs["best_epoch"]
+            assert trial.intermediate_values[best_epoch - 1] == pytest.approx(trial.value)
+
+
+def test_rerun_continues_to_the_target_and_resume_needs_no_yaml(write_space, storage, run_cli):
+    space = str(write_space())
+    assert run_cli("start", space, "--storage", storage, "--trials", "2", "-q").returncode == 0
+    first = [t.params for t in load(storage).trials]
+
+    result = run_cli("start", space, "--storage", storage, "--trials", "3", "-q")
+    assert result.returncode == 0, result.stderr
+    study = load(storage)
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert [t.params for t in study.trials[:2]] == first  # nothing started over
+
+    os.remove(space)  # resume works from the storage alone
+    result = run_cli("resume", "tiny", "--storage", storage, "--trials", "4", "-q")
+    assert result.returncode == 0, result.stderr
+    assert len(load(storage).trials) == 4
+
+    # A target already met starts no worker and adds nothing.
+    assert run_cli("resume", "tiny", "--storage", storage, "--trials", "4", "-q").returncode == 0
+    assert len(load(storage).trials) == 4
+
+
+def test_a_different_space_under_the_same_name_is_refused(write_space, storage, run_cli):
+    assert run_cli("start", str(write_space(), ), "--storage", storage, "--trials", "1", "-q").returncode == 0
+    changed = write_space("changed.yaml", training={"max_epochs": 7})
+
+    result = run_cli("start", str(changed), "--storage", storage, "-q")
+
+    assert result.returncode == 2
+    assert "different search space" in result.stderr
+    assert "training.max_epochs: 4 -> 7" in result.stderr
+    assert "resume tiny" in result.stderr and "--study-name" in result.stderr
+    study = load(storage)
+    assert len(study.trials) == 1
+    assert study.user_attrs["dlboost_search"]["space"]["training"]["max_epochs"] == 4
+    # The suggested fix works: another name makes another study beside it.
+    result = run_cli("start", str(changed), "--storage", storage, "--study-name", "tiny-7", "--trials", "1", "-q")
+    assert result.returncode == 0, result.stderr
+    assert sorted(optuna.get_all_study_names(storage)) == ["tiny", "tiny-7"]
+
+
+def test_nan_trials_fail_and_the_search_goes_on(write_space, storage, run_cli):
+    # sgd at learning rate 10 diverges at once; 1e-3 trains fine.
+    space = write_space(
+        params={"learning_rate": {"type": "categorical", "choices": [10.0, 0.001]}, "units": 64, "optimizer": "sgd"},
+        search={"sampler": "random", "trials": 4, "seed": 1, "max_consecutive_failures": 10},
+    )
+    result = run_cli("start", str(space), "--storage", storage)
+    assert result.returncode == 0, result.stderr
+
+    study = load(storage)
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert failed and len(finished) == 4
+    assert all(t.params["learning_rate"] == 10.0 for t in failed)
+    assert all("nan" in t.user_attrs["fail_reason"] for t in failed)
+    assert "failed" in result.stdout
+
+
+def test_failures_in_a_row_stop_the_search_with_an_explanation(write_space, storage, run_cli):
+    space = write_space(
+        params={"learning_rate": 10.0, "units": 64, "optimizer": "sgd"},
+        search={"trials": 5, "max_consecutive_failures": 2},
+    )
+    result = run_cli("start", str(space), "--storage", storage, "-q")
+
+    assert result.returncode == 4
+    assert "2 trials failed in a row" in result.stderr
+    assert "loss became nan" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert states(load(storage)) == ["FAIL", "FAIL"]
+
+
+def wait_for_running_trial(url: str, timeout: float = 120) -> optuna.trial.FrozenTrial:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            running = load(url).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except KeyError:  # the study is not created yet
+            running = []
+        # Wait for an epoch to be reported: the trial is then inside model.fit.
+        if running and running[0].intermediate_values:
+            return running[0]
+        time.sleep(0.2)
+    raise AssertionError("no trial started training in time")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_close_the_running_trial(write_space, storage, tmp_path, signum):
+    space = write_space(training={"max_epochs": 400, "early_stopping": {"patience": 400}}, search={"pruner": "none"})
+    process = subprocess.Popen(
+        cli_command("start", str(space), "--storage", storage),
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    running = wait_for_running_trial(storage)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130
+    assert "resume tiny" in stderr
+    study = load(storage)
+    assert TrialState.RUNNING.name not in states(study)
+    interrupted = study.trials[running.number]
+    assert interrupted.state == TrialState.FAIL
+    assert "interrupted" in interrupted.user_attrs["fail_reason"]
+    assert interrupted.user_attrs["epochs_trained"] >= 1
+    # The next resume picks up from there.
+    result = subprocess.run(
+        cli_command("resume", "tiny", "--storage", storage, "--trials", "1", "-q"),
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_killed_worker_loses_only_its_trial(write_space, storage, tmp_path):
+    space = write_space(training={"max_epochs": 400, "early_stopping": {"patience": 400}}, search={"pruner": "none", "trials": 1})
+    process = subprocess.Popen(
+        cli_command("start", str(space), "--storage", storage),
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    running = wait_for_running_trial(storage)
+    worker_pid = int(running.user_attrs["worker"].rsplit(":", 1)[1])
+    os.kill(worker_pid, signal.SIGKILL)
+    # The runner closes the lost trial and starts a new worker, whose trial we let finish
+    # quickly by stopping it too: what matters is the lost one.
+    deadline = time.monotonic() + 120
+    while load(storage).trials[running.number].state == TrialState.RUNNING:
+        assert time.monotonic() < deadline, "the killed worker's trial was never closed"
+        time.sleep(0.2)
+    lost = load(storage).trials[running.number]
+    assert lost.state == TrialState.FAIL
+    assert "worker process died" in lost.user_attrs["fail_reason"]
+    replacement = wait_for_running_trial(storage)
+    assert replacement.number == running.number + 1
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert TrialState.RUNNING.name not in states(load(storage))
+
+
+def test_workers_are_recycled(write_space, storage, run_cli):
+    space = write_space(search={"trials": 5})
+    result = run_cli("start", str(space), "--storage", storage, "--recycle-every", "2", "-q")
+    assert result.returncode == 0, result.stderr
+    workers = [t.user_attrs["worker"] for t in load(storage).trials]
+    assert len(workers) == 5
+    assert len(set(workers)) == 3  # 2 + 2 + 1 trials
+    # Recycled workers do not replay each other's random start-up points.
+    assert len({json.dumps(t.params, sort_keys=True) for t in load(storage).trials}) == 5
+
+
+def test_same_seed_same_study(write_space, tmp_path, run_cli):
+    space = str(write_space(search={"trials": 3, "pruner": "none"}))
+    urls = [f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db")]
+    for url in urls:
+        assert run_cli("start", space, "--storage", url, "-q").returncode == 0
+    a, b = (load(url).trials for url in urls)
+    assert [t.params for t in a] == [t.params for t in b]
+    assert [t.value for t in a] == pytest.approx([t.value for t in b], rel=1e-4)
