@@ -31,7 +31,11 @@ def write_csv(path: Path, columns: dict[str, Any]) -> Path:
 
 def regression_columns(n: int = 40, seed: int = 0) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
-    return {"a": rng.normal(5.0, 2.0, n), "b": rng.integers(0, 100, n), "y": rng.normal(10.0, 3.0, n)}
+    return {
+        "a": rng.normal(5.0, 2.0, n),
+        "b": rng.integers(0, 100, n),
+        "y": rng.normal(10.0, 3.0, n),
+    }
 
 
 def data_error(spec: DataSpec, seed: int = 0) -> str:
@@ -66,7 +70,9 @@ def test_builtin_table_matches_the_module():
 
 
 @pytest.mark.parametrize(("name", "task", "rows", "features", "n_outputs", "classes"), BUILTINS)
-def test_builtin_dataset(name: str, task: str, rows: int, features: int, n_outputs: int, classes: int):
+def test_builtin_dataset(
+    name: str, task: str, rows: int, features: int, n_outputs: int, classes: int
+):
     space = space_from_dict({"name": "t", "data": {"builtin": name}}, "src")
     data = prepare(space.data, 0)
     n_val = math.ceil(rows * 0.2)
@@ -153,7 +159,8 @@ def test_parquet_file(tmp_path: Path):
     n = 40
     rng = np.random.default_rng(2)
     path = tmp_path / "train.parquet"
-    pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "label": [0, 1] * (n // 2)}).to_parquet(path)
+    frame = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n), "label": [0, 1] * 20})
+    frame.to_parquet(path)
     data = prepare(file_spec(path, target="label"), 0)
     assert data.task == "binary"
     assert data.n_outputs == 1
@@ -239,7 +246,9 @@ def test_separate_validation_file(tmp_path: Path):
 @pytest.mark.parametrize(
     ("target", "task", "n_outputs", "labels"),
     [
-        pytest.param(list(np.random.default_rng(9).normal(size=40)), "regression", 1, [], id="float"),
+        pytest.param(
+            list(np.random.default_rng(9).normal(size=40)), "regression", 1, [], id="float"
+        ),
         pytest.param(list(range(40)), "regression", 1, [], id="many-ints"),
         pytest.param([0, 1] * 20, "binary", 1, [0, 1], id="two-ints"),
         pytest.param(["no", "yes"] * 20, "binary", 1, ["no", "yes"], id="two-strings"),
@@ -387,7 +396,8 @@ def test_too_few_rows_in_an_npz(tmp_path: Path):
 
 def test_class_with_a_single_row(tmp_path: Path):
     rng = np.random.default_rng(17)
-    path = write_csv(tmp_path / "t.csv", {"a": rng.normal(size=31), "y": ["a"] * 15 + ["b"] * 15 + ["c"]})
+    target = ["a"] * 15 + ["b"] * 15 + ["c"]
+    path = write_csv(tmp_path / "t.csv", {"a": rng.normal(size=31), "y": target})
     message = data_error(file_spec(path))
     assert message.startswith(f"{path}: cannot split into training and validation rows with "
                               f"every class on both sides")
@@ -430,7 +440,7 @@ def test_npz_with_nan_in_x(tmp_path: Path):
     np.savez(path, x_train=x, y_train=rng.normal(size=40), x_val=rng.normal(size=(10, 3)),
              y_val=rng.normal(size=10))
     message = data_error(file_spec(path, target=None))
-    assert message.startswith(f"{path}: array x has 2 rows with NaN or inf (rows 2, 9...)")
+    assert message.startswith(f"{path}: array x_train has 2 rows with NaN or inf (rows 2, 9...)")
     assert "Drop or fill them." in message
 
 
@@ -482,12 +492,9 @@ def test_csv_with_only_the_target(tmp_path: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Bugs found in src/ (strict xfails: they start passing when the bug is fixed)
+# Bugs found in review, fixed: kept as regression tests
 
 
-@pytest.mark.xfail(strict=True, reason="_prepare_npz checks NaN after the split, so for an x/y "
-                   "file it reports positions in the shuffled training split (row 5 of x is "
-                   "reported as row 13) and calls rows that landed in validation 'array x_val'")
 def test_npz_nan_rows_are_rows_of_the_file(tmp_path: Path):
     rng = np.random.default_rng(22)
     x = rng.normal(size=(40, 3))
@@ -498,8 +505,6 @@ def test_npz_nan_rows_are_rows_of_the_file(tmp_path: Path):
     assert "array x has 1 rows with NaN or inf (rows 5...)" in message
 
 
-@pytest.mark.xfail(strict=True, reason="_prepare_npz checks only the x arrays for NaN/inf; a NaN "
-                   "in y passes and a regression target becomes all NaN after scaling")
 def test_npz_with_nan_in_y(tmp_path: Path):
     rng = np.random.default_rng(23)
     y = rng.normal(size=40)
@@ -510,8 +515,6 @@ def test_npz_with_nan_in_y(tmp_path: Path):
     assert "y" in message and "NaN" in message
 
 
-@pytest.mark.xfail(strict=True, reason="_prepare_npz compares len(x) with len(y) only for the x/y "
-                   "layout; x_train with 20 rows and y_train with 19 is accepted")
 def test_npz_x_train_and_y_train_length_mismatch(tmp_path: Path):
     rng = np.random.default_rng(24)
     path = tmp_path / "lengths_split.npz"
@@ -521,9 +524,6 @@ def test_npz_x_train_and_y_train_length_mismatch(tmp_path: Path):
     assert "20" in message and "19" in message
 
 
-@pytest.mark.xfail(strict=True, reason="x_train and x_val with different feature counts reach the "
-                   "standardization and fail with numpy's ValueError (operands could not be "
-                   "broadcast), not a DataError")
 def test_npz_x_val_with_other_features(tmp_path: Path):
     rng = np.random.default_rng(25)
     path = tmp_path / "features.npz"
@@ -532,9 +532,6 @@ def test_npz_x_val_with_other_features(tmp_path: Path):
     data_error(file_spec(path, target=None))
 
 
-@pytest.mark.xfail(strict=True, reason="a 1-D x (one value per row) is standardized over "
-                   "x.shape[-1] == n_rows and fails with numpy's ValueError (broadcast), not a "
-                   "DataError nor a (n, 1) feature")
 def test_npz_one_dimensional_x(tmp_path: Path):
     rng = np.random.default_rng(26)
     path = tmp_path / "flat.npz"
@@ -547,16 +544,12 @@ def test_npz_one_dimensional_x(tmp_path: Path):
     assert_standardized(data.x_train)
 
 
-@pytest.mark.xfail(strict=True, reason="a target with a single value is inferred as multiclass "
-                   "with 1 class (n_outputs=1, a softmax over one unit): nothing rejects it")
 def test_target_with_a_single_value(tmp_path: Path):
     rng = np.random.default_rng(27)
     path = write_csv(tmp_path / "constant.csv", {"a": rng.normal(size=30), "y": [3] * 30})
     data_error(file_spec(path))
 
 
-@pytest.mark.xfail(strict=True, reason="a missing validation file is read by _read_table, whose "
-                   "message tells the user to check `data.path`, not `data.validation_path`")
 def test_missing_validation_file_points_to_validation_path(tmp_path: Path):
     train = write_csv(tmp_path / "train.csv", regression_columns(seed=28))
     val = tmp_path / "nope.csv"

@@ -50,7 +50,9 @@ def make(**changes: Any) -> dict[str, Any]:
     return raw
 
 
-def write(tmp_path: Path, content: dict[str, Any] | list[Any] | str, name: str = "space.yaml") -> Path:
+def write(
+    tmp_path: Path, content: dict[str, Any] | list[Any] | str, name: str = "space.yaml"
+) -> Path:
     path = tmp_path / name
     text = content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
     path.write_text(text, encoding="utf-8")
@@ -244,7 +246,7 @@ BAD_SPACES = [
     ),
     pytest.param(
         make(params={"units": 8.5}),
-        ["params.units: units in each hidden layer must be a whole number; got 8.5."],
+        ["params.units: units in each hidden layer must be a whole number, written without a decimal point; got 8.5."],
         id="fixed-fractional-units",
     ),
     pytest.param(
@@ -427,7 +429,7 @@ def test_space_from_dict_names_the_given_source():
 
 
 def test_space_from_dict_rejects_a_non_mapping():
-    with pytest.raises(SpaceError, match=r"^src: \(top level\): Input should be a valid dictionary"):
+    with pytest.raises(SpaceError, match=r"^src: \(top level\): Input should be a valid dict"):
         space_from_dict(["name", "t"], "src")  # type: ignore[arg-type]
 
 
@@ -484,7 +486,8 @@ def test_several_schema_problems_are_all_listed(tmp_path: Path):
     assert "5 problems in the search space:" in message
     lines = message.splitlines()[1:]
     assert len(lines) == 5 and all(line.startswith("  - ") for line in lines)
-    for key in ("name:", "parms:", "training.max_epochs:", "training.batch_size:", "search.sampler:"):
+    keys = ("name:", "parms:", "training.max_epochs:", "training.batch_size:", "search.sampler:")
+    for key in keys:
         assert any(line.startswith(f"  - {key}") for line in lines), (key, message)
 
 
@@ -739,16 +742,16 @@ def test_spaces_and_data_do_not_import_tensorflow():
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, "
         "sorted(m for m in sys.modules if m.startswith(('tensorflow', 'keras')))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 
 # ---------------------------------------------------------------------------------------------
-# Bugs found in src/ (strict xfails: they start passing when the bug is fixed)
+# Bugs found in review, fixed: kept as regression tests
 
 
-@pytest.mark.xfail(strict=True, reason="_allowed_keys returns [] for any location under params, "
-                   "so an unknown key inside a parameter mapping gets 'Allowed here: .'")
 def test_unknown_key_inside_a_param_lists_the_allowed_keys(tmp_path: Path):
     message = load_error(tmp_path, make(params={"units": {"type": "int", "lo": 8, "high": 64}}))
     assert "params.units.lo: unknown key 'lo'." in message
@@ -756,9 +759,6 @@ def test_unknown_key_inside_a_param_lists_the_allowed_keys(tmp_path: Path):
     assert "Allowed here: type, low, high, step, log." in message
 
 
-@pytest.mark.xfail(strict=True, reason="a whole-number float (2.0) passes the int rule of a fixed "
-                   "or categorical int hyperparameter and resolve() returns a float: mlp.build "
-                   "then calls range(2.0) (TypeError) or keras Dense(8.0) (ValueError)")
 @pytest.mark.parametrize(
     "params",
     [
@@ -780,15 +780,11 @@ def test_int_hyperparameter_given_as_float_is_rejected_or_made_int(params: dict[
     assert type(value) is int, f"{name} resolves to {value!r}"
 
 
-@pytest.mark.xfail(strict=True, reason="spaces checks path.endswith('.npz') case-sensitively, but "
-                   "data.prepare reads any suffix whose lower() is '.npz' as NPZ")
 def test_uppercase_npz_path_needs_no_target():
     space = space_from_dict(make(data={"path": "/data/ARRAYS.NPZ"}), "src")
     assert space.data.target is None
 
 
-@pytest.mark.xfail(strict=True, reason="load_space catches only yaml.YAMLError; a file that is "
-                   "not UTF-8 escapes as UnicodeDecodeError instead of SpaceError")
 def test_non_utf8_file_is_a_space_error(tmp_path: Path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("name: t\ndescription: café\ndata: {builtin: diabetes}\n".encode("latin-1"))
@@ -796,17 +792,12 @@ def test_non_utf8_file_is_a_space_error(tmp_path: Path):
         load_space(path)
 
 
-@pytest.mark.xfail(strict=True, reason="a list given as a plain value becomes a FixedParam and "
-                   "yields 4 pydantic union errors (keys params.activation.value.bool / .value / "
-                   ".value.str) with no hint that a list of options needs type: categorical")
 def test_list_as_param_value_points_to_categorical(tmp_path: Path):
     message = load_error(tmp_path, make(params={"activation": ["relu", "tanh"]}))
     assert "problems" not in message  # one problem, not four
     assert "params.activation" in message and "categorical" in message
 
 
-@pytest.mark.xfail(strict=True, reason="PyYAML reads 1e-4 (no dot) as a string; the message "
-                   "'Input should be a valid number; got '1e-4'' does not say how to write it")
 def test_exponent_without_dot_is_accepted_or_explained(tmp_path: Path):
     path = write(
         tmp_path,
@@ -821,16 +812,13 @@ def test_exponent_without_dot_is_accepted_or_explained(tmp_path: Path):
         assert space.params["learning_rate"].low == 1e-4
 
 
-@pytest.mark.xfail(strict=True, reason="a step that does not divide high - low is accepted; "
-                   "Optuna then warns on every trial and silently lowers high (10 -> 9)")
 def test_step_that_does_not_divide_the_range_is_rejected():
     with pytest.raises(SpaceError, match=r"params\.units"):
-        space_from_dict(make(params={"units": {"type": "int", "low": 1, "high": 10, "step": 4}}), "src")
+        space_from_dict(
+            make(params={"units": {"type": "int", "low": 1, "high": 10, "step": 4}}), "src"
+        )
 
 
-@pytest.mark.xfail(strict=True, reason="_param_problems lets a fixed None through when the rule's "
-                   "default is None (clipnorm: null), but checks each categorical choice with "
-                   "rule.problem, which rejects None: 'must be a number (float); got None'")
 def test_categorical_may_offer_none_for_a_param_whose_default_is_none():
     """Searching whether to clip at all: clipnorm in [null, 1.0]."""
     space = space_from_dict(

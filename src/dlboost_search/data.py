@@ -76,9 +76,11 @@ def prepare(spec: DataSpec, seed: int = 0) -> PreparedData:
         source = str(path)
         if path.suffix.lower() == ".npz":
             return _prepare_npz(path, spec, seed)
-        frame = _read_table(path)
+        frame = _read_table(path, "data.path")
         target = _check_target(frame, spec.target, source)
-        validation = _read_table(Path(spec.validation_path)) if spec.validation_path else None
+        validation = None
+        if spec.validation_path:
+            validation = _read_table(Path(spec.validation_path), "data.validation_path")
         if validation is not None:
             _check_same_columns(frame, validation, spec.validation_path)
         task = spec.task or _infer_task(frame[target])
@@ -95,12 +97,12 @@ def _load_builtin(name: str) -> tuple[pd.DataFrame, str]:
     return bunch.frame, "target"
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, key: str) -> pd.DataFrame:
     import pandas as pd
 
     if not path.is_file():
         raise DataError(
-            f"{path}: data file not found. Check `data.path` in the search space "
+            f"{path}: data file not found. Check `{key}` in the search space "
             f"(relative paths are taken from the directory you run the command in)."
         )
     readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
@@ -200,10 +202,22 @@ def _encode_target(y_train, y_val, task: str, source: str, target: str):
                 f"{source}: target {target!r} is not numeric ({y_train.dtype}), so it cannot "
                 f"be regressed. Set `data.task: binary` or `multiclass` for a class label."
             )
-        mean, std = float(y_train.mean()), float(y_train.std()) or 1.0
+        mean, std = float(y_train.mean()), float(y_train.std())
+        if std == 0:
+            raise DataError(
+                f"{source}: target {target!r} has a single value ({mean:g}) in the training "
+                f"rows; there is nothing to learn. Check `data.target`."
+            )
         scale = lambda y: ((y.astype("float64") - mean) / std).astype("float32")  # noqa: E731
         return scale(y_train), scale(y_val), [], mean, std
-    labels = sorted(set(y_train.tolist()) | set(y_val.tolist()), key=str)
+    labels = set(y_train.tolist()) | set(y_val.tolist())
+    numeric = all(isinstance(v, (int, float)) for v in labels)
+    labels = sorted(labels, key=None if numeric else str)
+    if len(labels) < 2:
+        raise DataError(
+            f"{source}: target {target!r} has a single value ({labels[0]!r}); there is "
+            f"nothing to learn. Check `data.target`."
+        )
     if task == "binary" and len(labels) != 2:
         raise DataError(
             f"{source}: a binary task needs exactly 2 classes in {target!r}, found "
@@ -260,39 +274,28 @@ def _encode_features(train: pd.DataFrame, val: pd.DataFrame):
 
 
 def _prepare_npz(path: Path, spec: DataSpec, seed: int) -> PreparedData:
-    if not path.is_file():
-        raise DataError(f"{path}: data file not found. Check `data.path` in the search space.")
-    try:
-        arrays = dict(np.load(path, allow_pickle=False))
-    except Exception as exc:  # a corrupt zip, a pickled array, ...
-        raise DataError(f"{path}: cannot be read as NPZ: {exc}") from None
+    arrays = _read_npz(path)
     if {"x", "y"} <= arrays.keys():
-        x, y = arrays["x"], arrays["y"]
-        if len(x) != len(y):
-            raise DataError(f"{path}: x has {len(x)} rows but y has {len(y)}; they must match.")
+        x, y = _checked_pair(path, arrays, "x", "y")
         task = spec.task or _infer_task(_series(y))
         train_idx, val_idx = _split(
             len(x), y if task != "regression" else None, spec.validation_split, seed, str(path)
         )
         x_train, x_val, y_train, y_val = x[train_idx], x[val_idx], y[train_idx], y[val_idx]
     elif {"x_train", "y_train", "x_val", "y_val"} <= arrays.keys():
-        x_train, y_train = arrays["x_train"], arrays["y_train"]
-        x_val, y_val = arrays["x_val"], arrays["y_val"]
+        x_train, y_train = _checked_pair(path, arrays, "x_train", "y_train")
+        x_val, y_val = _checked_pair(path, arrays, "x_val", "y_val")
+        if x_train.shape[1:] != x_val.shape[1:]:
+            raise DataError(
+                f"{path}: x_train rows have shape {x_train.shape[1:]} but x_val rows have "
+                f"{x_val.shape[1:]}; both must have the same features."
+            )
         task = spec.task or _infer_task(_series(y_train))
     else:
         raise DataError(
             f"{path}: an NPZ file holds arrays `x` and `y` (split by `data.validation_split`) "
             f"or `x_train`, `y_train`, `x_val`, `y_val`; found: {', '.join(arrays) or 'none'}."
         )
-    for name, values in (("x", x_train), ("x_val", x_val)):
-        if values.dtype.kind not in "iuf":
-            raise DataError(f"{path}: array {name} must be numeric, got dtype {values.dtype}.")
-        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-        if bad.any():
-            raise DataError(
-                f"{path}: array {name} has {int(bad.sum())} rows with NaN or inf "
-                f"(rows {', '.join(map(str, np.flatnonzero(bad)[:5]))}...). Drop or fill them."
-            )
     # Standardize each feature (the last axis) with the training split's statistics.
     flat = x_train.reshape(-1, x_train.shape[-1]).astype("float64")
     mean, std = flat.mean(axis=0), flat.std(axis=0)
@@ -306,6 +309,37 @@ def _prepare_npz(path: Path, spec: DataSpec, seed: int) -> PreparedData:
         feature_names=[f"x{i}" for i in range(x_train.shape[-1])],
         class_labels=labels, target_mean=t_mean, target_std=t_std,
     )  # fmt: skip
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found. Check `data.path` in the search space.")
+    try:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
+            return dict(npz)
+    except Exception as exc:  # a corrupt zip, a pickled array, ...
+        raise DataError(f"{path}: cannot be read as NPZ: {exc}") from None
+
+
+def _checked_pair(path: Path, arrays: dict[str, np.ndarray], xs: str, ys: str):
+    """Features and targets of one NPZ split, checked before anything uses them."""
+    x, y = arrays[xs], arrays[ys]
+    if x.ndim == 1:
+        x = x.reshape(-1, 1)  # one feature per row
+    if len(x) != len(y):
+        raise DataError(f"{path}: {xs} has {len(x)} rows but {ys} has {len(y)}; they must match.")
+    if x.dtype.kind not in "iuf":
+        raise DataError(f"{path}: array {xs} must be numeric, got dtype {x.dtype}.")
+    for name, values in ((xs, x), (ys, y)):
+        if values.dtype.kind not in "iuf":
+            continue
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            raise DataError(
+                f"{path}: array {name} has {int(bad.sum())} rows with NaN or inf "
+                f"(rows {', '.join(map(str, np.flatnonzero(bad)[:5]))}...). Drop or fill them."
+            )
+    return x, y
 
 
 def _series(values: np.ndarray):

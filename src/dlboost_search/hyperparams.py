@@ -28,10 +28,10 @@ class ParamRule:
             return None
         if self.kind == "bool":
             return None if isinstance(value, bool) else "must be true or false"
+        if self.kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            return "must be a whole number, written without a decimal point"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"must be a number ({self.kind})"
-        if self.kind == "int" and not float(value).is_integer():
-            return "must be a whole number"
         if self.low is not None and value < self.low:
             return f"must be at least {self.low:g}"
         if self.high is not None:

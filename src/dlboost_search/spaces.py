@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -26,6 +27,20 @@ from dlboost_search.models import FAMILIES, family_module
 
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = ("hyperband", "median", "successive_halving", "patient", "none")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads `1e-4` (no dot) as a string, as YAML 1.1 says; users mean a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.Inf|\.INF|\.nan|\.NaN|\.NAN)$"
+    ),
+    list("-+0123456789."),
+)
 
 
 class _Strict(BaseModel):
@@ -177,7 +192,9 @@ def load_space(path: str | Path) -> SearchSpace:
             f"for example search_spaces/diabetes_mlp.yaml."
         )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError as exc:
+        raise SpaceError(f"{source}: not UTF-8 text ({exc}); save the file as UTF-8.") from None
     except yaml.YAMLError as exc:
         raise SpaceError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -197,6 +214,21 @@ def load_space(path: str | Path) -> SearchSpace:
 
 def space_from_dict(raw: dict[str, Any], source: str) -> SearchSpace:
     """Validate a space given as a mapping (from YAML or from a stored study)."""
+    params = raw.get("params") if isinstance(raw, dict) else None
+    if isinstance(params, dict):
+        lists = [name for name, spec in params.items() if isinstance(spec, list)]
+        if lists:
+            raise SpaceError(
+                _join(
+                    source,
+                    [
+                        f"params.{name}: a list is not a parameter. To search among values write "
+                        f"{{type: categorical, choices: {params[name]}}}; to fix one write the "
+                        f"value alone."
+                        for name in lists
+                    ],
+                )
+            )
     try:
         space = SearchSpace.model_validate(raw)
     except ValidationError as exc:
@@ -249,27 +281,24 @@ def _describe(exc: ValidationError, raw: Any, source: str) -> str:
 
 
 def _allowed_keys(loc: list[Any], raw: Any) -> list[str]:
+    """The keys allowed in the mapping at `loc`, for the unknown-key message."""
+    if loc[:1] == ["params"]:
+        return _param_keys(loc, raw)
     model: Any = SearchSpace
-    node = raw
     for part in loc:
-        if model is SearchSpace and part == "params":
-            return []
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None:
-            break
-        model = field.annotation
-        node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            continue
-        # data.x is Optional[...] and the like: not a model, stop here
-        break
-    if loc[:1] == ["params"] and len(loc) == 2 and isinstance(node, dict):
-        model = {"int": IntParam, "float": FloatParam, "categorical": CategoricalParam}.get(
-            node.get("type"), FixedParam
-        )
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
+        model = field.annotation if field else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
+def _param_keys(loc: list[Any], raw: Any) -> list[str]:
+    """Keys allowed in the parameter mapping at params.NAME, chosen by its `type`."""
+    spec = raw.get("params", {}).get(loc[1]) if len(loc) == 2 else None
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    model = {"int": IntParam, "float": FloatParam, "categorical": CategoricalParam}.get(kind)
+    return list(model.model_fields) if model else []
 
 
 def _semantic_problems(space: SearchSpace) -> list[str]:
@@ -290,7 +319,7 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
             "data: a built-in dataset brings its own target and task; remove "
             "`target`, `validation_path` and `task`."
         )
-    if data.path is not None and not data.path.endswith(".npz") and not data.target:
+    if data.path is not None and not data.path.lower().endswith(".npz") and not data.target:
         problems.append(
             "data.target: a CSV or Parquet file needs `target: COLUMN`, the column to predict."
         )
@@ -331,10 +360,11 @@ def _param_problems(spec: Any, rule: ParamRule) -> list[str]:
         why = rule.problem(spec.value)
         return [f": {rule.help} {why}; got {spec.value!r}."] if why else []
     if isinstance(spec, CategoricalParam):
+        # None is a valid choice where the default is None: clipnorm in [null, 1.0].
         return [
             f".choices: {rule.help} {why}; got {choice!r}."
             for choice in spec.choices
-            if (why := rule.problem(choice))
+            if not (choice is None and rule.default is None) and (why := rule.problem(choice))
         ]
     if rule.kind in ("bool", "choice"):
         suggestion = "[true, false]" if rule.kind == "bool" else f"[{', '.join(rule.choices)}]"
@@ -358,6 +388,15 @@ def _param_problems(spec: Any, rule: ParamRule) -> list[str]:
         problems.append(".step: step and log cannot be combined; remove one.")
     if spec.log and isinstance(spec, IntParam) and spec.step != 1:
         problems.append(".step: step and log cannot be combined; remove one.")
+    if spec.step and spec.low <= spec.high:
+        steps = (spec.high - spec.low) / spec.step
+        if abs(steps - round(steps)) > 1e-9:
+            fitted = spec.low + math.floor(steps) * spec.step
+            problems.append(
+                f".step: high - low ({spec.high - spec.low:g}) is not a multiple of step "
+                f"({spec.step:g}), so {spec.high!r} could never be sampled; set high to "
+                f"{fitted:g} or change step."
+            )
     for bound in ("low", "high"):
         value = getattr(spec, bound)
         if isinstance(value, float) and not math.isfinite(value):

@@ -69,15 +69,15 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     import optuna
     import sqlalchemy.exc
 
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        _install_sqlite_pragmas()
     try:
+        if url.startswith("sqlite:///"):
+            path = url.removeprefix("sqlite:///")
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _install_sqlite_pragmas()
         return optuna.storages.RDBStorage(url)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0].rstrip(".")
         raise StorageError(
             f"cannot open storage {masked(url)}: {reason}. Check the URL (--storage or "
             f"${STORAGE_ENV}), that the server is running and reachable, and the user and "

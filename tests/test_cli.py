@@ -1,0 +1,187 @@
+"""The command line: help, exit codes, error messages, light imports, status/best/validate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from conftest import TINY_SPACE, cli_command, cli_env
+
+COMMANDS = ["start", "resume", "status", "best", "validate"]
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory) -> str:
+    """A real two-trial study, shared by the read-only tests of this module."""
+    folder = tmp_path_factory.mktemp("finished")
+    (folder / "space.yaml").write_text(yaml.safe_dump({**TINY_SPACE, "search": {**TINY_SPACE["search"], "trials": 2}}))
+    url = f"sqlite:///{folder / 'studies.db'}"
+    result = subprocess.run(
+        cli_command("start", "space.yaml", "--storage", url, "-q"),
+        cwd=folder, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return url
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(run_cli, command):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0
+    assert "Example" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status"], ["best", "tiny"], ["validate", "space.yaml"]])
+def test_light_commands_do_not_import_tensorflow(tmp_path, write_space, args):
+    write_space()
+    code = (
+        "import sys\n"
+        "from dlboost_search.cli import main\n"
+        f"sys.argv = ['dlboost-search', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('TENSORFLOW' if 'tensorflow' in sys.modules else 'LIGHT')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=cli_env(), capture_output=True, text=True
+    )
+    assert result.stdout.strip().endswith("LIGHT"), result.stdout + result.stderr
+
+
+def test_status_lists_each_study_with_its_trials(run_cli, finished_study):
+    result = run_cli("status", "--storage", finished_study)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="tiny", storage=finished_study)
+    row = next(line for line in result.stdout.splitlines() if "tiny" in line)
+    cells = [c.strip() for c in row.split("│") if c.strip()]
+    complete = sum(t.state.name == "COMPLETE" for t in study.trials)
+    pruned = sum(t.state.name == "PRUNED" for t in study.trials)
+    assert cells[:5] == ["tiny", str(complete), str(pruned), "0", "0"]
+    assert cells[5] == f"{study.best_value:.6g}"
+
+
+def test_status_of_an_empty_storage_says_how_to_start(run_cli, storage):
+    result = run_cli("status", "--storage", storage)
+    assert result.returncode == 0
+    assert "no studies" in result.stdout and "dlboost-search start" in result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_best_reports_what_the_storage_holds(run_cli, finished_study, fmt):
+    result = run_cli("best", "tiny", "--storage", finished_study, "--format", fmt)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout) if fmt == "json" else yaml.safe_load(result.stdout)
+    best = optuna.load_study(study_name="tiny", storage=finished_study).best_trial
+    assert report["value"] == pytest.approx(best.value)
+    assert report["trial"] == best.number
+    assert report["params"]["units"] == best.params["units"]
+    assert report["params"]["layers"] == 1  # fixed in the space, not sampled
+    assert report["params"]["optimizer"] == "adam"  # a default, neither sampled nor fixed
+    assert report["attrs"]["epochs_trained"] == best.user_attrs["epochs_trained"]
+
+
+def test_best_table(run_cli, finished_study):
+    result = run_cli("best", "tiny", "--storage", finished_study)
+    assert result.returncode == 0
+    assert "best val_loss" in result.stdout and "learning_rate" in result.stdout
+
+
+def test_best_of_a_missing_study_lists_the_existing_ones(run_cli, finished_study):
+    result = run_cli("best", "tinny", "--storage", finished_study)
+    assert result.returncode == 2
+    assert "no study named 'tinny'" in result.stderr and "tiny" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_best_of_a_study_without_completed_trials(run_cli, storage):
+    study = optuna.create_study(study_name="tiny", storage=storage)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    result = run_cli("best", "tiny", "--storage", storage)
+    assert result.returncode == 2
+    assert "no completed trial" in result.stderr and "1 failed" in result.stderr
+
+
+def test_resume_of_a_study_made_elsewhere_says_what_to_do(run_cli, storage):
+    optuna.create_study(study_name="foreign", storage=storage)
+    result = run_cli("resume", "foreign", "--storage", storage)
+    assert result.returncode == 2
+    assert "not created by dlboost-search" in result.stderr and "--study-name foreign" in result.stderr
+
+
+def test_validate_accepts_a_good_space_and_touches_no_storage(run_cli, write_space, tmp_path):
+    result = run_cli("validate", str(write_space()))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout and "353 training rows" in result.stdout
+    assert not (tmp_path / "storage").exists()
+
+
+def test_validate_rejects_a_bad_space_with_file_key_and_fix(run_cli, write_space, tmp_path):
+    space = write_space(params={"units": {"type": "int", "low": 64, "high": 8}})
+    result = run_cli("validate", str(space))
+    assert result.returncode == 2
+    assert str(space) in result.stderr and "params.units" in result.stderr and "swap" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_space_writes_nothing_to_storage(run_cli, write_space, tmp_path):
+    space = write_space(params={"dropout": {"type": "float", "low": 0.0, "high": 1.5}})
+    result = run_cli("start", str(space))
+    assert result.returncode == 2
+    assert "params.dropout.high" in result.stderr
+    assert not (tmp_path / "storage").exists()
+
+
+def test_missing_data_file_fails_before_the_study_exists(run_cli, write_space, storage, tmp_path):
+    space = write_space(data={"path": "missing.csv", "target": "y"})
+    result = run_cli("start", str(space), "--storage", storage)
+    assert result.returncode == 2
+    assert "missing.csv: data file not found" in result.stderr
+    assert optuna.get_all_study_names(storage) == []
+
+
+def test_a_metric_the_data_cannot_produce_stops_before_any_trial(run_cli, write_space, storage, tmp_path):
+    """The task of a CSV is known only once it is read; the check still comes first."""
+    rows = "\n".join(f"{i % 7},{i % 3},{'yes' if i % 2 else 'no'}" for i in range(40))
+    (tmp_path / "d.csv").write_text("a,b,label\n" + rows + "\n")
+    space = write_space(data={"path": "d.csv", "target": "label"}, objective={"metric": "val_mae"})
+    result = run_cli("start", str(space), "--storage", storage)
+    assert result.returncode == 2
+    assert "a binary model does not log 'val_mae'" in result.stderr
+    assert optuna.get_all_study_names(storage) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("studies.db", "For an SQLite file write 'sqlite:///studies.db'"),
+        ("sqlite:////proc/no-such-dir/studies.db", "cannot open storage sqlite:////proc/no-such-dir"),
+        ("postgresql://root:secret@127.0.0.1:1/test", "cannot open storage postgresql://root:***@127.0.0.1:1/test"),
+    ],
+)
+def test_unusable_storage_exits_3_with_the_url_masked(run_cli, url, expected):
+    result = run_cli("status", "--storage", url)
+    assert result.returncode == 3
+    assert expected in result.stderr
+    assert "secret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_storage_from_the_environment(tmp_path, finished_study):
+    env = {**cli_env(), "DLBOOST_STORAGE": finished_study}
+    result = subprocess.run(cli_command("status"), cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and "tiny" in result.stdout
+
+
+def test_debug_shows_the_traceback(run_cli):
+    result = run_cli("--debug", "validate", "nowhere.yaml")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "SpaceError" in result.stderr
+
+
+def test_default_storage_is_storage_studies_db_in_the_current_directory(run_cli, tmp_path: Path):
+    assert run_cli("status").returncode == 0
+    assert (tmp_path / "storage" / "studies.db").is_file()
