@@ -1,0 +1,241 @@
+"""dlboost-search vs. the plain Optuna + Keras loop that tutorials teach, same wall-clock budget.
+
+What it measures, on search_spaces/diabetes_mlp.yaml (same space, data, split, pruner):
+  service  - `dlboost-search start SPACE --trials 1000000 --quiet` on a fresh SQLite file, sent
+             SIGINT when the budget is spent (the service closes the running trial as FAIL);
+  tutorial - a fresh Python process running optuna.create_study(storage="sqlite:///...") with
+             TPESampler(seed) + HyperbandPruner(1, max_epochs), default SQLite settings, and an
+             objective that samples the same parameters (dlboost_search.spaces.suggest), builds a
+             keras.Sequential MLP of the same shape and calls model.fit on NumPy arrays with
+             validation_split=0.2, EarlyStopping and KerasPruningCallback, clear_session between
+             trials, study.optimize(timeout=...); it gets the same SIGINT at the deadline.
+The clock starts when the process is launched, so both pay their own Python/TensorFlow start-up.
+Only trials finished (COMPLETE or PRUNED) before the deadline count; the best value is the best
+val_loss of a COMPLETE trial. Repeats alternate the order (ab, ba, ab, ...). Medians are reported.
+
+Run from the repository root:
+    .venv/bin/python benchmarks/tutorial_vs_service.py              # 3 repeats x 180 s each
+    .venv/bin/python benchmarks/tutorial_vs_service.py --budget 60 --repeats 1
+Writes benchmarks/results/tutorial_vs_service.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "search_spaces" / "diabetes_mlp.yaml"
+RESULTS = ROOT / "benchmarks" / "results"
+GRACE_S = 150  # how long a process may take to exit after SIGINT
+
+
+def tutorial(space_path: str, url: str, deadline: float) -> None:
+    """The tutorial baseline; runs in its own process (see --tutorial-child)."""
+    import keras
+    import optuna
+    from optuna_integration import KerasPruningCallback
+
+    from dlboost_search.data import prepare
+    from dlboost_search.spaces import load_space, suggest
+
+    space = load_space(space_path)
+    seed = space.search.seed or 0
+    data = prepare(space.data, seed)
+    x = np.concatenate([data.x_train, data.x_val])
+    y = np.concatenate([data.y_train, data.y_val])
+    # Keras holds out the last floor(n * 0.8): exactly the service's validation rows.
+    assert int(len(x) * 0.8) == len(data.x_train), (len(x), len(data.x_train))
+    max_epochs = space.training.max_epochs
+    optimizers = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
+                  "sgd": keras.optimizers.SGD}  # fmt: skip
+
+    def objective(trial: optuna.Trial) -> float:
+        keras.backend.clear_session()
+        p = space.resolve(suggest(trial, space))
+        model = keras.Sequential([keras.Input(shape=(x.shape[1],))])
+        for _ in range(p["layers"]):
+            model.add(keras.layers.Dense(p["units"], activation=p["activation"],
+                                         kernel_regularizer=keras.regularizers.L2(p["l2"])))
+            model.add(keras.layers.Dropout(p["dropout"]))
+        model.add(keras.layers.Dense(1))
+        optimizer = optimizers[p["optimizer"]](learning_rate=p["learning_rate"],
+                                               clipvalue=p["clipvalue"])
+        model.compile(optimizer=optimizer, loss="mse")
+        history = model.fit(
+            x, y, validation_split=0.2, epochs=max_epochs, batch_size=p["batch_size"],
+            callbacks=[
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=space.training.early_stopping.patience,
+                    restore_best_weights=True),
+                KerasPruningCallback(trial, "val_loss"),
+            ],
+            verbose=0,
+        )  # fmt: skip
+        return min(history.history["val_loss"])
+
+    study = optuna.create_study(
+        study_name=space.name,  # same name: Hyperband puts trial n in the same bracket
+        storage=url,
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs),
+    )
+    try:
+        study.optimize(objective, timeout=max(1.0, deadline - time.time()))
+    except KeyboardInterrupt:
+        pass  # the deadline's SIGINT: Optuna already marked the running trial FAIL
+
+
+def run_once(approach: str, budget: float, workdir: Path) -> dict:
+    """Launch one approach on a fresh SQLite file, SIGINT it at the deadline, read the trials."""
+    import optuna
+
+    db = workdir / f"{approach}.db"
+    url = f"sqlite:///{db}"
+    log = open(workdir / f"{approach}.log", "w")
+    started = time.time()
+    deadline = started + budget
+    if approach == "service":
+        cmd = [str(ROOT / ".venv/bin/dlboost-search"), "start", str(SPACE), "--trials", "1000000",
+               "--storage", url, "--quiet"]  # fmt: skip
+    else:
+        cmd = [sys.executable, __file__, "--tutorial-child", url, str(deadline)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        proc.wait(timeout=budget)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    exited = time.time()
+    log.close()
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="diabetes-mlp", storage=url)
+    end = datetime.fromtimestamp(deadline)
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete <= end]
+    complete = [t for t in done if t.state.name == "COMPLETE"]
+    first_start = min((t.datetime_start for t in trials if t.datetime_start), default=None)
+    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
+    epochs = [len(t.intermediate_values) for t in done]
+    # Trial time ~ fixed cost per model (build, compile, tracing) + cost per epoch.
+    per_epoch, fixed = np.polyfit(epochs, durations, 1) if len(done) > 2 else (None, None)
+    return {
+        "approach": approach,
+        "budget_s": budget,
+        "exit_code": proc.returncode,
+        "exit_after_deadline_s": round(exited - deadline, 1),
+        "finished": len(done),
+        "complete": len(complete),
+        "pruned": len(done) - len(complete),
+        "failed_or_cut": sum(t.state.name == "FAIL" for t in trials),
+        "trials_per_min": len(done) / budget * 60,
+        "best_val_loss": min((t.value for t in complete), default=None),
+        "startup_s": (first_start.timestamp() - started) if first_start else None,
+        "in_trial_s": round(sum(durations), 1),
+        "mean_epochs": float(np.mean(epochs)) if epochs else None,
+        "fixed_s_per_trial": None if fixed is None else round(float(fixed), 3),
+        "s_per_epoch": None if per_epoch is None else round(float(per_epoch), 4),
+        "workers": len({t.user_attrs.get("worker") for t in done} - {None}),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=180.0, help="seconds per run (180)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each approach (3)")
+    parser.add_argument("--out", default=str(RESULTS / "tutorial_vs_service.json"))
+    parser.add_argument("--tutorial-child", nargs=2, metavar=("URL", "DEADLINE"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.tutorial_child:
+        return tutorial(str(SPACE), args.tutorial_child[0], float(args.tutorial_child[1]))
+
+    env = {"cpus": os.cpu_count(), "python": platform.python_version(),
+           "platform": platform.platform(), **{p: version(p) for p in
+           ("tensorflow", "keras", "optuna", "optuna-integration", "dlboost-search")}}  # fmt: skip
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="tutorial_vs_service-") as tmp:
+        for r in range(args.repeats):
+            order = ("service", "tutorial") if r % 2 == 0 else ("tutorial", "service")
+            for approach in order:
+                workdir = Path(tmp) / f"{r}-{approach}"
+                workdir.mkdir()
+                result = {"repeat": r, **run_once(approach, args.budget, workdir)}
+                runs.append(result)
+                print(json.dumps(result), file=sys.stderr, flush=True)
+
+    def median(approach: str, key: str):
+        values = [x[key] for x in runs if x["approach"] == approach and x[key] is not None]
+        return statistics.median(values) if values else None
+
+    keys = ("trials_per_min", "best_val_loss", "finished", "complete", "pruned", "startup_s",
+            "in_trial_s", "mean_epochs", "fixed_s_per_trial", "s_per_epoch")  # fmt: skip
+    summary = {a: {k: median(a, k) for k in keys} for a in ("service", "tutorial")}
+    def divide(a: float, b: float) -> float:
+        return a / b if b else float("inf")
+
+    ratio = divide(summary["service"]["trials_per_min"], summary["tutorial"]["trials_per_min"])
+    lines = [
+        f"Median of {args.repeats} repeat(s) x {args.budget:g} s per approach, "
+        f"{env['cpus']} CPUs, TensorFlow {env['tensorflow']}, Keras {env['keras']}, "
+        f"Optuna {env['optuna']}.",
+        "",
+        "| approach | finished trials/min | best val_loss | finished (complete+pruned) "
+        "| start-up to 1st trial (s) | time inside trials (s) | mean epochs/trial "
+        "| fixed s/trial | s/epoch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    def f(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for a in ("service", "tutorial"):
+        s = summary[a]
+        lines.append(
+            f"| {a} | {f(s['trials_per_min'], '.1f')} | {f(s['best_val_loss'], '.4f')} "
+            f"| {f(s['finished'], 'g')} ({f(s['complete'], 'g')}+{f(s['pruned'], 'g')}) "
+            f"| {f(s['startup_s'], '.1f')} | {f(s['in_trial_s'], '.0f')} "
+            f"| {f(s['mean_epochs'], '.1f')} | {f(s['fixed_s_per_trial'], '.2f')} "
+            f"| {f(s['s_per_epoch'], '.4f')} |"
+        )
+    per_repeat = []
+    for r in range(args.repeats):
+        pair = {x["approach"]: x for x in runs if x["repeat"] == r}
+        per_repeat.append(divide(pair["service"]["trials_per_min"], pair["tutorial"]["trials_per_min"]))
+    bests = summary["service"]["best_val_loss"], summary["tutorial"]["best_val_loss"]
+    better = None not in bests and bests[0] <= bests[1]
+    lines += [
+        "",
+        f"Trials/min ratio service / tutorial: **{ratio:.2f}x** (per repeat: "
+        f"{', '.join(f'{x:.2f}' for x in per_repeat)}). Target >= 2x at an equal or better "
+        f"best value: **{'met' if ratio >= 2 and better else 'NOT met'}** "
+        f"(best val_loss {'equal or better' if better else 'worse'}).",
+    ]
+    print("\n".join(lines))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(
+        {"args": {"budget_s": args.budget, "repeats": args.repeats}, "environment": env,
+         "runs": runs, "median": summary, "ratio_trials_per_min": ratio,
+         "ratio_per_repeat": per_repeat, "table_markdown": "\n".join(lines)}, indent=2) + "\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

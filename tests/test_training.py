@@ -1,0 +1,153 @@
+"""Model building (models/mlp.py) and training under a budget (training.py), with real Keras."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from dlboost_search.data import prepare
+from dlboost_search.errors import SearchAborted, TrialFailed
+from dlboost_search.models import mlp
+from dlboost_search.spaces import space_from_dict
+from dlboost_search.training import TrainingRecord, compile_model, train
+
+from conftest import TINY_SPACE
+
+
+def params(**changes):
+    space = space_from_dict(TINY_SPACE, "test")
+    return {**space.resolve({}), **changes}
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    return prepare(space_from_dict(TINY_SPACE, "test").data, 0)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    keras.utils.set_random_seed(0)
+    yield
+    keras.backend.clear_session()
+
+
+def test_mlp_has_the_layers_the_parameters_ask_for():
+    model = mlp.build(params(units=8, layers=3), (10,), "regression", 1)
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [layer.units for layer in dense] == [8, 8, 8, 1]
+    # 10*8+8 + 2*(8*8+8) + 8*1+1
+    assert model.count_params() == 88 + 144 + 9
+
+
+def test_mlp_dropout_batch_norm_and_regularizers():
+    model = mlp.build(
+        params(units=4, layers=2, dropout=0.25, batch_norm=True, l1=1e-4, l2=1e-3), (5,), "multiclass", 3
+    )
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Dropout") == 2 and kinds.count("BatchNormalization") == 2
+    assert all(layer.rate == 0.25 for layer in model.layers if isinstance(layer, keras.layers.Dropout))
+    hidden = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][:-1]
+    assert all(not layer.use_bias for layer in hidden)  # batch norm's shift replaces the bias
+    regularizer = hidden[0].kernel_regularizer
+    assert regularizer.l1 == pytest.approx(1e-4) and regularizer.l2 == pytest.approx(1e-3)
+    model(np.zeros((2, 5), dtype="float32"))
+    assert len(model.losses) == 2  # one penalty per hidden layer
+    assert model.layers[-1].activation.__name__ == "softmax"
+
+
+@pytest.mark.parametrize(
+    ("task", "outputs", "activation"), [("regression", 1, "linear"), ("binary", 1, "sigmoid")]
+)
+def test_mlp_output_layer_fits_the_task(task, outputs, activation):
+    model = mlp.build(params(), (3,), task, outputs)
+    assert model.output_shape == (None, outputs)
+    assert model.layers[-1].activation.__name__ == activation
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "nadam", "rmsprop", "sgd"])
+def test_compile_uses_the_optimizer_learning_rate_and_clip(optimizer):
+    model = mlp.build(params(), (3,), "regression", 1)
+    compile_model(model, params(optimizer=optimizer, learning_rate=0.005, clipvalue=0.7), "regression")
+    assert model.optimizer.name.replace("_", "") == optimizer
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.005)
+    assert model.optimizer.clipvalue == pytest.approx(0.7)
+
+
+def test_compile_clipnorm():
+    model = mlp.build(params(), (3,), "regression", 1)
+    compile_model(model, params(clipvalue=None, clipnorm=2.0), "regression")
+    assert model.optimizer.clipnorm == pytest.approx(2.0) and model.optimizer.clipvalue is None
+
+
+def fit(data, monitor="val_loss", direction="minimize", min_delta=0.0, **overrides):
+    record = TrainingRecord()
+    reported = []
+    value = train(
+        mlp.build(params(**overrides), data.input_shape, data.task, data.n_outputs),
+        params(**overrides),
+        data,
+        max_epochs=overrides.pop("max_epochs", 6),
+        patience=2,
+        min_delta=min_delta,
+        monitor=monitor,
+        direction=direction,
+        seed=0,
+        record=record,
+        report=lambda epoch, v: reported.append((epoch, v)),
+    )
+    return value, record, reported
+
+
+def test_train_returns_the_best_epoch_and_reports_every_epoch(diabetes):
+    value, record, reported = fit(diabetes, units=8)
+    assert [epoch for epoch, _ in reported] == list(range(record.epochs_trained))
+    assert value == min(v for _, v in reported) == record.best_value
+    assert reported[record.best_epoch - 1][1] == value
+    assert record.n_params == 10 * 8 + 8 + 8 * 1 + 1  # one hidden layer of 8 units
+    assert record.train_seconds > 0
+
+
+def test_early_stopping_stops_before_the_budget(diabetes):
+    # A learning rate this small moves val_loss by less than min_delta: after the first
+    # epoch, patience (2) runs out.
+    _, record, _ = fit(diabetes, learning_rate=1e-7, max_epochs=50, min_delta=0.01)
+    assert record.epochs_trained == 3
+
+
+def test_classification_metrics_can_be_maximized():
+    digits = prepare(space_from_dict({**TINY_SPACE, "data": {"builtin": "digits"}}, "test").data, 0)
+    value, record, reported = fit(digits, monitor="val_accuracy", direction="maximize", units=16)
+    assert value == max(v for _, v in reported)
+    assert 0.5 < value <= 1.0  # 16 units learn digits well within 6 epochs
+
+
+def test_a_nan_loss_fails_the_trial(diabetes):
+    with pytest.raises(TrialFailed, match="loss became nan at epoch 1"):
+        fit(diabetes, optimizer="sgd", learning_rate=10.0, units=64, layers=3)
+
+
+def test_a_metric_that_never_appears_aborts_the_search(diabetes):
+    with pytest.raises(SearchAborted, match=r"'val_auc' never appears .* val_loss, val_mae"):
+        fit(diabetes, monitor="val_auc")
+
+
+def test_report_can_stop_training(diabetes):
+    class Stop(Exception):
+        pass
+
+    record = TrainingRecord()
+
+    def stop_at_third(epoch, value):
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(
+            mlp.build(params(), diabetes.input_shape, "regression", 1), params(), diabetes,
+            max_epochs=20, patience=20, min_delta=0.0, monitor="val_loss", direction="minimize",
+            seed=0, record=record, report=stop_at_third,
+        )  # fmt: skip
+    assert record.epochs_trained == 3 and math.isfinite(record.best_value)
