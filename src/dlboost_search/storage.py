@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +21,6 @@ DEFAULT_STORAGE = "sqlite:///storage/studies.db"
 STORAGE_ENV = "DLBOOST_STORAGE"
 SPEC_ATTR = "dlboost_search"  # study user attribute holding the space, data spec and version
 SQLITE_BUSY_TIMEOUT_S = 60
-
-_sqlite_pragmas_installed = False
-
 
 def storage_url(given: str | None) -> str:
     """The URL to use: the one given, else $DLBOOST_STORAGE, else the default SQLite file."""
@@ -45,23 +41,12 @@ def masked(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def _install_sqlite_pragmas() -> None:
-    global _sqlite_pragmas_installed
-    if _sqlite_pragmas_installed:
-        return
-    from sqlalchemy import event
-    from sqlalchemy.pool import Pool
-
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        if isinstance(dbapi_connection, sqlite3.Connection):
-            cursor = dbapi_connection.cursor()
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = NORMAL")
-            cursor.close()
-
-    event.listen(Pool, "connect", on_connect)
-    _sqlite_pragmas_installed = True
+def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_S * 1000}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -69,13 +54,19 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     import optuna
     import sqlalchemy.exc
 
+    sqlite = url.startswith("sqlite:///")
     try:
-        if url.startswith("sqlite:///"):
+        if sqlite:
             path = url.removeprefix("sqlite:///")
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            _install_sqlite_pragmas()
-        return optuna.storages.RDBStorage(url)
+        storage = optuna.storages.RDBStorage(url)
+        if sqlite:
+            from sqlalchemy import event
+
+            event.listen(storage.engine, "connect", _tune_sqlite)
+            storage.engine.dispose()  # reconnect so every pooled connection is tuned
+        return storage
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0].rstrip(".")
         raise StorageError(
