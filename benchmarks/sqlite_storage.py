@@ -51,12 +51,19 @@ def main() -> None:
             results["optuna default"].append(
                 storage_ms_per_trial(optuna.storages.RDBStorage(default_url), args.trials)
             )
-            results["dlboost-search"].append(storage_ms_per_trial(open_storage(tuned_url), args.trials))
-            print(f"round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:.1f} ms" for k, v in results.items()))
+            results["dlboost-search"].append(
+                storage_ms_per_trial(open_storage(tuned_url), args.trials)
+            )
+            print(
+                f"round {round_ + 1}: "
+                + ", ".join(f"{k} {v[-1]:.1f} ms" for k, v in results.items())
+            )
     default, tuned = (statistics.median(v) for v in results.values())
     print("\n| storage | median ms of storage work per trial |\n|---|---|")
-    print(f"| Optuna's default SQLite | {default:.1f} |\n| dlboost-search SQLite (WAL, NORMAL) | {tuned:.1f} |")
-    print(f"\nratio default / ours: {default / tuned:.1f}x ({args.trials} trials x {args.rounds} rounds)")
+    print(f"| Optuna's default SQLite | {default:.1f} |")
+    print(f"| dlboost-search SQLite (WAL, NORMAL) | {tuned:.1f} |")
+    print(f"\nratio default / ours: {default / tuned:.1f}x")
+    print(f"({args.trials} trials x {args.rounds} rounds)")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,11 @@ TINY_SPACE: dict[str, Any] = {
 def deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in ("params", "data"):
+        if (
+            isinstance(value, dict)
+            and isinstance(merged.get(key), dict)
+            and key not in ("params", "data")
+        ):
             merged[key] = deep_update(merged[key], value)
         else:
             merged[key] = value

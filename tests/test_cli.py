@@ -20,7 +20,9 @@ COMMANDS = ["start", "resume", "status", "best", "validate"]
 def finished_study(tmp_path_factory) -> str:
     """A real two-trial study, shared by the read-only tests of this module."""
     folder = tmp_path_factory.mktemp("finished")
-    (folder / "space.yaml").write_text(yaml.safe_dump({**TINY_SPACE, "search": {**TINY_SPACE["search"], "trials": 2}}))
+    (folder / "space.yaml").write_text(
+        yaml.safe_dump({**TINY_SPACE, "search": {**TINY_SPACE["search"], "trials": 2}})
+    )
     url = f"sqlite:///{folder / 'studies.db'}"
     result = subprocess.run(
         cli_command("start", "space.yaml", "--storage", url, "-q"),
@@ -37,7 +39,9 @@ def test_every_command_has_help_with_an_example(run_cli, command):
     assert "Example" in result.stdout
 
 
-@pytest.mark.parametrize("args", [["--help"], ["status"], ["best", "tiny"], ["validate", "space.yaml"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["status"], ["best", "tiny"], ["validate", "space.yaml"]]
+)
 def test_light_commands_do_not_import_tensorflow(tmp_path, write_space, args):
     write_space()
     code = (
@@ -110,7 +114,9 @@ def test_resume_of_a_study_made_elsewhere_says_what_to_do(run_cli, storage):
     optuna.create_study(study_name="foreign", storage=storage)
     result = run_cli("resume", "foreign", "--storage", storage)
     assert result.returncode == 2
-    assert "not created by dlboost-search" in result.stderr and "--study-name foreign" in result.stderr
+    assert (
+        "not created by dlboost-search" in result.stderr and "--study-name foreign" in result.stderr
+    )
 
 
 def test_validate_accepts_a_good_space_and_touches_no_storage(run_cli, write_space, tmp_path):
@@ -124,7 +130,9 @@ def test_validate_rejects_a_bad_space_with_file_key_and_fix(run_cli, write_space
     space = write_space(params={"units": {"type": "int", "low": 64, "high": 8}})
     result = run_cli("validate", str(space))
     assert result.returncode == 2
-    assert str(space) in result.stderr and "params.units" in result.stderr and "swap" in result.stderr
+    assert (
+        str(space) in result.stderr and "params.units" in result.stderr and "swap" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -144,7 +152,9 @@ def test_missing_data_file_fails_before_the_study_exists(run_cli, write_space, s
     assert optuna.get_all_study_names(storage) == []
 
 
-def test_a_metric_the_data_cannot_produce_stops_before_any_trial(run_cli, write_space, storage, tmp_path):
+def test_a_metric_the_data_cannot_produce_stops_before_any_trial(
+    run_cli, write_space, storage, tmp_path
+):
     """The task of a CSV is known only once it is read; the check still comes first."""
     rows = "\n".join(f"{i % 7},{i % 3},{'yes' if i % 2 else 'no'}" for i in range(40))
     (tmp_path / "d.csv").write_text("a,b,label\n" + rows + "\n")
@@ -159,8 +169,14 @@ def test_a_metric_the_data_cannot_produce_stops_before_any_trial(run_cli, write_
     ("url", "expected"),
     [
         ("studies.db", "For an SQLite file write 'sqlite:///studies.db'"),
-        ("sqlite:////proc/no-such-dir/studies.db", "cannot open storage sqlite:////proc/no-such-dir"),
-        ("postgresql://root:secret@127.0.0.1:1/test", "cannot open storage postgresql://root:***@127.0.0.1:1/test"),
+        (
+            "sqlite:////proc/no-such-dir/studies.db",
+            "cannot open storage sqlite:////proc/no-such-dir",
+        ),
+        (
+            "postgresql://root:secret@127.0.0.1:1/test",
+            "cannot open storage postgresql://root:***@127.0.0.1:1/test",
+        ),
     ],
 )
 def test_unusable_storage_exits_3_with_the_url_masked(run_cli, url, expected):
@@ -172,7 +188,9 @@ def test_unusable_storage_exits_3_with_the_url_masked(run_cli, url, expected):
 
 def test_storage_from_the_environment(tmp_path, finished_study):
     env = {**cli_env(), "DLBOOST_STORAGE": finished_study}
-    result = subprocess.run(cli_command("status"), cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        cli_command("status"), cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0 and "tiny" in result.stdout
 
 

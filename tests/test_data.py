@@ -138,11 +138,14 @@ def test_prepare_is_cached_per_spec_and_seed():
 def test_csv_categorical_column_is_one_hot_encoded(tmp_path: Path):
     n = 40
     rng = np.random.default_rng(1)
-    path = write_csv(tmp_path / "cars.csv", {
-        "size": rng.normal(3.0, 1.0, n),
-        "color": [("red", "green", "blue")[i % 3] for i in range(n)],
-        "y": rng.normal(size=n),
-    })
+    path = write_csv(
+        tmp_path / "cars.csv",
+        {
+            "size": rng.normal(3.0, 1.0, n),
+            "color": [("red", "green", "blue")[i % 3] for i in range(n)],
+            "y": rng.normal(size=n),
+        },
+    )
     data = prepare(file_spec(path), 0)
     assert data.task == "regression"
     assert data.feature_names == ["size", "color_blue", "color_green", "color_red"]
@@ -209,8 +212,13 @@ def test_npz_with_its_own_validation_arrays(tmp_path: Path):
     rng = np.random.default_rng(6)
     x_train, x_val = rng.normal(5.0, 2.0, (30, 3)), rng.normal(5.0, 2.0, (10, 3))
     path = tmp_path / "split.npz"
-    np.savez(path, x_train=x_train, y_train=np.array(["a", "b"] * 15),
-             x_val=x_val, y_val=np.array(["b", "a"] * 5))
+    np.savez(
+        path,
+        x_train=x_train,
+        y_train=np.array(["a", "b"] * 15),
+        x_val=x_val,
+        y_val=np.array(["b", "a"] * 5),
+    )
     data = prepare(file_spec(path, target=None), 0)
     assert data.task == "binary"
     assert data.class_labels == ["a", "b"]
@@ -254,11 +262,17 @@ def test_separate_validation_file(tmp_path: Path):
         pytest.param(["no", "yes"] * 20, "binary", 1, ["no", "yes"], id="two-strings"),
         pytest.param([True, False] * 20, "binary", 1, [False, True], id="bools"),
         pytest.param([0.5, 1.5] * 20, "binary", 1, [0.5, 1.5], id="two-floats"),
-        pytest.param(["cat", "dog", "eel", "fox"] * 10, "multiclass", 4,
-                     ["cat", "dog", "eel", "fox"], id="string-labels"),
+        pytest.param(
+            ["cat", "dog", "eel", "fox"] * 10,
+            "multiclass",
+            4,
+            ["cat", "dog", "eel", "fox"],
+            id="string-labels",
+        ),
         pytest.param([1, 2, 3, 4, 5] * 8, "multiclass", 5, [1, 2, 3, 4, 5], id="small-int-set"),
-        pytest.param([1.0, 2.0, 3.0] * 13 + [1.0], "multiclass", 3, [1.0, 2.0, 3.0],
-                     id="whole-floats"),
+        pytest.param(
+            [1.0, 2.0, 3.0] * 13 + [1.0], "multiclass", 3, [1.0, 2.0, 3.0], id="whole-floats"
+        ),
     ],
 )
 def test_task_is_inferred_from_the_target(
@@ -399,8 +413,9 @@ def test_class_with_a_single_row(tmp_path: Path):
     target = ["a"] * 15 + ["b"] * 15 + ["c"]
     path = write_csv(tmp_path / "t.csv", {"a": rng.normal(size=31), "y": target})
     message = data_error(file_spec(path))
-    assert message.startswith(f"{path}: cannot split into training and validation rows with "
-                              f"every class on both sides")
+    assert message.startswith(
+        f"{path}: cannot split into training and validation rows with every class on both sides"
+    )
     assert "Every class needs at least 2 rows." in message
 
 
@@ -437,8 +452,13 @@ def test_npz_with_nan_in_x(tmp_path: Path):
     x = rng.normal(size=(40, 3))
     x[[2, 9], 1] = np.nan
     path = tmp_path / "nan.npz"
-    np.savez(path, x_train=x, y_train=rng.normal(size=40), x_val=rng.normal(size=(10, 3)),
-             y_val=rng.normal(size=10))
+    np.savez(
+        path,
+        x_train=x,
+        y_train=rng.normal(size=40),
+        x_val=rng.normal(size=(10, 3)),
+        y_val=rng.normal(size=10),
+    )
     message = data_error(file_spec(path, target=None))
     assert message.startswith(f"{path}: array x_train has 2 rows with NaN or inf (rows 2, 9...)")
     assert "Drop or fill them." in message
@@ -449,8 +469,13 @@ def test_npz_with_inf_in_x_val(tmp_path: Path):
     x_val = rng.normal(size=(10, 3))
     x_val[4, 0] = -np.inf
     path = tmp_path / "inf.npz"
-    np.savez(path, x_train=rng.normal(size=(40, 3)), y_train=rng.normal(size=40), x_val=x_val,
-             y_val=rng.normal(size=10))
+    np.savez(
+        path,
+        x_train=rng.normal(size=(40, 3)),
+        y_train=rng.normal(size=40),
+        x_val=x_val,
+        y_val=rng.normal(size=10),
+    )
     message = data_error(file_spec(path, target=None))
     assert "array x_val has 1 rows with NaN or inf (rows 4...)" in message
 
@@ -518,8 +543,13 @@ def test_npz_with_nan_in_y(tmp_path: Path):
 def test_npz_x_train_and_y_train_length_mismatch(tmp_path: Path):
     rng = np.random.default_rng(24)
     path = tmp_path / "lengths_split.npz"
-    np.savez(path, x_train=rng.normal(size=(20, 3)), y_train=rng.normal(size=19),
-             x_val=rng.normal(size=(5, 3)), y_val=rng.normal(size=5))
+    np.savez(
+        path,
+        x_train=rng.normal(size=(20, 3)),
+        y_train=rng.normal(size=19),
+        x_val=rng.normal(size=(5, 3)),
+        y_val=rng.normal(size=5),
+    )
     message = data_error(file_spec(path, target=None))
     assert "20" in message and "19" in message
 
@@ -527,8 +557,13 @@ def test_npz_x_train_and_y_train_length_mismatch(tmp_path: Path):
 def test_npz_x_val_with_other_features(tmp_path: Path):
     rng = np.random.default_rng(25)
     path = tmp_path / "features.npz"
-    np.savez(path, x_train=rng.normal(size=(20, 3)), y_train=rng.normal(size=20),
-             x_val=rng.normal(size=(5, 4)), y_val=rng.normal(size=5))
+    np.savez(
+        path,
+        x_train=rng.normal(size=(20, 3)),
+        y_train=rng.normal(size=20),
+        x_val=rng.normal(size=(5, 4)),
+        y_val=rng.normal(size=5),
+    )
     data_error(file_spec(path, target=None))
 
 

@@ -111,20 +111,29 @@ def test_digits_space_fixes_optimizer_and_maximizes_accuracy():
 BAD_SPACES = [
     pytest.param(
         make(parms={"units": 8}),
-        ["parms: unknown key 'parms'.", "Did you mean 'params'?",
-         "Allowed here: name, description, data, model, objective, training, search, params."],
+        [
+            "parms: unknown key 'parms'.",
+            "Did you mean 'params'?",
+            "Allowed here: name, description, data, model, objective, training, search, params.",
+        ],
         id="unknown-top-level-key",
     ),
     pytest.param(
         make(training={"max_epoch": 5}),
-        ["training.max_epoch: unknown key 'max_epoch'.", "Did you mean 'max_epochs'?",
-         "Allowed here: max_epochs, batch_size, early_stopping."],
+        [
+            "training.max_epoch: unknown key 'max_epoch'.",
+            "Did you mean 'max_epochs'?",
+            "Allowed here: max_epochs, batch_size, early_stopping.",
+        ],
         id="unknown-nested-key",
     ),
     pytest.param(
         make(training={"early_stopping": {"patient": 3}}),
-        ["training.early_stopping.patient: unknown key 'patient'.", "Did you mean 'patience'?",
-         "Allowed here: patience, min_delta."],
+        [
+            "training.early_stopping.patient: unknown key 'patient'.",
+            "Did you mean 'patience'?",
+            "Allowed here: patience, min_delta.",
+        ],
         id="unknown-key-two-levels-down",
     ),
     pytest.param(
@@ -164,19 +173,32 @@ BAD_SPACES = [
     ),
     pytest.param(
         make(params={"l2": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}),
-        ["params.l2.low: a log-scale range must start above 0, got 0.0; "
-         "raise low or set log: false."],
+        [
+            "params.l2.low: a log-scale range must start above 0, got 0.0; "
+            "raise low or set log: false."
+        ],
         id="log-with-low-zero",
     ),
     pytest.param(
         make(params={"learning_rate": {"type": "float", "low": -0.1, "high": 0.1, "log": True}}),
-        ["params.learning_rate.low: a log-scale range must start above 0, got -0.1",
-         "params.learning_rate.low: optimizer step size must be at least 1e-07; got -0.1."],
+        [
+            "params.learning_rate.low: a log-scale range must start above 0, got -0.1",
+            "params.learning_rate.low: optimizer step size must be at least 1e-07; got -0.1.",
+        ],
         id="log-with-negative-low",
     ),
     pytest.param(
-        make(params={"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2,
-                                        "step": 1e-4, "log": True}}),
+        make(
+            params={
+                "learning_rate": {
+                    "type": "float",
+                    "low": 1e-4,
+                    "high": 1e-2,
+                    "step": 1e-4,
+                    "log": True,
+                }
+            }
+        ),
         ["params.learning_rate.step: step and log cannot be combined; remove one."],
         id="float-log-with-step",
     ),
@@ -192,21 +214,29 @@ BAD_SPACES = [
     ),
     pytest.param(
         make(params={"units": {"type": "integer", "low": 8, "high": 64}}),
-        ["params.units: a parameter is a plain value (fixed) or a mapping with type: int, "
-         "float or categorical; got", "'type': 'integer'"],
+        [
+            "params.units: a parameter is a plain value (fixed) or a mapping with type: int, "
+            "float or categorical; got",
+            "'type': 'integer'",
+        ],
         id="unknown-param-type",
     ),
     pytest.param(
         make(params={"units": {"low": 8, "high": 64}}),
-        ["params.units: a parameter is a plain value (fixed) or a mapping with type: int, "
-         "float or categorical; got {'low': 8, 'high': 64}."],
+        [
+            "params.units: a parameter is a plain value (fixed) or a mapping with type: int, "
+            "float or categorical; got {'low': 8, 'high': 64}."
+        ],
         id="param-type-missing",
     ),
     pytest.param(
         make(params={"unit": {"type": "int", "low": 8, "high": 64}}),
-        ["params.unit: mlp models have no hyperparameter 'unit'.", "Did you mean 'units'?",
-         "Known: learning_rate, optimizer, clipvalue, clipnorm, batch_size, units, layers, "
-         "dropout, l1, l2, batch_norm, activation."],
+        [
+            "params.unit: mlp models have no hyperparameter 'unit'.",
+            "Did you mean 'units'?",
+            "Known: learning_rate, optimizer, clipvalue, clipnorm, batch_size, units, layers, "
+            "dropout, l1, l2, batch_norm, activation.",
+        ],
         id="unknown-param-name",
     ),
     pytest.param(
@@ -246,37 +276,50 @@ BAD_SPACES = [
     ),
     pytest.param(
         make(params={"units": 8.5}),
-        ["params.units: units in each hidden layer must be a whole number, written without a decimal point; got 8.5."],
+        [
+            "params.units: units in each hidden layer must be a whole number, "
+            "written without a decimal point; got 8.5."
+        ],
         id="fixed-fractional-units",
     ),
     pytest.param(
         make(params={"optimizer": {"type": "int", "low": 0, "high": 3}}),
-        ["params.optimizer: Keras optimizer is not numeric; search it with "
-         "{type: categorical, choices: [adam, adamw, nadam, rmsprop, sgd]}."],
+        [
+            "params.optimizer: Keras optimizer is not numeric; search it with "
+            "{type: categorical, choices: [adam, adamw, nadam, rmsprop, sgd]}."
+        ],
         id="int-range-for-choice-param",
     ),
     pytest.param(
         make(params={"batch_norm": {"type": "float", "low": 0.0, "high": 1.0}}),
-        ["params.batch_norm: batch normalization before each activation is not numeric; "
-         "search it with {type: categorical, choices: [true, false]}."],
+        [
+            "params.batch_norm: batch normalization before each activation is not numeric; "
+            "search it with {type: categorical, choices: [true, false]}."
+        ],
         id="float-range-for-bool-param",
     ),
     pytest.param(
         make(params={"optimizer": {"type": "categorical", "choices": ["adam", "adamax"]}}),
-        ["params.optimizer.choices: Keras optimizer must be one of adam, adamw, nadam, "
-         "rmsprop, sgd; got 'adamax'."],
+        [
+            "params.optimizer.choices: Keras optimizer must be one of adam, adamw, nadam, "
+            "rmsprop, sgd; got 'adamax'."
+        ],
         id="categorical-choice-not-allowed",
     ),
     pytest.param(
         make(params={"optimizer": "adamax"}),
-        ["params.optimizer: Keras optimizer must be one of adam, adamw, nadam, rmsprop, sgd; "
-         "got 'adamax'."],
+        [
+            "params.optimizer: Keras optimizer must be one of adam, adamw, nadam, rmsprop, sgd; "
+            "got 'adamax'."
+        ],
         id="fixed-choice-not-allowed",
     ),
     pytest.param(
         make(params={"batch_norm": "yes"}),
-        ["params.batch_norm: batch normalization before each activation must be true or false; "
-         "got 'yes'."],
+        [
+            "params.batch_norm: batch normalization before each activation must be true or false; "
+            "got 'yes'."
+        ],
         id="fixed-bool-not-a-bool",
     ),
     pytest.param(
@@ -291,8 +334,10 @@ BAD_SPACES = [
     ),
     pytest.param(
         make(search={"pruner": "asha"}),
-        ["search.pruner: Input should be 'hyperband', 'median', 'successive_halving', "
-         "'patient' or 'none'; got 'asha'."],
+        [
+            "search.pruner: Input should be 'hyperband', 'median', 'successive_halving', "
+            "'patient' or 'none'; got 'asha'."
+        ],
         id="unknown-pruner",
     ),
     pytest.param(
@@ -302,16 +347,20 @@ BAD_SPACES = [
     ),
     pytest.param(
         make(data={"builtin": "diabetis"}),
-        ["data.builtin: unknown dataset 'diabetis'. Did you mean 'diabetes'? "
-         "Built-in datasets: diabetes, breast_cancer, digits, wine, iris."],
+        [
+            "data.builtin: unknown dataset 'diabetis'. Did you mean 'diabetes'? "
+            "Built-in datasets: diabetes, breast_cancer, digits, wine, iris."
+        ],
         id="unknown-builtin",
     ),
     pytest.param(
         make(data={"builtin": "diabetes", "path": "train.csv", "target": "y"}),
-        ["data: give exactly one of `builtin` (one of diabetes, breast_cancer, digits, wine, "
-         "iris) or `path` (a CSV, Parquet or NPZ file).",
-         "data: a built-in dataset brings its own target and task; remove `target`, "
-         "`validation_path` and `task`."],
+        [
+            "data: give exactly one of `builtin` (one of diabetes, breast_cancer, digits, wine, "
+            "iris) or `path` (a CSV, Parquet or NPZ file).",
+            "data: a built-in dataset brings its own target and task; remove `target`, "
+            "`validation_path` and `task`.",
+        ],
         id="builtin-and-path",
     ),
     pytest.param(
@@ -321,8 +370,10 @@ BAD_SPACES = [
     ),
     pytest.param(
         make(data={"builtin": "iris", "task": "binary"}),
-        ["data: a built-in dataset brings its own target and task; remove `target`, "
-         "`validation_path` and `task`."],
+        [
+            "data: a built-in dataset brings its own target and task; remove `target`, "
+            "`validation_path` and `task`."
+        ],
         id="builtin-with-task",
     ),
     pytest.param(
@@ -337,34 +388,46 @@ BAD_SPACES = [
     ),
     pytest.param(
         make(objective={"metric": "val_accuracy"}),
-        ["objective.metric: a regression model does not log 'val_accuracy'. "
-         "Use one of: val_loss, loss, val_mae, mae (val_ metrics are measured on the "
-         "validation split)."],
+        [
+            "objective.metric: a regression model does not log 'val_accuracy'. "
+            "Use one of: val_loss, loss, val_mae, mae (val_ metrics are measured on the "
+            "validation split)."
+        ],
         id="accuracy-on-regression",
     ),
     pytest.param(
         make(data={"builtin": "digits"}, objective={"metric": "val_auc"}),
-        ["objective.metric: a multiclass model does not log 'val_auc'. "
-         "Use one of: val_loss, loss, val_accuracy, accuracy"],
+        [
+            "objective.metric: a multiclass model does not log 'val_auc'. "
+            "Use one of: val_loss, loss, val_accuracy, accuracy"
+        ],
         id="auc-on-multiclass",
     ),
     pytest.param(
-        make(data={"path": "train.csv", "target": "y", "task": "regression"},
-             objective={"metric": "val_auc"}),
+        make(
+            data={"path": "train.csv", "target": "y", "task": "regression"},
+            objective={"metric": "val_auc"},
+        ),
         ["objective.metric: a regression model does not log 'val_auc'."],
         id="auc-on-declared-regression-task",
     ),
     pytest.param(
         make(objective={"metric": "val_loss", "direction": "maximize"}),
-        ["objective.direction: 'val_loss' gets better as it goes down, so it must be "
-         "'minimize', got 'maximize'. Write direction: minimize or leave it out."],
+        [
+            "objective.direction: 'val_loss' gets better as it goes down, so it must be "
+            "'minimize', got 'maximize'. Write direction: minimize or leave it out."
+        ],
         id="direction-contradicts-loss",
     ),
     pytest.param(
-        make(data={"builtin": "breast_cancer"},
-             objective={"metric": "val_auc", "direction": "minimize"}),
-        ["objective.direction: 'val_auc' gets better as it goes up, so it must be "
-         "'maximize', got 'minimize'. Write direction: maximize or leave it out."],
+        make(
+            data={"builtin": "breast_cancer"},
+            objective={"metric": "val_auc", "direction": "minimize"},
+        ),
+        [
+            "objective.direction: 'val_auc' gets better as it goes up, so it must be "
+            "'maximize', got 'minimize'. Write direction: maximize or leave it out."
+        ],
         id="direction-contradicts-auc",
     ),
     pytest.param(
@@ -374,9 +437,11 @@ BAD_SPACES = [
     ),
     pytest.param(
         make(objective={"metric": "val_los"}),
-        ["objective.metric: unknown metric 'val_los'. Did you mean 'val_loss'? "
-         "Known: val_accuracy, val_auc, val_loss, val_mae (and the same without val_, on the "
-         "training data)."],
+        [
+            "objective.metric: unknown metric 'val_los'. Did you mean 'val_loss'? "
+            "Known: val_accuracy, val_auc, val_loss, val_mae (and the same without val_, on the "
+            "training data)."
+        ],
         id="unknown-metric",
     ),
     pytest.param(
@@ -534,13 +599,15 @@ def test_unknown_family_still_reports_the_other_problems(tmp_path: Path):
 
 def test_plain_values_are_fixed_not_searched():
     space = space_from_dict(
-        make(params={
-            "units": {"type": "int", "low": 8, "high": 64},
-            "optimizer": "adam",
-            "batch_norm": True,
-            "layers": 3,
-            "clipvalue": None,
-        }),
+        make(
+            params={
+                "units": {"type": "int", "low": 8, "high": 64},
+                "optimizer": "adam",
+                "batch_norm": True,
+                "layers": 3,
+                "clipvalue": None,
+            }
+        ),
         "src",
     )
     assert isinstance(space.params["optimizer"], FixedParam)
@@ -564,8 +631,10 @@ def test_resolve_fills_defaults_for_unspecified_params():
 
 def test_searched_batch_size_overrides_training_batch_size():
     space = space_from_dict(
-        make(params={"batch_size": {"type": "categorical", "choices": [16, 32]}},
-             training={"batch_size": 64}),
+        make(
+            params={"batch_size": {"type": "categorical", "choices": [16, 32]}},
+            training={"batch_size": 64},
+        ),
         "src",
     )
     assert space.resolve({})["batch_size"] == 64
@@ -605,8 +674,10 @@ def test_direction_is_inferred_from_the_metric(builtin: str, metric: str, direct
 
 def test_explicit_direction_is_kept():
     space = space_from_dict(
-        make(data={"builtin": "digits"},
-             objective={"metric": "val_accuracy", "direction": "maximize"}),
+        make(
+            data={"builtin": "digits"},
+            objective={"metric": "val_accuracy", "direction": "maximize"},
+        ),
         "src",
     )
     assert space.direction == "maximize"
@@ -621,14 +692,18 @@ def test_check_task_for_a_file_whose_task_is_known_only_after_loading():
     space.check_task("binary", "space.yaml")
     with pytest.raises(SpaceError) as info:
         space.check_task("multiclass", "study 'x'")
-    assert str(info.value).startswith("study 'x': objective.metric: a multiclass model does not "
-                                      "log 'val_auc'. Use one of: val_loss, loss, val_accuracy")
+    assert str(info.value).startswith(
+        "study 'x': objective.metric: a multiclass model does not "
+        "log 'val_auc'. Use one of: val_loss, loss, val_accuracy"
+    )
 
 
 def test_check_task_rejects_a_contradicting_direction():
     space = space_from_dict(
-        make(data={"path": "/data/train.npz"},
-             objective={"metric": "val_accuracy", "direction": "minimize"}),
+        make(
+            data={"path": "/data/train.npz"},
+            objective={"metric": "val_accuracy", "direction": "minimize"},
+        ),
         "space.yaml",
     )
     with pytest.raises(SpaceError, match=r"must be 'maximize', got 'minimize'"):

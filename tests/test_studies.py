@@ -71,7 +71,20 @@ def test_rerun_continues_to_the_target_and_resume_needs_no_yaml(write_space, sto
 
 
 def test_a_different_space_under_the_same_name_is_refused(write_space, storage, run_cli):
-    assert run_cli("start", str(write_space(), ), "--storage", storage, "--trials", "1", "-q").returncode == 0
+    assert (
+        run_cli(
+            "start",
+            str(
+                write_space(),
+            ),
+            "--storage",
+            storage,
+            "--trials",
+            "1",
+            "-q",
+        ).returncode
+        == 0
+    )
     changed = write_space("changed.yaml", training={"max_epochs": 7})
 
     result = run_cli("start", str(changed), "--storage", storage, "-q")
@@ -84,7 +97,9 @@ def test_a_different_space_under_the_same_name_is_refused(write_space, storage, 
     assert len(study.trials) == 1
     assert study.user_attrs["dlboost_search"]["space"]["training"]["max_epochs"] == 4
     # The suggested fix works: another name makes another study beside it.
-    result = run_cli("start", str(changed), "--storage", storage, "--study-name", "tiny-7", "--trials", "1", "-q")
+    result = run_cli(
+        "start", str(changed), "--storage", storage, "--study-name", "tiny-7", "--trials", "1", "-q"
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(optuna.get_all_study_names(storage)) == ["tiny", "tiny-7"]
 
@@ -92,7 +107,11 @@ def test_a_different_space_under_the_same_name_is_refused(write_space, storage, 
 def test_nan_trials_fail_and_the_search_goes_on(write_space, storage, run_cli):
     # sgd at learning rate 10 diverges at once; 1e-3 trains fine.
     space = write_space(
-        params={"learning_rate": {"type": "categorical", "choices": [10.0, 0.001]}, "units": 64, "optimizer": "sgd"},
+        params={
+            "learning_rate": {"type": "categorical", "choices": [10.0, 0.001]},
+            "units": 64,
+            "optimizer": "sgd",
+        },
         search={"sampler": "random", "trials": 4, "seed": 1, "max_consecutive_failures": 10},
     )
     result = run_cli("start", str(space), "--storage", storage)
@@ -137,7 +156,9 @@ def wait_for_running_trial(url: str, timeout: float = 120) -> optuna.trial.Froze
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_close_the_running_trial(write_space, storage, tmp_path, signum):
-    space = write_space(training={"max_epochs": 400, "early_stopping": {"patience": 400}}, search={"pruner": "none"})
+    space = write_space(
+        training={"max_epochs": 400, "early_stopping": {"patience": 400}}, search={"pruner": "none"}
+    )
     process = subprocess.Popen(
         cli_command("start", str(space), "--storage", storage),
         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -163,7 +184,10 @@ def test_ctrl_c_and_sigterm_close_the_running_trial(write_space, storage, tmp_pa
 
 
 def test_a_killed_worker_loses_only_its_trial(write_space, storage, tmp_path):
-    space = write_space(training={"max_epochs": 400, "early_stopping": {"patience": 400}}, search={"pruner": "none", "trials": 1})
+    space = write_space(
+        training={"max_epochs": 400, "early_stopping": {"patience": 400}},
+        search={"pruner": "none", "trials": 1},
+    )
     process = subprocess.Popen(
         cli_command("start", str(space), "--storage", storage),
         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

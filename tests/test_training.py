@@ -8,13 +8,12 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import TINY_SPACE
 from dlboost_search.data import prepare
 from dlboost_search.errors import SearchAborted, TrialFailed
 from dlboost_search.models import mlp
 from dlboost_search.spaces import space_from_dict
 from dlboost_search.training import TrainingRecord, compile_model, train
-
-from conftest import TINY_SPACE
 
 
 def params(**changes):
@@ -44,11 +43,16 @@ def test_mlp_has_the_layers_the_parameters_ask_for():
 
 def test_mlp_dropout_batch_norm_and_regularizers():
     model = mlp.build(
-        params(units=4, layers=2, dropout=0.25, batch_norm=True, l1=1e-4, l2=1e-3), (5,), "multiclass", 3
+        params(units=4, layers=2, dropout=0.25, batch_norm=True, l1=1e-4, l2=1e-3),
+        (5,),
+        "multiclass",
+        3,
     )
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds.count("Dropout") == 2 and kinds.count("BatchNormalization") == 2
-    assert all(layer.rate == 0.25 for layer in model.layers if isinstance(layer, keras.layers.Dropout))
+    assert all(
+        layer.rate == 0.25 for layer in model.layers if isinstance(layer, keras.layers.Dropout)
+    )
     hidden = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][:-1]
     assert all(not layer.use_bias for layer in hidden)  # batch norm's shift replaces the bias
     regularizer = hidden[0].kernel_regularizer
@@ -70,7 +74,9 @@ def test_mlp_output_layer_fits_the_task(task, outputs, activation):
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "nadam", "rmsprop", "sgd"])
 def test_compile_uses_the_optimizer_learning_rate_and_clip(optimizer):
     model = mlp.build(params(), (3,), "regression", 1)
-    compile_model(model, params(optimizer=optimizer, learning_rate=0.005, clipvalue=0.7), "regression")
+    compile_model(
+        model, params(optimizer=optimizer, learning_rate=0.005, clipvalue=0.7), "regression"
+    )
     assert model.optimizer.name.replace("_", "") == optimizer
     assert float(model.optimizer.learning_rate) == pytest.approx(0.005)
     assert model.optimizer.clipvalue == pytest.approx(0.7)

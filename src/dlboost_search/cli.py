@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -85,9 +86,9 @@ def _main(
 @_handles_errors
 def start(
     space_file: str = typer.Argument(..., metavar="SPACE.yaml", help="Search-space YAML file."),
-    trials: Optional[int] = TrialsOption,
-    storage: Optional[str] = StorageOption,
-    study_name: Optional[str] = typer.Option(
+    trials: int | None = TrialsOption,
+    storage: str | None = StorageOption,
+    study_name: str | None = typer.Option(
         None, "--study-name", help="Study name to use instead of the space's `name`."
     ),
     recycle_every: int = RecycleOption,
@@ -124,8 +125,8 @@ def start(
 @_handles_errors
 def resume(
     name: str = typer.Argument(..., help="Study name."),
-    trials: Optional[int] = TrialsOption,
-    storage: Optional[str] = StorageOption,
+    trials: int | None = TrialsOption,
+    storage: str | None = StorageOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -180,7 +181,7 @@ def _print_result(name: str, url: str) -> None:
 
 @app.command()
 @_handles_errors
-def status(storage: Optional[str] = StorageOption) -> None:
+def status(storage: str | None = StorageOption) -> None:
     """Every study in the storage: its trials by state, best value and last activity.
 
     Example: `dlboost-search status --storage sqlite:///storage/studies.db`
@@ -191,11 +192,24 @@ def status(storage: Optional[str] = StorageOption) -> None:
     url = storage_url(storage)
     summaries = all_summaries(url)
     if not summaries:
-        out.print(f"no studies in {masked(url)} yet. Start one with `dlboost-search start SPACE.yaml`.")
+        out.print(
+            f"no studies in {masked(url)} yet. Start one with `dlboost-search start SPACE.yaml`."
+        )
         return
     table = Table(title=f"studies in {masked(url)}")
-    for column in ("study", "complete", "pruned", "failed", "running", "best value", "direction", "last activity"):
-        table.add_column(column, justify="right" if column not in ("study", "direction") else "left")
+    for column in (
+        "study",
+        "complete",
+        "pruned",
+        "failed",
+        "running",
+        "best value",
+        "direction",
+        "last activity",
+    ):
+        table.add_column(
+            column, justify="right" if column not in ("study", "direction") else "left"
+        )
     for s in summaries:
         table.add_row(
             s.name, str(s.complete), str(s.pruned), str(s.failed), str(s.running),
@@ -235,7 +249,9 @@ def _best_report(name: str, url: str) -> dict[str, Any]:
             "pruned": summary.pruned,
             "failed": summary.failed,
         },
-        "finished_at": best.datetime_complete.isoformat() if best.state == TrialState.COMPLETE else None,
+        "finished_at": best.datetime_complete.isoformat()
+        if best.state == TrialState.COMPLETE
+        else None,
     }
 
 
@@ -252,7 +268,7 @@ def _params_table(params: dict[str, Any]) -> Table:
 @_handles_errors
 def best(
     name: str = typer.Argument(..., help="Study name."),
-    storage: Optional[str] = StorageOption,
+    storage: str | None = StorageOption,
     format: str = typer.Option("table", "--format", "-f", help="table, json or yaml."),
 ) -> None:
     """The best trial of a study: its value and every parameter it used.
@@ -271,7 +287,10 @@ def best(
 
         sys.stdout.write(yaml.safe_dump(report, sort_keys=False))
     else:
-        out.print(f"[bold]{name}[/bold]: best {report['metric']} {report['value']:.6g} (trial {report['trial']})")
+        out.print(
+            f"[bold]{name}[/bold]: best {report['metric']} {report['value']:.6g} "
+            f"(trial {report['trial']})"
+        )
         out.print(_params_table(report["params"]))
 
 

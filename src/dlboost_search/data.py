@@ -184,9 +184,7 @@ def _split(n_rows: int, y: np.ndarray | None, fraction: float, seed: int, source
             f"rows). Add rows, change `data.validation_split`, or give `data.validation_path`."
         )
     try:
-        return train_test_split(
-            np.arange(n_rows), test_size=n_val, random_state=seed, stratify=y
-        )
+        return train_test_split(np.arange(n_rows), test_size=n_val, random_state=seed, stratify=y)
     except ValueError as exc:  # a class with a single row cannot be stratified
         raise DataError(
             f"{source}: cannot split into training and validation rows with every class "

@@ -9,7 +9,7 @@ bug and keeps its traceback.
     ├── DataError                 exit 2   a data file or built-in dataset cannot be used
     ├── StudyError                exit 2   no such study, or a study that conflicts with the space
     ├── StorageError              exit 3   the storage URL cannot be opened
-    ├── SearchAborted             exit 4   the search stopped itself (metric missing, failures in a row)
+    ├── SearchAborted             exit 4   the search stopped itself (no metric, failures in a row)
     └── Interrupted               exit 130 Ctrl-C or SIGTERM; the running trial was closed
 
 TrialFailed is different: it fails one trial (a NaN loss, say) and the search goes on.

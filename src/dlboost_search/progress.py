@@ -13,7 +13,9 @@ from rich.text import Text
 
 
 def format_params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    return ", ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
 
 
 class StudyProgress:
@@ -48,12 +50,17 @@ class StudyProgress:
         lines = [self.bar]
         if self.best:
             value, number, params = self.best
-            lines.append(Text(f"best {self.metric} {value:.5g} (trial {number}): {format_params(params)}"))
+            lines.append(
+                Text(f"best {self.metric} {value:.5g} (trial {number}): {format_params(params)}")
+            )
         if self.seconds:
             per_trial = statistics.median(self.seconds)
             left = max(0, self.target - self.counts["COMPLETE"] - self.counts["PRUNED"])
             lines.append(
-                Text(f"{per_trial:.1f} s per trial (median), about {_duration(per_trial * left)} left")
+                Text(
+                    f"{per_trial:.1f} s per trial (median), "
+                    f"about {_duration(per_trial * left)} left"
+                )
             )
         if self.current:
             lines.append(Text(self.current, style="dim"))
@@ -69,7 +76,11 @@ class StudyProgress:
         if kind == "study":
             summary = event["summary"]
             self.target = event["target"]
-            self.counts = {"COMPLETE": summary.complete, "PRUNED": summary.pruned, "FAIL": summary.failed}
+            self.counts = {
+                "COMPLETE": summary.complete,
+                "PRUNED": summary.pruned,
+                "FAIL": summary.failed,
+            }
             if summary.best_value is not None:
                 self.best = (summary.best_value, summary.best_trial, {})
             self.bar.update(self.task, description=summary.name, total=self.target)
@@ -81,13 +92,21 @@ class StudyProgress:
         elif kind == "trial_finished":
             self._finished(event)
         elif kind == "worker_lost":
-            self.console.print(f"[red]worker died (exit code {event['exitcode']}); trials {event['trials']} closed as failed; starting a new one")
+            self.console.print(
+                f"[red]worker died (exit code {event['exitcode']}); trials {event['trials']} "
+                "closed as failed; starting a new one"
+            )
         elif kind == "stopping":
-            self.console.print("[yellow]stopping: closing the running trial (Ctrl-C again is ignored)...")
+            self.console.print(
+                "[yellow]stopping: closing the running trial (Ctrl-C again is ignored)..."
+            )
         self.bar.update(
             self.task,
             completed=self.counts["COMPLETE"] + self.counts["PRUNED"],
-            counts=f"complete {self.counts['COMPLETE']}  pruned {self.counts['PRUNED']}  failed {self.counts['FAIL']}",
+            counts=(
+                f"complete {self.counts['COMPLETE']}  pruned {self.counts['PRUNED']}  "
+                f"failed {self.counts['FAIL']}"
+            ),
         )
         self.live.update(self._render())
 
@@ -101,8 +120,11 @@ class StudyProgress:
         if state == "FAIL":
             detail = f"[red]failed[/red]: {attrs.get('fail_reason', 'see the log')}"
         else:
-            detail = f"{'[yellow]pruned[/yellow]' if state == 'PRUNED' else 'complete'} {self.metric}={value:.5g}"
-        self.console.print(f"trial {number:>4} {detail} ({epochs} epochs, {attrs.get('train_seconds', 0):.1f} s)")
+            label = "[yellow]pruned[/yellow]" if state == "PRUNED" else "complete"
+            detail = f"{label} {self.metric}={value:.5g}"
+        self.console.print(
+            f"trial {number:>4} {detail} ({epochs} epochs, {attrs.get('train_seconds', 0):.1f} s)"
+        )
         if state == "COMPLETE" and self._is_better(value):
             self.best = (value, number, event["params"])
 

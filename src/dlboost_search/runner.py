@@ -13,7 +13,8 @@ import queue
 import signal
 import socket
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dlboost_search import errors
 from dlboost_search.data import prepare
@@ -46,7 +47,9 @@ def start(
 ) -> StudySummary:
     check_data(space, source)
     study = create_or_check(space, url)
-    return _drive(study.study_name, url, space, target or space.search.trials, recycle_every, on_event)
+    return _drive(
+        study.study_name, url, space, target or space.search.trials, recycle_every, on_event
+    )
 
 
 def resume(

@@ -10,7 +10,7 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -74,7 +74,7 @@ class FixedParam(_Strict):
 
 
 ParamSpec = Annotated[
-    Union[IntParam, FloatParam, CategoricalParam, FixedParam], Field(discriminator="type")
+    IntParam | FloatParam | CategoricalParam | FixedParam, Field(discriminator="type")
 ]
 
 
@@ -259,7 +259,7 @@ def _describe(exc: ValidationError, raw: Any, source: str) -> str:
     problems = []
     for error in exc.errors():
         loc = [p for p in error["loc"] if p not in ("int", "float", "categorical", "fixed")]
-        # The discriminated union puts the tag in the location; params.units.int.low -> params.units.low
+        # The union puts its tag in the location: params.units.int.low -> params.units.low
         key = ".".join(str(p) for p in loc) or "(top level)"
         kind = error["type"]
         if kind == "extra_forbidden":
@@ -311,7 +311,8 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
         )
     if data.builtin is not None and data.builtin not in BUILTIN_TASKS:
         problems.append(
-            f"data.builtin: unknown dataset {data.builtin!r}.{_did_you_mean(data.builtin, tuple(BUILTIN_TASKS))} "
+            f"data.builtin: unknown dataset {data.builtin!r}."
+            f"{_did_you_mean(data.builtin, tuple(BUILTIN_TASKS))} "
             f"Built-in datasets: {', '.join(BUILTIN_TASKS)}."
         )
     if data.builtin is not None and (data.target or data.validation_path or data.task):
@@ -347,9 +348,7 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
             continue
         problems.extend(f"{key}{p}" for p in _param_problems(spec, rules[name]))
     if "clipvalue" in space.params and "clipnorm" in space.params:
-        problems.append(
-            "params: clipvalue and clipnorm both clip gradients; keep one of them."
-        )
+        problems.append("params: clipvalue and clipnorm both clip gradients; keep one of them.")
     return problems
 
 
@@ -376,9 +375,7 @@ def _param_problems(spec: Any, rule: ParamRule) -> list[str]:
         return [f".type: {rule.help} is a whole number; write type: int."]
     problems = []
     if spec.low > spec.high:
-        problems.append(
-            f": low ({spec.low!r}) is above high ({spec.high!r}); swap them."
-        )
+        problems.append(f": low ({spec.low!r}) is above high ({spec.high!r}); swap them.")
     if spec.log and spec.low <= 0:
         problems.append(
             f".low: a log-scale range must start above 0, got {spec.low!r}; "
@@ -411,7 +408,9 @@ def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, spec in space.searched().items():
         if isinstance(spec, IntParam):
-            values[name] = trial.suggest_int(name, spec.low, spec.high, step=spec.step, log=spec.log)
+            values[name] = trial.suggest_int(
+                name, spec.low, spec.high, step=spec.step, log=spec.log
+            )
         elif isinstance(spec, FloatParam):
             values[name] = trial.suggest_float(
                 name, spec.low, spec.high, step=spec.step, log=spec.log

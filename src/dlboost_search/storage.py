@@ -22,6 +22,7 @@ STORAGE_ENV = "DLBOOST_STORAGE"
 SPEC_ATTR = "dlboost_search"  # study user attribute holding the space, data spec and version
 SQLITE_BUSY_TIMEOUT_S = 60
 
+
 def storage_url(given: str | None) -> str:
     """The URL to use: the one given, else $DLBOOST_STORAGE, else the default SQLite file."""
     url = given or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from dlboost_search.data import PreparedData
 from dlboost_search.errors import SearchAborted, TrialFailed
@@ -124,9 +125,7 @@ def train(
         .prefetch(tf.data.AUTOTUNE)
     )
     val_ds = (
-        tf.data.Dataset.from_tensor_slices((data.x_val, data.y_val))
-        .batch(VALIDATION_BATCH)
-        .cache()
+        tf.data.Dataset.from_tensor_slices((data.x_val, data.y_val)).batch(VALIDATION_BATCH).cache()
     )
     epoch_monitor = _EpochMonitor(monitor, direction, record, report)
     callbacks = [
