@@ -88,7 +88,13 @@ def test_compile_clipnorm():
     assert model.optimizer.clipnorm == pytest.approx(2.0) and model.optimizer.clipvalue is None
 
 
-def fit(data, monitor="val_loss", direction="minimize", min_delta=0.0, **overrides):
+ENGINES = ["epoch_loop", "fit"]
+
+
+def fit(
+    data, monitor="val_loss", direction="minimize", min_delta=0.0, engine="epoch_loop", seed=0,
+    **overrides,
+):  # fmt: skip
     record = TrainingRecord()
     reported = []
     value = train(
@@ -100,15 +106,17 @@ def fit(data, monitor="val_loss", direction="minimize", min_delta=0.0, **overrid
         min_delta=min_delta,
         monitor=monitor,
         direction=direction,
-        seed=0,
+        seed=seed,
         record=record,
         report=lambda epoch, v: reported.append((epoch, v)),
+        engine=engine,
     )
     return value, record, reported
 
 
-def test_train_returns_the_best_epoch_and_reports_every_epoch(diabetes):
-    value, record, reported = fit(diabetes, units=8)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_train_returns_the_best_epoch_and_reports_every_epoch(diabetes, engine):
+    value, record, reported = fit(diabetes, units=8, engine=engine)
     assert [epoch for epoch, _ in reported] == list(range(record.epochs_trained))
     assert value == min(v for _, v in reported) == record.best_value
     assert reported[record.best_epoch - 1][1] == value
@@ -116,28 +124,34 @@ def test_train_returns_the_best_epoch_and_reports_every_epoch(diabetes):
     assert record.train_seconds > 0
 
 
-def test_early_stopping_stops_before_the_budget(diabetes):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_early_stopping_stops_before_the_budget(diabetes, engine):
     # A learning rate this small moves val_loss by less than min_delta: after the first
     # epoch, patience (2) runs out.
-    _, record, _ = fit(diabetes, learning_rate=1e-7, max_epochs=50, min_delta=0.01)
+    _, record, _ = fit(diabetes, learning_rate=1e-7, max_epochs=50, min_delta=0.01, engine=engine)
     assert record.epochs_trained == 3
 
 
-def test_classification_metrics_can_be_maximized():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_classification_metrics_can_be_maximized(engine):
     digits = prepare(space_from_dict({**TINY_SPACE, "data": {"builtin": "digits"}}, "test").data, 0)
-    value, record, reported = fit(digits, monitor="val_accuracy", direction="maximize", units=16)
+    value, record, reported = fit(
+        digits, monitor="val_accuracy", direction="maximize", units=16, engine=engine
+    )
     assert value == max(v for _, v in reported)
     assert 0.5 < value <= 1.0  # 16 units learn digits well within 6 epochs
 
 
-def test_a_nan_loss_fails_the_trial(diabetes):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_nan_loss_fails_the_trial(diabetes, engine):
     with pytest.raises(TrialFailed, match="loss became nan at epoch 1"):
-        fit(diabetes, optimizer="sgd", learning_rate=10.0, units=64, layers=3)
+        fit(diabetes, optimizer="sgd", learning_rate=10.0, units=64, layers=3, engine=engine)
 
 
-def test_a_metric_that_never_appears_aborts_the_search(diabetes):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_metric_that_never_appears_aborts_the_search(diabetes, engine):
     with pytest.raises(SearchAborted, match=r"'val_auc' never appears .* val_loss, val_mae"):
-        fit(diabetes, monitor="val_auc")
+        fit(diabetes, monitor="val_auc", engine=engine)
 
 
 def test_report_can_stop_training(diabetes):
@@ -157,3 +171,29 @@ def test_report_can_stop_training(diabetes):
             seed=0, record=record, report=stop_at_third,
         )  # fmt: skip
     assert record.epochs_trained == 3 and math.isfinite(record.best_value)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_best_weights_are_restored(diabetes, engine):
+    model = mlp.build(params(units=16), diabetes.input_shape, "regression", 1)
+    record = TrainingRecord()
+    value = train(
+        model, params(units=16, learning_rate=0.05), diabetes, max_epochs=30, patience=30,
+        min_delta=0.0, monitor="val_loss", direction="minimize", seed=0, record=record,
+        engine=engine,
+    )  # fmt: skip
+    assert record.best_epoch < record.epochs_trained  # a learning rate this high overfits
+    evaluated = model.evaluate(diabetes.x_val, diabetes.y_val, verbose=0, return_dict=True)
+    assert evaluated["loss"] == pytest.approx(value, rel=1e-4)
+    assert record.engine == engine
+
+
+def test_the_epoch_loop_learns_as_well_as_fit(diabetes):
+    """Same model, same budget, three seeds each: the compiled loop is no worse than fit."""
+    results = {
+        engine: sorted(fit(diabetes, engine=engine, seed=seed, units=32, max_epochs=15)[0]
+                       for seed in range(3))
+        for engine in ENGINES
+    }  # fmt: skip
+    fit_spread = results["fit"][-1] - results["fit"][0]
+    assert results["epoch_loop"][1] <= results["fit"][1] + max(fit_spread, 0.02)

@@ -105,6 +105,8 @@ class TrainingSpec(_Strict):
     max_epochs: int = Field(100, ge=1)
     batch_size: int = Field(32, ge=1)
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
+    # auto: the compiled epoch loop for data held in memory, Keras fit otherwise.
+    engine: Literal["auto", "epoch_loop", "fit"] = "auto"
 
 
 class SearchSettings(_Strict):

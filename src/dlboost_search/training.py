@@ -30,9 +30,11 @@ class TrainingRecord:
     n_params: int | None = None
     train_seconds: float = 0.0
     history: list[float] = field(default_factory=list)
+    engine: str | None = None
 
     def as_attrs(self) -> dict[str, Any]:
         return {
+            "engine": self.engine,
             "epochs_trained": self.epochs_trained,
             "best_epoch": self.best_epoch,
             "n_params": self.n_params,
@@ -40,9 +42,7 @@ class TrainingRecord:
         }
 
 
-def compile_model(
-    model: Any, params: dict[str, Any], task: str, steps_per_execution: int = 1
-) -> None:
+def compile_model(model: Any, params: dict[str, Any], task: str) -> None:
     import keras
 
     optimizers = {
@@ -63,17 +63,25 @@ def compile_model(
         optimizer=optimizer,
         loss=loss,
         metrics=metrics,
-        steps_per_execution=steps_per_execution,
     )
 
 
 class _EpochMonitor:
-    """Checks each epoch's logs, keeps the record, and hands the monitored value on."""
+    """Checks each epoch's logs, keeps the record, decides early stopping, reports on.
 
-    def __init__(self, monitor: str, direction: str, record: TrainingRecord, report):
-        self.monitor, self.direction, self.record, self.report = monitor, direction, record, report
+    Early stopping works as Keras' EarlyStopping(restore_best_weights=True): stop after
+    `patience` epochs without an improvement larger than `min_delta`, keep the best weights.
+    """
 
-    def __call__(self, epoch: int, logs: dict[str, Any]) -> None:
+    def __init__(self, model, monitor, direction, patience, min_delta, record, report):
+        self.model, self.monitor, self.direction = model, monitor, direction
+        self.patience, self.min_delta = patience, min_delta
+        self.record, self.report = record, report
+        self.best_weights: list | None = None
+        self.since_improvement = 0
+
+    def end_epoch(self, epoch: int, logs: dict[str, Any]) -> bool:
+        """Handle one epoch's logs; True when training should stop."""
         self.record.epochs_trained = epoch + 1
         loss = logs.get("loss")
         if loss is None or not math.isfinite(loss):
@@ -89,10 +97,20 @@ class _EpochMonitor:
             raise TrialFailed(f"{self.monitor} became {value} at epoch {epoch + 1}")
         self.record.history.append(value)
         best = self.record.best_value
-        better = best is None or (value < best if self.direction == "minimize" else value > best)
-        if better:
+        sign = 1 if self.direction == "minimize" else -1
+        if best is None or sign * (best - value) > 0:
             self.record.best_value, self.record.best_epoch = value, epoch + 1
+        if best is None or sign * (best - value) > self.min_delta:
+            self.best_weights = self.model.get_weights()
+            self.since_improvement = 0
+        else:
+            self.since_improvement += 1
         self.report(epoch, value)
+        return self.since_improvement >= self.patience
+
+    def restore_best(self) -> None:
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
 
 
 def train(
@@ -108,15 +126,35 @@ def train(
     seed: int,
     record: TrainingRecord,
     report: Callable[[int, float], None] = lambda epoch, value: None,
+    engine: str = "epoch_loop",
 ) -> float:
-    """Fit `model` with early stopping; return the best value of `monitor`."""
+    """Fit `model` with early stopping; return the best value of `monitor`.
+
+    `engine` is "epoch_loop" (one compiled call per epoch, for data in memory) or "fit"
+    (Keras' own `model.fit`). Both run Keras' own train and test steps.
+    """
+    compile_model(model, params, data.task)
+    record.n_params = int(model.count_params())
+    record.engine = engine
+    monitor_ = _EpochMonitor(model, monitor, direction, patience, min_delta, record, report)
+    run = _train_epoch_loop if engine == "epoch_loop" else _train_fit
+    started = time.perf_counter()
+    try:
+        run(model, data, int(params["batch_size"]), max_epochs, seed, monitor_)
+    finally:
+        record.train_seconds = time.perf_counter() - started
+    monitor_.restore_best()
+    if record.best_value is None:
+        raise TrialFailed("training ended before the first epoch finished")
+    return record.best_value
+
+
+def _train_fit(model, data, batch_size, max_epochs, seed, monitor) -> None:
     import keras
     import tensorflow as tf
 
-    batch_size = int(params["batch_size"])
     steps = max(1, math.ceil(len(data.x_train) / batch_size))
-    compile_model(model, params, data.task, min(steps, MAX_STEPS_PER_EXECUTION))
-    record.n_params = int(model.count_params())
+    model.steps_per_execution = min(steps, MAX_STEPS_PER_EXECUTION)
     train_ds = (
         tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
         .cache()
@@ -127,29 +165,81 @@ def train(
     val_ds = (
         tf.data.Dataset.from_tensor_slices((data.x_val, data.y_val)).batch(VALIDATION_BATCH).cache()
     )
-    epoch_monitor = _EpochMonitor(monitor, direction, record, report)
-    callbacks = [
-        keras.callbacks.LambdaCallback(on_epoch_end=epoch_monitor),
-        keras.callbacks.EarlyStopping(
-            monitor=monitor,
-            mode="min" if direction == "minimize" else "max",
-            patience=patience,
-            min_delta=min_delta,
-            restore_best_weights=True,
-        ),
-    ]
-    started = time.perf_counter()
-    try:
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=max_epochs,
-            callbacks=callbacks,
-            shuffle=False,  # the dataset shuffles itself
-            verbose=0,
-        )
-    finally:
-        record.train_seconds = time.perf_counter() - started
-    if record.best_value is None:
-        raise TrialFailed("training ended before the first epoch finished")
-    return record.best_value
+
+    class Monitor(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if monitor.end_epoch(epoch, logs or {}):
+                self.model.stop_training = True
+
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=max_epochs,
+        callbacks=[Monitor()],
+        shuffle=False,  # the dataset shuffles itself
+        verbose=0,
+    )
+
+
+def _train_epoch_loop(model, data, batch_size, max_epochs, seed, monitor) -> None:
+    import tensorflow as tf
+
+    x, y, x_val, y_val = _as_tensors(data)
+    # Create the optimizer's and metrics' variables now, eagerly: created inside the
+    # compiled function, they would make TensorFlow trace it twice.
+    model.optimizer.build(model.trainable_variables)
+    model.test_step((x_val[:2], y_val[:2]))
+    epoch_function = _epoch_function(model, len(data.x_train), len(data.x_val), batch_size)
+    for epoch in range(max_epochs):
+        train_logs, val_logs = epoch_function(x, y, x_val, y_val, tf.constant([seed, epoch]))
+        logs = {k: float(v) for k, v in train_logs.items()}
+        logs.update({f"val_{k}": float(v) for k, v in val_logs.items()})
+        if monitor.end_epoch(epoch, logs):
+            break
+
+
+_tensor_cache: tuple[Any, tuple] | None = None
+
+
+def _as_tensors(data: PreparedData) -> tuple:
+    """The prepared arrays as TensorFlow tensors, made once per process and dataset."""
+    global _tensor_cache
+    import tensorflow as tf
+
+    if _tensor_cache is None or _tensor_cache[0] is not data:
+        arrays = (data.x_train, data.y_train, data.x_val, data.y_val)
+        _tensor_cache = (data, tuple(tf.constant(a) for a in arrays))
+    return _tensor_cache[1]
+
+
+def _epoch_function(model: Any, n_train: int, n_val: int, batch_size: int) -> Any:
+    """One compiled call per epoch: shuffle, every train step, then the validation steps.
+
+    The steps are Keras' own `train_step` and `test_step`, so the loss, regularization,
+    metrics, optimizer and clipping are exactly those of `fit`.
+    """
+    import tensorflow as tf
+
+    train_steps = math.ceil(n_train / batch_size)
+    val_steps = math.ceil(n_val / VALIDATION_BATCH)
+
+    def run_steps(step_function, x, y, order, size, count):
+        def body(step):
+            rows = order[step * size : (step + 1) * size]
+            step_function((tf.gather(x, rows), tf.gather(y, rows)))
+            return (step + 1,)
+
+        for metric in model.metrics:
+            metric.reset_state()
+        tf.while_loop(lambda step: step < count, body, (tf.constant(0),))
+        return model.get_metrics_result()
+
+    @tf.function(autograph=False, reduce_retracing=True)
+    def epoch(x, y, x_val, y_val, seed):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n_train), seed=seed)
+        train_logs = run_steps(model.train_step, x, y, order, batch_size, train_steps)
+        val_order = tf.range(n_val)
+        val_logs = run_steps(model.test_step, x_val, y_val, val_order, VALIDATION_BATCH, val_steps)
+        return train_logs, val_logs
+
+    return epoch
