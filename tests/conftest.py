@@ -87,3 +87,21 @@ def run_cli(tmp_path: Path):
         )
 
     return run
+
+
+def call_wsgi(app, path: str, headers: dict[str, str] | None = None, method: str = "GET"):
+    """Call a WSGI app in-process: (status code, headers, body bytes)."""
+    from wsgiref.util import setup_testing_defaults
+
+    path, _, query = path.partition("?")
+    environ: dict[str, Any] = {"PATH_INFO": path, "QUERY_STRING": query, "REQUEST_METHOD": method}
+    setup_testing_defaults(environ)
+    for name, value in (headers or {}).items():
+        environ[f"HTTP_{name.upper().replace('-', '_')}"] = value
+    captured: dict[str, Any] = {}
+
+    def start_response(status, response_headers, exc_info=None):
+        captured["status"], captured["headers"] = int(status.split()[0]), response_headers
+
+    body = b"".join(app(environ, start_response))
+    return captured["status"], dict(captured["headers"]), body

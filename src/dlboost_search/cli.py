@@ -56,6 +56,12 @@ RecycleOption = typer.Option(
     help="Trials per worker process before a fresh one replaces it (keeps memory flat).",
 )
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress display or summary.")
+DashboardOption = typer.Option(
+    None,
+    "--dashboard",
+    help="Also serve optuna-dashboard on 127.0.0.1 at this port while the study runs.",
+    show_default=False,
+)
 
 
 def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -93,6 +99,7 @@ def start(
     ),
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
+    dashboard: int | None = DashboardOption,
 ) -> None:
     """Run (or continue) the study a search space describes, then print the best parameters.
 
@@ -109,9 +116,12 @@ def start(
     space = load_space(space_file)
     if study_name:
         space = space_from_dict({**space.to_dict(), "name": study_name}, space_file)
-    summary = _with_progress(
+    summary = _run_study(
+        space.name,
+        url,
         quiet,
         space,
+        dashboard,
         lambda on_event: runner.start(
             space, url, target=trials, recycle_every=recycle_every, on_event=on_event,
             source=space_file,
@@ -129,6 +139,7 @@ def resume(
     storage: str | None = StorageOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
+    dashboard: int | None = DashboardOption,
 ) -> None:
     """Continue a study from the storage alone: it remembers its space and data.
 
@@ -140,9 +151,12 @@ def resume(
 
     url = storage_url(storage)
     space = resume_space(name, url)
-    summary = _with_progress(
+    summary = _run_study(
+        name,
+        url,
         quiet,
         space,
+        dashboard,
         lambda on_event: runner.resume(
             name, url, target=trials, recycle_every=recycle_every, on_event=on_event
         ),
@@ -151,13 +165,44 @@ def resume(
         _print_result(summary.name, url)
 
 
-def _with_progress(quiet: bool, space: Any, run: Callable[[Any], Any]) -> Any:
-    if quiet:
-        return run(lambda event: None)
-    from dlboost_search.progress import StudyProgress
+def _run_study(
+    name: str,
+    url: str,
+    quiet: bool,
+    space: Any,
+    dashboard_port: int | None,
+    run: Callable[[Any], Any],
+) -> Any:
+    """Run with the progress display (unless quiet), then publish the report to the dashboard,
+    whatever way the run ended."""
+    if dashboard_port is not None:
+        from dlboost_search import dashboard
 
-    with StudyProgress(out, space.objective.metric, space.direction) as progress:
-        return run(progress)
+        _, address = dashboard.serve(url, "127.0.0.1", dashboard_port, token=None)
+        out.print(dashboard.describe(url, address))
+    try:
+        if quiet:
+            return run(lambda event: None)
+        from dlboost_search.progress import StudyProgress
+
+        with StudyProgress(out, space.objective.metric, space.direction) as progress:
+            return run(progress)
+    finally:
+        _publish(name, url)
+
+
+def _publish(name: str, url: str) -> bool:
+    """Best-parameter note and importance plots into the dashboard; False if nothing to show."""
+    from dlboost_search import reports
+    from dlboost_search.storage import load_study
+
+    try:
+        study = load_study(name, url)
+        report = reports.build_report(study)
+    except DlboostError:  # no such study yet, or no completed trial: nothing to publish
+        return False
+    reports.publish(study, report, reports.figures(study, report))
+    return True
 
 
 def _print_result(name: str, url: str) -> None:
@@ -319,6 +364,110 @@ def validate(
         f"{space.training.max_epochs} epochs per trial; {space.search.trials} trials with "
         f"{space.search.sampler} sampler and {space.search.pruner} pruner."
     )
+
+
+@app.command()
+@_handles_errors
+def report(
+    name: str = typer.Argument(..., help="Study name."),
+    storage: str | None = StorageOption,
+    out_file: str | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="File to write. Default: NAME-report.html for html; standard output for md and json.",
+        show_default=False,
+    ),
+    format: str | None = typer.Option(
+        None,
+        "--format",
+        "-f",
+        help="html (self-contained, opens offline), md or json. Default: from --out's "
+        "extension, else html.",
+        show_default=False,
+    ),
+    publish: bool = typer.Option(
+        False,
+        "--publish",
+        help="Also write the report into optuna-dashboard: the study's note and its "
+        "importance plots (replacing the previous ones).",
+    ),
+) -> None:
+    """Best parameters, top trials, parameter importances (fANOVA and PED-ANOVA), plots of the
+    search and how much pruning saved, as one file to share.
+
+    Example: `dlboost-search report diabetes-mlp --out diabetes.html --publish`
+    """
+    from pathlib import Path
+
+    from dlboost_search import reports
+    from dlboost_search.storage import load_study, storage_url
+
+    suffixes = {".html": "html", ".htm": "html", ".md": "md", ".json": "json"}
+    fmt = format or (suffixes.get(Path(out_file).suffix.lower()) if out_file else None) or "html"
+    if fmt not in ("html", "md", "json"):
+        raise typer.BadParameter(f"{fmt!r}: use html, md or json", param_hint="--format")
+    url = storage_url(storage)
+    study = load_study(name, url)
+    content = reports.build_report(study)
+    plots = reports.figures(study, content) if fmt == "html" or publish else {}
+    text = {
+        "html": lambda: reports.to_html(content, plots),
+        "md": lambda: reports.to_markdown(content),
+        "json": lambda: reports.to_json(content),
+    }[fmt]()
+    if out_file is None and fmt == "html":
+        out_file = f"{name}-report.html"
+    if out_file is None:
+        sys.stdout.write(text)
+    else:
+        Path(out_file).write_text(text, encoding="utf-8")
+        err.print(f"wrote {out_file}")
+    if publish:
+        reports.publish(study, content, plots)
+        err.print(f"published the report to study {name!r}: see `dlboost-search dashboard`")
+
+
+@app.command()
+@_handles_errors
+def dashboard(
+    storage: str | None = StorageOption,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+    port: int = typer.Option(8080, "--port", help="Port to listen on (0: any free port)."),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar="DLBOOST_DASHBOARD_TOKEN",
+        help="Require this token on every request. Needed to bind beyond loopback.",
+        show_default=False,
+    ),
+    new_token: bool = typer.Option(
+        False, "--new-token", help="Require a random token, printed once in the URL."
+    ),
+) -> None:
+    """Serve optuna-dashboard on the storage: studies, trials, plots, and the reports that
+    `start` and `report --publish` write there. Ctrl-C stops it.
+
+    Loopback only by default: the dashboard has no login and can delete studies, so any
+    other --host needs --token or --new-token.
+
+    Example: `dlboost-search dashboard --port 8080` then open the URL it prints
+    """
+    import time
+
+    from dlboost_search import dashboard as dashboard_module
+    from dlboost_search.storage import storage_url
+
+    if new_token:
+        token = dashboard_module.new_token()
+    url = storage_url(storage)
+    server, address = dashboard_module.serve(url, host, port, token)
+    out.print(dashboard_module.describe(url, address), soft_wrap=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.shutdown()
 
 
 def main() -> None:

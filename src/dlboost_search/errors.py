@@ -8,6 +8,7 @@ bug and keeps its traceback.
     ├── SpaceError                exit 2   the YAML search space is wrong
     ├── DataError                 exit 2   a data file or built-in dataset cannot be used
     ├── StudyError                exit 2   no such study, or a study that conflicts with the space
+    ├── DashboardError            exit 2   the dashboard cannot be served as asked
     ├── StorageError              exit 3   the storage URL cannot be opened
     ├── SearchAborted             exit 4   the search stopped itself (no metric, failures in a row)
     └── Interrupted               exit 130 Ctrl-C or SIGTERM; the running trial was closed
@@ -31,6 +32,10 @@ class DataError(DlboostError):
 
 
 class StudyError(DlboostError):
+    exit_code = 2
+
+
+class DashboardError(DlboostError):
     exit_code = 2
 
 

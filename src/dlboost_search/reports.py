@@ -1,0 +1,284 @@
+"""What a study found: best parameters, top trials, importances, plots, pruning savings.
+
+One report, three renderings (JSON, Markdown, self-contained HTML) and one publication: the
+Markdown as the study's note in optuna-dashboard and the importance plots as its figures.
+This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from dlboost_search.errors import StudyError
+from dlboost_search.study import space_of, summarize
+
+if TYPE_CHECKING:
+    import optuna
+    import plotly.graph_objects as go
+
+TOP_TRIALS = 10
+# Importance evaluators, named as users meet them: the dashboard shows PED-ANOVA,
+# fANOVA is the classic one. They often disagree; the report shows both side by side.
+EVALUATORS = {"fANOVA": "fanova", "PED-ANOVA": "ped_anova"}
+FIGURE_IDS = {"fANOVA": "dlboost-importance-fanova", "PED-ANOVA": "dlboost-importance-ped-anova"}
+
+
+def _evaluator(name: str) -> Any:
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
+
+    if name == "fANOVA":
+        return FanovaImportanceEvaluator(seed=0)
+    return PedAnovaImportanceEvaluator()
+
+
+def build_report(study: optuna.Study) -> dict[str, Any]:
+    """The report as plain data (what `--format json` prints)."""
+    from optuna.trial import TrialState
+
+    summary = summarize(study)
+    trials = study.get_trials(deepcopy=False)
+    if summary.best_trial is None:
+        reasons = sorted(
+            {
+                t.user_attrs.get("fail_reason", "no reason recorded")
+                for t in trials
+                if t.state == TrialState.FAIL
+            }
+        )
+        raise StudyError(
+            f"study {study.study_name!r} has no completed trial yet ({summary.pruned} pruned, "
+            f"{summary.failed} failed, {summary.running} running), so there is nothing to "
+            f"report."
+            + (f" Failure reasons: {'; '.join(reasons[:3])}." if reasons else "")
+            + f" Run `dlboost-search resume {study.study_name}` to add trials."
+        )
+    space = space_of(study)
+    best = study.best_trial
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    ranked = sorted(complete, key=lambda t: t.value, reverse=summary.direction == "maximize")
+    return {
+        "study": study.study_name,
+        "metric": space.objective.metric,
+        "direction": summary.direction,
+        "trials": {
+            "complete": summary.complete,
+            "pruned": summary.pruned,
+            "failed": summary.failed,
+            "running": summary.running,
+        },
+        "best": {
+            "trial": best.number,
+            "value": best.value,
+            "params": space.resolve(best.params),
+            "epochs_trained": best.user_attrs.get("epochs_trained"),
+            "best_epoch": best.user_attrs.get("best_epoch"),
+            "n_params": best.user_attrs.get("n_params"),
+            "train_seconds": best.user_attrs.get("train_seconds"),
+        },
+        "top_trials": [
+            {
+                "trial": t.number,
+                "value": t.value,
+                "params": t.params,
+                "epochs_trained": t.user_attrs.get("epochs_trained"),
+            }
+            for t in ranked[:TOP_TRIALS]
+        ],  # fmt: skip
+        "importances": {name: _importances(study, name, len(complete)) for name in EVALUATORS},
+        "pruning": _pruning(trials),
+        "notes": _notes(summary),
+    }
+
+
+def _importances(study: optuna.Study, name: str, n_complete: int) -> dict[str, float] | None:
+    import optuna
+
+    if n_complete < 2 or not study.best_trial.distributions:
+        return None
+    try:
+        importances = optuna.importance.get_param_importances(study, evaluator=_evaluator(name))
+    except (ValueError, RuntimeError):  # e.g. every trial has the same parameters
+        return None
+    return {k: round(float(v), 4) for k, v in importances.items()}
+
+
+def _pruning(trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
+    """Epochs trained, against what the same trials would have cost without pruning.
+
+    A pruned trial, left alone, would have trained as long as a typical completed one: the
+    median epochs of the completed trials stands in for it.
+    """
+    from optuna.trial import TrialState
+
+    def epochs(t: optuna.trial.FrozenTrial) -> int:
+        return int(t.user_attrs.get("epochs_trained") or len(t.intermediate_values))
+
+    complete = [epochs(t) for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [epochs(t) for t in trials if t.state == TrialState.PRUNED]
+    others = [epochs(t) for t in trials if t.state == TrialState.FAIL]
+    typical = statistics.median(complete) if complete else 0
+    trained = sum(complete) + sum(pruned) + sum(others)
+    without = sum(complete) + sum(max(typical, e) for e in pruned) + sum(others)
+    return {
+        "epochs_trained": trained,
+        "epochs_without_pruning": round(without),
+        "epochs_saved_fraction": round(1 - trained / without, 3) if without else 0.0,
+    }
+
+
+def _notes(summary: Any) -> list[str]:
+    notes = []
+    if summary.complete == 1:
+        notes.append(
+            "Only one trial has completed: its parameters are the best so far, but importances "
+            "and comparisons need at least two."
+        )
+    if summary.running:
+        notes.append(f"{summary.running} trial(s) still running: this is a snapshot.")
+    return notes
+
+
+def figures(study: optuna.Study, report: dict[str, Any]) -> dict[str, go.Figure]:
+    """The report's plots, by title. Plots that need more trials than the study has are left out."""
+    import optuna.visualization as vis
+
+    plots: dict[str, go.Figure] = {}
+    for name, importances in report["importances"].items():
+        if importances:
+            plots[f"Parameter importances ({name})"] = _importance_figure(name, importances)
+    plots["Optimization history"] = vis.plot_optimization_history(study)
+    plots["Learning curves (intermediate values)"] = vis.plot_intermediate_values(study)
+    if report["trials"]["complete"] >= 2 and study.best_trial.distributions:
+        plots["Parallel coordinates"] = vis.plot_parallel_coordinate(study)
+        plots["Slice plots"] = vis.plot_slice(study)
+    return plots
+
+
+def _importance_figure(name: str, importances: dict[str, float]) -> go.Figure:
+    # Drawn from the report's numbers: computing them again, as optuna's plot would, costs
+    # as much as the report itself.
+    import plotly.graph_objects as go
+
+    ranked = sorted(importances.items(), key=lambda item: item[1])
+    figure = go.Figure(
+        go.Bar(
+            x=[v for _, v in ranked],
+            y=[k for k, _ in ranked],
+            orientation="h",
+            text=[f"{v:.2f}" for _, v in ranked],
+            textposition="outside",
+        )
+    )
+    figure.update_layout(
+        title=f"Parameter importances ({name})",
+        xaxis_title="importance (sums to 1)",
+        margin={"l": 120},
+    )
+    return figure
+
+
+def _format(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    best, counts = report["best"], report["trials"]
+    lines = [
+        f"# Study `{report['study']}`",
+        "",
+        f"**Best {report['metric']}: {best['value']:.6g}** ({report['direction']}d) at trial "
+        f"{best['trial']}: {best['epochs_trained']} epochs (best epoch {best['best_epoch']}), "
+        f"{best['n_params']} parameters, {best['train_seconds']} s of training.",
+        "",
+        f"Trials: {counts['complete']} complete, {counts['pruned']} pruned, "
+        f"{counts['failed']} failed, {counts['running']} running.",
+        "",
+        *[f"> {note}" for note in report["notes"]],
+        "## Best parameters",
+        "",
+        "| parameter | value |",
+        "|---|---|",
+        *[f"| {k} | {_format(v)} |" for k, v in best["params"].items()],
+        "",
+        "## Parameter importances",
+        "",
+    ]
+    names = list(report["importances"])
+    if all(report["importances"][n] is None for n in names):
+        lines.append("Importances need at least two completed trials with different parameters.")
+    else:
+        params = sorted(
+            {p for n in names for p in (report["importances"][n] or {})},
+            key=lambda p: -(report["importances"][names[0]] or {}).get(p, 0),
+        )
+        lines += [f"| parameter | {' | '.join(names)} |", "|---|" + "---|" * len(names)]
+        for p in params:
+            cells = [_format((report["importances"][n] or {}).get(p, "-")) for n in names]
+            lines.append(f"| {p} | {' | '.join(cells)} |")
+        lines += [
+            "",
+            "fANOVA measures how much of the metric's variance each parameter explains over the "
+            "whole space; PED-ANOVA how much each parameter separates the best trials from the "
+            "rest. They answer different questions and can disagree.",
+        ]
+    pruning = report["pruning"]
+    lines += [
+        "",
+        "## Pruning",
+        "",
+        f"{pruning['epochs_trained']} epochs trained; about {pruning['epochs_without_pruning']} "
+        f"without pruning ({pruning['epochs_saved_fraction']:.0%} saved; a pruned trial is "
+        f"counted at the median length of the completed ones).",
+        "",
+        f"## Top {len(report['top_trials'])} trials",
+        "",
+        f"| trial | {report['metric']} | epochs | parameters |",
+        "|---|---|---|---|",
+        *[
+            f"| {t['trial']} | {t['value']:.6g} | {t['epochs_trained']} | "
+            f"{', '.join(f'{k}={_format(v)}' for k, v in t['params'].items())} |"
+            for t in report["top_trials"]
+        ],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2) + "\n"
+
+
+def to_html(report: dict[str, Any], plots: dict[str, go.Figure]) -> str:
+    """A single HTML file that opens offline: plotly.js is inlined once, no CDN."""
+    import markdown
+    from plotly.offline import get_plotlyjs
+
+    body = markdown.markdown(to_markdown(report), extensions=["tables"])
+    charts = "\n".join(
+        f"<section><h2>{html.escape(title)}</h2>"
+        f"{figure.to_html(full_html=False, include_plotlyjs=False)}</section>"
+        for title, figure in plots.items()
+    )
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(report['study'])}: dlboost-search report</title>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em}</style>"
+        f"<script>{get_plotlyjs()}</script></head><body>{body}{charts}</body></html>\n"
+    )
+
+
+def publish(study: optuna.Study, report: dict[str, Any], plots: dict[str, go.Figure]) -> None:
+    """Write the report as the study's dashboard note and its importance plots as figures.
+
+    Same ids every time: a new publication replaces the previous one instead of piling up.
+    """
+    import optuna_dashboard
+
+    optuna_dashboard.save_note(study, to_markdown(report))
+    for name, figure_id in FIGURE_IDS.items():
+        figure = plots.get(f"Parameter importances ({name})")
+        if figure is not None:
+            optuna_dashboard.save_plotly_graph_object(study, figure, graph_object_id=figure_id)
