@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 
 import optuna
+import optuna_dashboard
 import pytest
 from optuna.trial import TrialState
 
@@ -47,6 +49,8 @@ def test_start_stores_trials_with_their_records(write_space, storage, run_cli):
             assert trial.value == pytest.approx(min(trial.intermediate_values.values()))
             best_epoch = trial.user_attrs["best_epoch"]
             assert trial.intermediate_values[best_epoch - 1] == pytest.approx(trial.value)
+    # The run ends by publishing its report into the dashboard.
+    assert f"**Best val_loss: {study.best_value:.6g}**" in optuna_dashboard.get_note(study)
 
 
 def test_rerun_continues_to_the_target_and_resume_needs_no_yaml(write_space, storage, run_cli):
@@ -230,3 +234,20 @@ def test_same_seed_same_study(write_space, tmp_path, run_cli):
     a, b = (load(url).trials for url in urls)
     assert [t.params for t in a] == [t.params for t in b]
     assert [t.value for t in a] == pytest.approx([t.value for t in b], rel=1e-4)
+
+
+def test_start_serves_the_dashboard_beside_the_running_study(write_space, storage, tmp_path):
+    space = write_space(training={"max_epochs": 400, "early_stopping": {"patience": 400}})
+    process = subprocess.Popen(
+        cli_command("start", str(space), "--storage", storage, "--dashboard", "0"),
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = process.stdout.readline().split(": ", 1)[1].strip()
+    assert url.startswith("http://127.0.0.1:")
+    wait_for_running_trial(storage)
+    with urllib.request.urlopen(url.replace("/dashboard", "/api/studies"), timeout=10) as answer:
+        summaries = json.load(answer)["study_summaries"]
+    assert [s["study_name"] for s in summaries] == ["tiny"]
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode == 130
