@@ -81,12 +81,13 @@ def test_best_reports_what_the_storage_holds(run_cli, finished_study, fmt):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout) if fmt == "json" else yaml.safe_load(result.stdout)
     best = optuna.load_study(study_name="tiny", storage=finished_study).best_trial
-    assert report["value"] == pytest.approx(best.value)
-    assert report["trial"] == best.number
-    assert report["params"]["units"] == best.params["units"]
-    assert report["params"]["layers"] == 1  # fixed in the space, not sampled
-    assert report["params"]["optimizer"] == "adam"  # a default, neither sampled nor fixed
-    assert report["attrs"]["epochs_trained"] == best.user_attrs["epochs_trained"]
+    assert report["best"]["value"] == pytest.approx(best.value)
+    assert report["best"]["trial"] == best.number
+    assert report["best"]["params"]["units"] == best.params["units"]
+    assert report["best"]["params"]["layers"] == 1  # fixed in the space, not sampled
+    assert report["best"]["params"]["optimizer"] == "adam"  # a default, neither sampled nor fixed
+    assert report["best"]["epochs_trained"] == best.user_attrs["epochs_trained"]
+    assert report["best"]["engine"] == "epoch_loop"
 
 
 def test_best_table(run_cli, finished_study):

@@ -211,13 +211,14 @@ def _print_result(name: str, url: str) -> None:
     try:
         report = _best_report(name, url)
     except StudyError as exc:
-        out.print(f"no completed trial yet: {exc}")
+        out.print(str(exc))
         return
+    best = report["best"]
     out.print(
-        f"\n[bold]best {report['metric']}[/bold] {report['value']:.6g} "
-        f"(trial {report['trial']}, {report['attrs'].get('epochs_trained')} epochs)"
+        f"\n[bold]best {report['metric']}[/bold] {best['value']:.6g} "
+        f"(trial {best['trial']}, {best['epochs_trained']} epochs)"
     )
-    out.print(_params_table(report["params"]))
+    out.print(_params_table(best["params"]))
     out.print(
         f"stored in {masked(url)} as study [bold]{name}[/bold]. "
         f"See `dlboost-search best {name}` and `dlboost-search status`."
@@ -266,38 +267,10 @@ def status(storage: str | None = StorageOption) -> None:
 
 
 def _best_report(name: str, url: str) -> dict[str, Any]:
-    from optuna.trial import TrialState
-
+    from dlboost_search.reports import best_of
     from dlboost_search.storage import load_study
-    from dlboost_search.study import space_of, summarize
 
-    study = load_study(name, url)
-    summary = summarize(study)
-    if summary.best_trial is None:
-        raise StudyError(
-            f"study {name!r} has no completed trial yet ({summary.pruned} pruned, "
-            f"{summary.failed} failed, {summary.running} running). Run "
-            f"`dlboost-search resume {name}` to add trials."
-        )
-    best = study.best_trial
-    space = space_of(study)
-    return {
-        "study": name,
-        "metric": space.objective.metric,
-        "direction": summary.direction,
-        "value": best.value,
-        "trial": best.number,
-        "params": space.resolve(best.params),
-        "attrs": {k: v for k, v in best.user_attrs.items() if k != "worker"},
-        "trials": {
-            "complete": summary.complete,
-            "pruned": summary.pruned,
-            "failed": summary.failed,
-        },
-        "finished_at": best.datetime_complete.isoformat()
-        if best.state == TrialState.COMPLETE
-        else None,
-    }
+    return best_of(load_study(name, url))
 
 
 def _params_table(params: dict[str, Any]) -> Table:
@@ -333,10 +306,10 @@ def best(
         sys.stdout.write(yaml.safe_dump(report, sort_keys=False))
     else:
         out.print(
-            f"[bold]{name}[/bold]: best {report['metric']} {report['value']:.6g} "
-            f"(trial {report['trial']})"
+            f"[bold]{name}[/bold]: best {report['metric']} {report['best']['value']:.6g} "
+            f"(trial {report['best']['trial']})"
         )
-        out.print(_params_table(report["params"]))
+        out.print(_params_table(report["best"]["params"]))
 
 
 @app.command()

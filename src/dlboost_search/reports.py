@@ -23,6 +23,8 @@ TOP_TRIALS = 10
 # Importance evaluators, named as users meet them: the dashboard shows PED-ANOVA,
 # fANOVA is the classic one. They often disagree; the report shows both side by side.
 EVALUATORS = {"fANOVA": "fanova", "PED-ANOVA": "ped_anova"}
+# What a trial records (training.TrainingRecord), shown with the best trial.
+RECORD_KEYS = ("engine", "epochs_trained", "best_epoch", "n_params", "train_seconds")
 FIGURE_IDS = {"fANOVA": "dlboost-importance-fanova", "PED-ANOVA": "dlboost-importance-ped-anova"}
 
 
@@ -34,31 +36,27 @@ def _evaluator(name: str) -> Any:
     return PedAnovaImportanceEvaluator()
 
 
-def build_report(study: optuna.Study) -> dict[str, Any]:
-    """The report as plain data (what `--format json` prints)."""
+def best_of(study: optuna.Study) -> dict[str, Any]:
+    """The best trial with every parameter it used, and the study's trial counts: what
+    `best` prints, and the head of every report. Raises StudyError without a completed trial."""
     from optuna.trial import TrialState
 
     summary = summarize(study)
-    trials = study.get_trials(deepcopy=False)
     if summary.best_trial is None:
         reasons = sorted(
             {
                 t.user_attrs.get("fail_reason", "no reason recorded")
-                for t in trials
-                if t.state == TrialState.FAIL
+                for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
             }
         )
         raise StudyError(
             f"study {study.study_name!r} has no completed trial yet ({summary.pruned} pruned, "
-            f"{summary.failed} failed, {summary.running} running), so there is nothing to "
-            f"report."
+            f"{summary.failed} failed, {summary.running} running), so there is no best trial."
             + (f" Failure reasons: {'; '.join(reasons[:3])}." if reasons else "")
             + f" Run `dlboost-search resume {study.study_name}` to add trials."
         )
     space = space_of(study)
     best = study.best_trial
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    ranked = sorted(complete, key=lambda t: t.value, reverse=summary.direction == "maximize")
     return {
         "study": study.study_name,
         "metric": space.objective.metric,
@@ -73,11 +71,21 @@ def build_report(study: optuna.Study) -> dict[str, Any]:
             "trial": best.number,
             "value": best.value,
             "params": space.resolve(best.params),
-            "epochs_trained": best.user_attrs.get("epochs_trained"),
-            "best_epoch": best.user_attrs.get("best_epoch"),
-            "n_params": best.user_attrs.get("n_params"),
-            "train_seconds": best.user_attrs.get("train_seconds"),
+            **{key: best.user_attrs.get(key) for key in RECORD_KEYS},
         },
+    }
+
+
+def build_report(study: optuna.Study) -> dict[str, Any]:
+    """The whole report as plain data (what `report --format json` prints)."""
+    from optuna.trial import TrialState
+
+    report = best_of(study)
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    ranked = sorted(complete, key=lambda t: t.value, reverse=report["direction"] == "maximize")
+    return {
+        **report,
         "top_trials": [
             {
                 "trial": t.number,
@@ -89,7 +97,7 @@ def build_report(study: optuna.Study) -> dict[str, Any]:
         ],  # fmt: skip
         "importances": {name: _importances(study, name, len(complete)) for name in EVALUATORS},
         "pruning": _pruning(trials),
-        "notes": _notes(summary),
+        "notes": _notes(report["trials"]),
     }
 
 
@@ -129,15 +137,15 @@ def _pruning(trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
     }
 
 
-def _notes(summary: Any) -> list[str]:
+def _notes(counts: dict[str, int]) -> list[str]:
     notes = []
-    if summary.complete == 1:
+    if counts["complete"] == 1:
         notes.append(
             "Only one trial has completed: its parameters are the best so far, but importances "
             "and comparisons need at least two."
         )
-    if summary.running:
-        notes.append(f"{summary.running} trial(s) still running: this is a snapshot.")
+    if counts["running"]:
+        notes.append(f"{counts['running']} trial(s) still running: this is a snapshot.")
     return notes
 
 

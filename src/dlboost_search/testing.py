@@ -65,7 +65,9 @@ def synthetic_study(
             [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL], weights=states
         )[0]
         half = max(1, max_epochs // 2)
-        epochs = rng.randint(half, max_epochs) if state == TrialState.COMPLETE else rng.randint(1, half)
+        epochs = (
+            rng.randint(half, max_epochs) if state == TrialState.COMPLETE else rng.randint(1, half)
+        )
         # Falls to `final` at the last epoch, whatever the number of epochs.
         curve = {e: final + 1.0 / (e + 1) - 1.0 / epochs for e in range(epochs)}
         attrs = {
