@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -45,13 +46,17 @@ def soak(space_file: Path, trials: int, recycle_every: int, workdir: Path) -> di
         cwd=ROOT, check=True,
     )  # fmt: skip
     elapsed = time.perf_counter() - started
-    study = optuna.load_study(study_name=yaml.safe_load(space_file.read_text())["name"], storage=url)
+    study = optuna.load_study(
+        study_name=yaml.safe_load(space_file.read_text())["name"], storage=url
+    )
     trials_ = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     rss = [t.user_attrs.get("worker_rss_mb") for t in trials_]
     return {
         "recycle_every": recycle_every,
         "elapsed_s": round(elapsed, 1),
-        "states": {s: sum(t.state.name == s for t in trials_) for s in ("COMPLETE", "PRUNED", "FAIL")},
+        "states": {
+            s: sum(t.state.name == s for t in trials_) for s in ("COMPLETE", "PRUNED", "FAIL")
+        },
         "workers": len({t.user_attrs.get("worker") for t in trials_}),
         "rss_mb": rss,
     }
@@ -90,12 +95,15 @@ def main() -> None:
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "rss_mb"}), flush=True)
 
     points = [n for n in CHECKPOINTS if n <= args.trials]
+    src = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((ROOT / "src").rglob("*.py"))))
+    src = src.hexdigest()[:12]  # same fingerprint as tutorial_vs_service.py
     lines = [
         f"Worker RSS (MB) after trial n; diabetes space with max_epochs 5, patience 2, no pruner; "
         f"{args.trials} trials; {os.cpu_count()} CPUs, TensorFlow {version('tensorflow')}, "
-        f"Keras {version('keras')}.",
+        f"Keras {version('keras')}; src/ fingerprint {src}.",
         "",
-        "| --recycle-every | workers | " + " | ".join(f"trial {n}" for n in points)
+        "| --recycle-every | workers | "
+        + " | ".join(f"trial {n}" for n in points)
         + " | max | growth MB/trial (all) | growth MB/trial (trials 10+) | wall time (s) |",
         "|---|---:|" + "---:|" * (len(points) + 4),
     ]
@@ -120,9 +128,11 @@ def main() -> None:
         writer = csv.writer(f)
         writer.writerow(["trial"] + [f"rss_mb_recycle_{r['recycle_every']}" for r in runs])
         for i in range(max(len(r["rss_mb"]) for r in runs)):
-            writer.writerow([i + 1] + [r["rss_mb"][i] if i < len(r["rss_mb"]) else "" for r in runs])
+            writer.writerow(
+                [i + 1] + [r["rss_mb"][i] if i < len(r["rss_mb"]) else "" for r in runs]
+            )
     (RESULTS / "memory_soak.json").write_text(json.dumps(
-        {"runs": runs, "table_markdown": "\n".join(lines)}, indent=2) + "\n")  # fmt: skip
+        {"src_fingerprint": src, "runs": runs, "table_markdown": "\n".join(lines)}, indent=2) + "\n")  # fmt: skip
 
 
 if __name__ == "__main__":

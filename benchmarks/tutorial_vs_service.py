@@ -2,13 +2,13 @@
 
 What it measures, on search_spaces/diabetes_mlp.yaml (same space, data, split, pruner):
   service  - `dlboost-search start SPACE --trials 1000000 --quiet` on a fresh SQLite file, sent
-             SIGINT when the budget is spent (the service closes the running trial as FAIL);
+             SIGTERM when the budget is spent (the service closes the running trial as FAIL);
   tutorial - a fresh Python process running optuna.create_study(storage="sqlite:///...") with
              TPESampler(seed) + HyperbandPruner(1, max_epochs), default SQLite settings, and an
              objective that samples the same parameters (dlboost_search.spaces.suggest), builds a
              keras.Sequential MLP of the same shape and calls model.fit on NumPy arrays with
              validation_split=0.2, EarlyStopping and KerasPruningCallback, clear_session between
-             trials, study.optimize(timeout=...); it gets the same SIGINT at the deadline.
+             trials, study.optimize(timeout=...); it gets the same SIGTERM at the deadline.
 The clock starts when the process is launched, so both pay their own Python/TensorFlow start-up.
 Only trials finished (COMPLETE or PRUNED) before the deadline count; the best value is the best
 val_loss of a COMPLETE trial. Repeats alternate the order (ab, ba, ab, ...). Medians are reported.
@@ -22,6 +22,7 @@ Writes benchmarks/results/tutorial_vs_service.json and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -40,7 +41,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "diabetes_mlp.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
-GRACE_S = 150  # how long a process may take to exit after SIGINT
+GRACE_S = 150  # how long a process may take to exit after SIGTERM
+
+
+def src_fingerprint() -> str:
+    """Hash of the service's source: the results belong to this version of src/."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def tutorial(space_path: str, url: str, deadline: float) -> None:
@@ -68,12 +77,18 @@ def tutorial(space_path: str, url: str, deadline: float) -> None:
         p = space.resolve(suggest(trial, space))
         model = keras.Sequential([keras.Input(shape=(x.shape[1],))])
         for _ in range(p["layers"]):
-            model.add(keras.layers.Dense(p["units"], activation=p["activation"],
-                                         kernel_regularizer=keras.regularizers.L2(p["l2"])))
+            model.add(
+                keras.layers.Dense(
+                    p["units"],
+                    activation=p["activation"],
+                    kernel_regularizer=keras.regularizers.L2(p["l2"]),
+                )
+            )
             model.add(keras.layers.Dropout(p["dropout"]))
         model.add(keras.layers.Dense(1))
-        optimizer = optimizers[p["optimizer"]](learning_rate=p["learning_rate"],
-                                               clipvalue=p["clipvalue"])
+        optimizer = optimizers[p["optimizer"]](
+            learning_rate=p["learning_rate"], clipvalue=p["clipvalue"]
+        )
         model.compile(optimizer=optimizer, loss="mse")
         history = model.fit(
             x, y, validation_split=0.2, epochs=max_epochs, batch_size=p["batch_size"],
@@ -97,16 +112,17 @@ def tutorial(space_path: str, url: str, deadline: float) -> None:
     try:
         study.optimize(objective, timeout=max(1.0, deadline - time.time()))
     except KeyboardInterrupt:
-        pass  # the deadline's SIGINT: Optuna already marked the running trial FAIL
+        pass  # Ctrl-C by hand: Optuna already marked the running trial FAIL
 
 
 def run_once(approach: str, budget: float, workdir: Path) -> dict:
-    """Launch one approach on a fresh SQLite file, SIGINT it at the deadline, read the trials."""
+    """Launch one approach on a fresh SQLite file, SIGTERM it at the deadline, read the trials."""
     import optuna
 
     db = workdir / f"{approach}.db"
     url = f"sqlite:///{db}"
     log = open(workdir / f"{approach}.log", "w")
+    load_before, src_before = os.getloadavg()[0], src_fingerprint()
     started = time.time()
     deadline = started + budget
     if approach == "service":
@@ -118,7 +134,7 @@ def run_once(approach: str, budget: float, workdir: Path) -> dict:
     try:
         proc.wait(timeout=budget)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # SIGINT is ignored in background jobs
     try:
         proc.wait(timeout=GRACE_S)
     except subprocess.TimeoutExpired:
@@ -131,7 +147,9 @@ def run_once(approach: str, budget: float, workdir: Path) -> dict:
     study = optuna.load_study(study_name="diabetes-mlp", storage=url)
     end = datetime.fromtimestamp(deadline)
     trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete <= end]
+    done = [
+        t for t in trials if t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete <= end
+    ]
     complete = [t for t in done if t.state.name == "COMPLETE"]
     first_start = min((t.datetime_start for t in trials if t.datetime_start), default=None)
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
@@ -147,6 +165,10 @@ def run_once(approach: str, budget: float, workdir: Path) -> dict:
         "complete": len(complete),
         "pruned": len(done) - len(complete),
         "failed_or_cut": sum(t.state.name == "FAIL" for t in trials),
+        "left_running": sum(t.state.name == "RUNNING" for t in trials),
+        "finished_after_deadline": sum(
+            t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete > end for t in trials
+        ),
         "trials_per_min": len(done) / budget * 60,
         "best_val_loss": min((t.value for t in complete), default=None),
         "startup_s": (first_start.timestamp() - started) if first_start else None,
@@ -155,6 +177,9 @@ def run_once(approach: str, budget: float, workdir: Path) -> dict:
         "fixed_s_per_trial": None if fixed is None else round(float(fixed), 3),
         "s_per_epoch": None if per_epoch is None else round(float(per_epoch), 4),
         "workers": len({t.user_attrs.get("worker") for t in done} - {None}),
+        "load_avg_1min_before": load_before,
+        "src": src_before if src_fingerprint() == src_before else "CHANGED DURING RUN",
+        "log_tail": (workdir / f"{approach}.log").read_text()[-1500:],
     }
 
 
@@ -163,8 +188,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=180.0, help="seconds per run (180)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each approach (3)")
     parser.add_argument("--out", default=str(RESULTS / "tutorial_vs_service.json"))
-    parser.add_argument("--tutorial-child", nargs=2, metavar=("URL", "DEADLINE"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tutorial-child", nargs=2, metavar=("URL", "DEADLINE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.tutorial_child:
         return tutorial(str(SPACE), args.tutorial_child[0], float(args.tutorial_child[1]))
@@ -172,6 +198,7 @@ def main() -> None:
     env = {"cpus": os.cpu_count(), "python": platform.python_version(),
            "platform": platform.platform(), **{p: version(p) for p in
            ("tensorflow", "keras", "optuna", "optuna-integration", "dlboost-search")}}  # fmt: skip
+    src = src_fingerprint()
     runs = []
     with tempfile.TemporaryDirectory(prefix="tutorial_vs_service-") as tmp:
         for r in range(args.repeats):
@@ -181,7 +208,8 @@ def main() -> None:
                 workdir.mkdir()
                 result = {"repeat": r, **run_once(approach, args.budget, workdir)}
                 runs.append(result)
-                print(json.dumps(result), file=sys.stderr, flush=True)
+                brief = {k: v for k, v in result.items() if k != "log_tail"}
+                print(json.dumps(brief), file=sys.stderr, flush=True)
 
     def median(approach: str, key: str):
         values = [x[key] for x in runs if x["approach"] == approach and x[key] is not None]
@@ -190,20 +218,24 @@ def main() -> None:
     keys = ("trials_per_min", "best_val_loss", "finished", "complete", "pruned", "startup_s",
             "in_trial_s", "mean_epochs", "fixed_s_per_trial", "s_per_epoch")  # fmt: skip
     summary = {a: {k: median(a, k) for k in keys} for a in ("service", "tutorial")}
+
     def divide(a: float, b: float) -> float:
         return a / b if b else float("inf")
 
     ratio = divide(summary["service"]["trials_per_min"], summary["tutorial"]["trials_per_min"])
+    stable = all(x["src"] == src for x in runs) and src_fingerprint() == src
     lines = [
         f"Median of {args.repeats} repeat(s) x {args.budget:g} s per approach, "
         f"{env['cpus']} CPUs, TensorFlow {env['tensorflow']}, Keras {env['keras']}, "
-        f"Optuna {env['optuna']}.",
+        f"Optuna {env['optuna']}; src/ fingerprint {src}"
+        f"{'' if stable else ' (WARNING: src/ changed during the benchmark)'}.",
         "",
         "| approach | finished trials/min | best val_loss | finished (complete+pruned) "
         "| start-up to 1st trial (s) | time inside trials (s) | mean epochs/trial "
         "| fixed s/trial | s/epoch |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
     def f(value, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
@@ -219,7 +251,9 @@ def main() -> None:
     per_repeat = []
     for r in range(args.repeats):
         pair = {x["approach"]: x for x in runs if x["repeat"] == r}
-        per_repeat.append(divide(pair["service"]["trials_per_min"], pair["tutorial"]["trials_per_min"]))
+        per_repeat.append(
+            divide(pair["service"]["trials_per_min"], pair["tutorial"]["trials_per_min"])
+        )
     bests = summary["service"]["best_val_loss"], summary["tutorial"]["best_val_loss"]
     better = None not in bests and bests[0] <= bests[1]
     lines += [
@@ -233,6 +267,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(
         {"args": {"budget_s": args.budget, "repeats": args.repeats}, "environment": env,
+         "src_fingerprint": src, "src_stable": stable,
          "runs": runs, "median": summary, "ratio_trials_per_min": ratio,
          "ratio_per_repeat": per_repeat, "table_markdown": "\n".join(lines)}, indent=2) + "\n")  # fmt: skip
 

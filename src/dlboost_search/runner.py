@@ -14,6 +14,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from dlboost_search import errors
@@ -76,6 +77,7 @@ def _drive(
     study = load_study(name, url)
     context = multiprocessing.get_context("spawn")
     failures_in_a_row = 0
+    process = None
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         on_event({"event": "study", "summary": summarize(study), "target": target, "url": url})
@@ -88,10 +90,11 @@ def _drive(
                 name=f"dlboost-worker-{name}",
             )
             process.start()
+            started = datetime.now()
             on_event({"event": "worker_started", "pid": process.pid})
             outcome = _follow(process, events, on_event)
             failures_in_a_row = outcome.get("failures_in_a_row", failures_in_a_row)
-            lost = close_abandoned_trials(study, process.pid, outcome["reason"])
+            lost = close_abandoned_trials(study, process.pid, started, outcome["reason"])
             if outcome["event"] == "fatal":
                 raise getattr(errors, outcome["error"])(outcome["message"])
             if outcome["event"] == "interrupted":
@@ -112,6 +115,22 @@ def _drive(
         return summarize(study)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
+        if process is not None and process.is_alive():
+            # Interrupted between two workers' events (not inside _follow): stop this one too.
+            _stop_worker(process)
+            close_abandoned_trials(study, process.pid, started, INTERRUPTED_REASON)
+
+
+def _stop_worker(process: Any) -> None:
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.kill(process.pid, signal.SIGINT)
+        process.join(SHUTDOWN_GRACE_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
@@ -161,19 +180,26 @@ def _note(event: dict[str, Any], outcome: dict[str, Any], on_event: EventHandler
     on_event(event)
     if "failures_in_a_row" in event:
         outcome = {**outcome, "failures_in_a_row": event["failures_in_a_row"]}
-    if event["event"] in ("done", "fatal", "interrupted"):
+    if event["event"] == "interrupted":
         outcome = {**outcome, **event, "reason": INTERRUPTED_REASON}
+    elif event["event"] in ("done", "fatal"):
+        outcome = {**outcome, **event, "reason": f"the worker stopped ({event['event']})"}
     return outcome
 
 
-def close_abandoned_trials(study: Any, pid: int | None, reason: str) -> list[int]:
-    """Mark FAIL the trials a worker left RUNNING when it exited; return their numbers."""
+def close_abandoned_trials(study: Any, pid: int | None, since: datetime, reason: str) -> list[int]:
+    """Mark FAIL the trials a worker left RUNNING when it exited; return their numbers.
+
+    A trial is the worker's when it carries the worker's id, or carries no id yet (stopped
+    while sampling, before the objective's first line) and started after the worker did.
+    """
     from optuna.trial import TrialState
 
     worker = f"{socket.gethostname()}:{pid}"
     closed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get("worker") == worker:
+        owner = trial.user_attrs.get("worker")
+        if owner == worker or (owner is None and trial.datetime_start >= since):
             # _trial_id is the storage key; Optuna exposes no public setter by trial number.
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
             study.tell(trial.number, state=TrialState.FAIL)

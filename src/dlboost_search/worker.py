@@ -21,11 +21,21 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+_stop = {"requested": False}
+
+
+def stop_requested() -> bool:
+    return _stop["requested"]
+
+
 def _stop_on_first_signal(signum: int, _frame: Any) -> None:
-    # Ignore further signals so the trial can be closed in storage without being cut short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    # Later signals only keep the flag: closing the trial in storage must not be cut short.
+    # The flag also survives code that swallows or converts the KeyboardInterrupt (TensorFlow
+    # can turn it into a TypeError while tracing): the next epoch or trial boundary stops.
+    first = not _stop["requested"]
+    _stop["requested"] = True
+    if first:
+        raise KeyboardInterrupt
 
 
 def _import_tensorflow_quietly() -> None:
@@ -98,7 +108,7 @@ def _run(study_name: str, url: str, n_trials: int, failures_in_a_row: int, event
         record = TrainingRecord()
 
         def report(epoch: int, value: float) -> None:
-            if os.getppid() != parent:  # the runner is gone: nobody will resume us
+            if stop_requested() or os.getppid() != parent:  # stopped, or the runner is gone
                 raise KeyboardInterrupt
             events.put({"event": "epoch", "number": trial.number, "epoch": epoch + 1})
             trial.report(value, epoch)
@@ -124,8 +134,10 @@ def _run(study_name: str, url: str, n_trials: int, failures_in_a_row: int, event
         except (TrialFailed, SearchAborted) as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
+        except (KeyboardInterrupt, Exception):
+            if stop_requested() or os.getppid() != parent:
+                trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
+                raise KeyboardInterrupt from None
             raise
         finally:
             for key, value in record.as_attrs().items():
@@ -136,6 +148,8 @@ def _run(study_name: str, url: str, n_trials: int, failures_in_a_row: int, event
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal failures_in_a_row
+        if stop_requested():
+            raise KeyboardInterrupt
         failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
         events.put(
             {

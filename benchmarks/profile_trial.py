@@ -1,0 +1,149 @@
+"""Where a trial's time goes: the service's training vs. the tutorial's model.fit, and storage.
+
+Measures, in one warm process, on search_spaces/diabetes_mlp.yaml:
+  - cold start: wall time of a fresh `python -c "import tensorflow, keras, optuna"`;
+  - per model, for 12 parameter sets drawn at random from the space: the fixed cost (build,
+    compile, tracing, clean-up) and the cost per epoch, from timing 1 and 6 epochs (no early
+    stop, no pruning), for dlboost_search.training.train (the service) and for
+    keras.Sequential + model.fit(validation_split=0.2) (the tutorial);
+  - storage: one trial's writes (ask, 10 reports with should_prune, 6 user attributes, tell)
+    on the service's SQLite settings (WAL, synchronous=NORMAL) and on Optuna's defaults.
+Prints a Markdown table and writes benchmarks/results/profile_trial.json.
+
+Run from the repository root (about 3 minutes):
+    .venv/bin/python benchmarks/profile_trial.py
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from tutorial_vs_service import src_fingerprint  # noqa: E402
+
+SPACE = ROOT / "search_spaces" / "diabetes_mlp.yaml"
+MODELS = 12
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    cold = statistics.median(
+        timed(
+            lambda: subprocess.run(
+                [sys.executable, "-c", "import tensorflow, keras, optuna"], check=True
+            )
+        )  # fmt: skip
+        for _ in range(3)
+    )
+    import keras
+    import numpy as np
+    import optuna
+
+    from dlboost_search.data import prepare
+    from dlboost_search.models import family_module
+    from dlboost_search.spaces import load_space, suggest
+    from dlboost_search.storage import open_storage
+    from dlboost_search.training import TrainingRecord, train
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(SPACE)
+    data = prepare(space.data, 0)
+    x, y = np.concatenate([data.x_train, data.x_val]), np.concatenate([data.y_train, data.y_val])
+    draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    params = [space.resolve(suggest(draw.ask(), space)) for _ in range(MODELS)]
+    build = family_module(space.model.family).build
+
+    def service(p: dict, epochs: int) -> None:
+        model = build(p, data.input_shape, data.task, data.n_outputs)
+        train(model, p, data, max_epochs=epochs, patience=1000, min_delta=0.0,
+              monitor="val_loss", direction="minimize", seed=0, record=TrainingRecord())  # fmt: skip
+        keras.backend.clear_session()
+
+    def tutorial(p: dict, epochs: int) -> None:
+        keras.backend.clear_session()
+        model = keras.Sequential([keras.Input(shape=(x.shape[1],))])
+        for _ in range(p["layers"]):
+            model.add(
+                keras.layers.Dense(
+                    p["units"],
+                    activation=p["activation"],
+                    kernel_regularizer=keras.regularizers.L2(p["l2"]),
+                )
+            )
+            model.add(keras.layers.Dropout(p["dropout"]))
+        model.add(keras.layers.Dense(1))
+        optimizer = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
+                     "sgd": keras.optimizers.SGD}[p["optimizer"]]  # fmt: skip
+        model.compile(optimizer(learning_rate=p["learning_rate"], clipvalue=p["clipvalue"]), "mse")
+        model.fit(x, y, validation_split=0.2, epochs=epochs, batch_size=p["batch_size"], verbose=0)
+
+    rows = {}
+    for name, run in (("service", service), ("tutorial", tutorial)):
+        run(params[0], 2)  # warm-up: first-use costs of the process, not of a trial
+        one = [timed(lambda p=p: run(p, 1)) for p in params]
+        six = [timed(lambda p=p: run(p, 6)) for p in params]
+        per_epoch = [(b - a) / 5 for a, b in zip(one, six)]
+        rows[name] = {
+            "fixed_s": statistics.median(a - e for a, e in zip(one, per_epoch)),
+            "per_epoch_s": statistics.median(per_epoch),
+            "one_epoch_trial_s": statistics.median(one),
+        }
+
+    storage = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        # Defaults first: open_storage's pragmas apply to every SQLite connection made after it.
+        for label, url, opener in (
+            ("tutorial (Optuna defaults)", f"sqlite:///{tmp}/plain.db", lambda u: u),
+            ("service (WAL, synchronous=NORMAL)", f"sqlite:///{tmp}/wal.db", open_storage),
+        ):
+            study = optuna.create_study(storage=opener(url), study_name="profile",
+                                        pruner=optuna.pruners.HyperbandPruner(1, 100))  # fmt: skip
+
+            def one_trial() -> None:
+                trial = study.ask()
+                for epoch in range(10):
+                    trial.report(1.0 / (epoch + 1), epoch)
+                    trial.should_prune()
+                for key in ("worker", "epochs_trained", "best_epoch", "n_params",
+                            "train_seconds", "worker_rss_mb"):  # fmt: skip
+                    trial.set_user_attr(key, 1)
+                study.tell(trial, 0.5)
+
+            storage[label] = statistics.median(timed(one_trial) for _ in range(30))
+
+    lines = [
+        f"src/ fingerprint {src_fingerprint()}; medians over {MODELS} random parameter sets.",
+        "",
+        f"Cold `import tensorflow, keras, optuna` in a fresh process: {cold:.1f} s.",
+        "",
+        "| training | fixed cost per model (s) | cost per epoch (s) | 1-epoch trial (s) |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {k} | {v['fixed_s']:.3f} | {v['per_epoch_s']:.4f} | {v['one_epoch_trial_s']:.3f} |"
+            for k, v in rows.items()
+        ),  # fmt: skip
+        "",
+        "| storage | one trial's writes: ask + 10 reports + 6 user attrs + tell (s) |",
+        "|---|---:|",
+        *(f"| {k} | {v:.3f} |" for k, v in storage.items()),
+    ]
+    print("\n".join(lines))
+    out = ROOT / "benchmarks" / "results" / "profile_trial.json"
+    out.write_text(json.dumps({"cold_import_s": cold, "training": rows, "storage_s": storage,
+                               "table_markdown": "\n".join(lines)}, indent=2) + "\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
