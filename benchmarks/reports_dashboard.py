@@ -44,7 +44,10 @@ def api_call(app, path: str) -> int:
     environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "QUERY_STRING": ""}
     setup_testing_defaults(environ)
     status = []
-    body = b"".join(app(environ, lambda s, h, e=None: status.append(s)))
+    result = app(environ, lambda s, h, e=None: status.append(s))
+    body = b"".join(result)
+    if hasattr(result, "close"):
+        result.close()
     assert status[0].startswith("200"), status
     return len(body)
 

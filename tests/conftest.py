@@ -103,5 +103,10 @@ def call_wsgi(app, path: str, headers: dict[str, str] | None = None, method: str
     def start_response(status, response_headers, exc_info=None):
         captured["status"], captured["headers"] = int(status.split()[0]), response_headers
 
-    body = b"".join(app(environ, start_response))
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        if hasattr(result, "close"):  # as a WSGI server must: a static file's body is open
+            result.close()
     return captured["status"], dict(captured["headers"]), body
