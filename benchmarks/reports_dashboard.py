@@ -63,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for size in args.sizes:
             rows.append(measure(space, f"sqlite:///{Path(folder) / f'{size}.db'}", size, args))
-            print(f"{size} trials done", file=sys.stderr)
+            print(f"{size} trials: {rows[-1]}", file=sys.stderr, flush=True)
     print(
         "| trials | report (s) | figures + HTML (s) | HTML (MB) "
         "| dashboard study API (s) | API answer (MB) |"
