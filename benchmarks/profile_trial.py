@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from tutorial_vs_service import src_fingerprint  # noqa: E402
+from tutorial_vs_service import src_fingerprint, tutorial_model  # noqa: E402
 
 SPACE = ROOT / "search_spaces" / "diabetes_mlp.yaml"
 MODELS = 12
@@ -73,20 +73,7 @@ def main() -> None:
 
     def tutorial(p: dict, epochs: int) -> None:
         keras.backend.clear_session()
-        model = keras.Sequential([keras.Input(shape=(x.shape[1],))])
-        for _ in range(p["layers"]):
-            model.add(
-                keras.layers.Dense(
-                    p["units"],
-                    activation=p["activation"],
-                    kernel_regularizer=keras.regularizers.L2(p["l2"]),
-                )
-            )
-            model.add(keras.layers.Dropout(p["dropout"]))
-        model.add(keras.layers.Dense(1))
-        optimizer = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
-                     "sgd": keras.optimizers.SGD}[p["optimizer"]]  # fmt: skip
-        model.compile(optimizer(learning_rate=p["learning_rate"], clipvalue=p["clipvalue"]), "mse")
+        model = tutorial_model(p, x.shape[1])
         model.fit(x, y, validation_split=0.2, epochs=epochs, batch_size=p["batch_size"], verbose=0)
 
     rows = {}

@@ -52,6 +52,27 @@ def src_fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
+def tutorial_model(p: dict, n_features: int):
+    """The tutorial's model: a keras.Sequential of the space's shape, compiled with mse."""
+    import keras
+
+    model = keras.Sequential([keras.Input(shape=(n_features,))])
+    for _ in range(p["layers"]):
+        model.add(
+            keras.layers.Dense(
+                p["units"],
+                activation=p["activation"],
+                kernel_regularizer=keras.regularizers.L2(p["l2"]),
+            )
+        )
+        model.add(keras.layers.Dropout(p["dropout"]))
+    model.add(keras.layers.Dense(1))
+    optimizer = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
+                 "sgd": keras.optimizers.SGD}[p["optimizer"]]  # fmt: skip
+    model.compile(optimizer(learning_rate=p["learning_rate"], clipvalue=p["clipvalue"]), "mse")
+    return model
+
+
 def tutorial(space_path: str, url: str, deadline: float) -> None:
     """The tutorial baseline; runs in its own process (see --tutorial-child)."""
     import keras
@@ -69,27 +90,11 @@ def tutorial(space_path: str, url: str, deadline: float) -> None:
     # Keras holds out the last floor(n * 0.8): exactly the service's validation rows.
     assert int(len(x) * 0.8) == len(data.x_train), (len(x), len(data.x_train))
     max_epochs = space.training.max_epochs
-    optimizers = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
-                  "sgd": keras.optimizers.SGD}  # fmt: skip
 
     def objective(trial: optuna.Trial) -> float:
         keras.backend.clear_session()
         p = space.resolve(suggest(trial, space))
-        model = keras.Sequential([keras.Input(shape=(x.shape[1],))])
-        for _ in range(p["layers"]):
-            model.add(
-                keras.layers.Dense(
-                    p["units"],
-                    activation=p["activation"],
-                    kernel_regularizer=keras.regularizers.L2(p["l2"]),
-                )
-            )
-            model.add(keras.layers.Dropout(p["dropout"]))
-        model.add(keras.layers.Dense(1))
-        optimizer = optimizers[p["optimizer"]](
-            learning_rate=p["learning_rate"], clipvalue=p["clipvalue"]
-        )
-        model.compile(optimizer=optimizer, loss="mse")
+        model = tutorial_model(p, x.shape[1])
         history = model.fit(
             x, y, validation_split=0.2, epochs=max_epochs, batch_size=p["batch_size"],
             callbacks=[
