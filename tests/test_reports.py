@@ -55,6 +55,33 @@ def test_both_importances_are_named_and_cover_the_searched_parameters(study):
     assert ranked[:2] == ["learning_rate", "units"]
 
 
+def test_a_snapshot_holds_the_stored_trials_and_space(study):
+    view = reports.snapshot(study)
+    assert view.study_name == study.study_name and view.user_attrs == study.user_attrs
+    stored = study.get_trials(deepcopy=False)
+    copied = view.get_trials(deepcopy=False)
+    assert [(t.number, t.state, t.value, t.params, t.intermediate_values) for t in copied] == [
+        (t.number, t.state, t.value, t.params, t.intermediate_values) for t in stored
+    ]
+    assert reports.build_report(view) == reports.build_report(study)
+
+
+def test_big_studies_sample_fanova_and_learning_curves_and_say_so(space, storage, monkeypatch):
+    monkeypatch.setattr(reports, "FANOVA_SAMPLE", 30)
+    monkeypatch.setattr(reports, "CURVE_SAMPLE", 25)
+    study = reports.snapshot(synthetic_study(space, storage, 80, seed=2))
+    report = reports.build_report(study)
+    complete = report["trials"]["complete"]
+    assert complete > 30
+    assert any(f"sample of 30 of the {complete} completed" in note for note in report["notes"])
+    ranked = sorted(report["importances"]["fANOVA"], key=report["importances"]["fANOVA"].get)
+    assert ranked[-1] == "learning_rate"  # the sample still finds what matters most
+    with_curves = sum(bool(t.intermediate_values) for t in study.get_trials(deepcopy=False))
+    plots = reports.figures(study, report)
+    title = f"Learning curves (intermediate values), a random 25 of {with_curves} trials"
+    assert len(plots[title].data) == 25
+
+
 def test_pruning_savings_add_up(study):
     pruning = reports.build_report(study)["pruning"]
     trials = study.get_trials(deepcopy=False)

@@ -49,6 +49,14 @@ TrialsOption = typer.Option(
     "continues up to it. Default: search.trials from the space.",
     show_default=False,
 )
+WorkersOption = typer.Option(
+    1,
+    "--workers",
+    "-w",
+    min=1,
+    help="Worker processes to run on this machine, each training one model at a time; they "
+    "share the cores. More machines join with `dlboost-search worker`.",
+)
 RecycleOption = typer.Option(
     50,
     "--recycle-every",
@@ -97,6 +105,7 @@ def start(
     study_name: str | None = typer.Option(
         None, "--study-name", help="Study name to use instead of the space's `name`."
     ),
+    workers: int = WorkersOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
     dashboard: int | None = DashboardOption,
@@ -106,7 +115,7 @@ def start(
     Running it again with the same space continues the same study up to --trials finished
     trials; it never starts over.
 
-    Example: `dlboost-search start search_spaces/diabetes_mlp.yaml --trials 80`
+    Example: `dlboost-search start search_spaces/diabetes_mlp.yaml --trials 80 --workers 2`
     """
     from dlboost_search import runner
     from dlboost_search.spaces import load_space, space_from_dict
@@ -123,8 +132,8 @@ def start(
         space,
         dashboard,
         lambda on_event: runner.start(
-            space, url, target=trials, recycle_every=recycle_every, on_event=on_event,
-            source=space_file,
+            space, url, target=trials, workers=workers, recycle_every=recycle_every,
+            on_event=on_event, source=space_file,
         ),
     )  # fmt: skip
     if not quiet:
@@ -135,13 +144,21 @@ def start(
 @_handles_errors
 def resume(
     name: str = typer.Argument(..., help="Study name."),
-    trials: int | None = TrialsOption,
+    trials: int | None = typer.Option(
+        None,
+        "--trials",
+        min=1,
+        help="Target number of finished (complete or pruned) trials. Default: the target the "
+        "study was last run to.",
+        show_default=False,
+    ),
     storage: str | None = StorageOption,
+    workers: int = WorkersOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
     dashboard: int | None = DashboardOption,
 ) -> None:
-    """Continue a study from the storage alone: it remembers its space and data.
+    """Continue a study from the storage alone: it remembers its space, data and target.
 
     Example: `dlboost-search resume diabetes-mlp --storage sqlite:///storage/studies.db`
     """
@@ -158,11 +175,52 @@ def resume(
         space,
         dashboard,
         lambda on_event: runner.resume(
-            name, url, target=trials, recycle_every=recycle_every, on_event=on_event
+            name, url, target=trials, workers=workers, recycle_every=recycle_every,
+            on_event=on_event,
+        ),
+    )  # fmt: skip
+    if not quiet:
+        _print_result(summary.name, url)
+
+
+@app.command()
+@_handles_errors
+def worker(
+    name: str = typer.Argument(..., help="Study name."),
+    storage: str | None = StorageOption,
+    workers: int = WorkersOption,
+    recycle_every: int = RecycleOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Join a running study from this machine: train its trials until the study has its target.
+
+    The storage must be one every machine reaches (PostgreSQL or MySQL/MariaDB); the study's
+    stored space tells the worker what to train, and its data paths must exist here too. A
+    worker that dies loses only its running trial, which another worker re-runs.
+
+    Example: `dlboost-search worker diabetes-mlp --storage postgresql://user@db-host/studies -w 2`
+    """
+    from dlboost_search import runner
+    from dlboost_search.storage import storage_url
+    from dlboost_search.study import resume_space
+
+    url = storage_url(storage)
+    space = resume_space(name, url)
+    summary = _run_study(
+        name,
+        url,
+        quiet,
+        space,
+        None,
+        lambda on_event: runner.resume(
+            name, url, workers=workers, recycle_every=recycle_every, on_event=on_event
         ),
     )
     if not quiet:
-        _print_result(summary.name, url)
+        out.print(
+            f"study {name!r} has {summary.finished} finished trials; this worker is done. "
+            f"See `dlboost-search best {name}`."
+        )
 
 
 def _run_study(
@@ -198,10 +256,11 @@ def _publish(name: str, url: str) -> bool:
 
     try:
         study = load_study(name, url)
-        report = reports.build_report(study)
+        view = reports.snapshot(study)
+        report = reports.build_report(view)
     except DlboostError:  # no such study yet, or no completed trial: nothing to publish
         return False
-    reports.publish(study, report, reports.figures(study, report))
+    reports.publish(study, report, reports.figures(view, report))
     return True
 
 
@@ -382,8 +441,9 @@ def report(
         raise typer.BadParameter(f"{fmt!r}: use html, md or json", param_hint="--format")
     url = storage_url(storage)
     study = load_study(name, url)
-    content = reports.build_report(study)
-    plots = reports.figures(study, content) if fmt == "html" or publish else {}
+    view = reports.snapshot(study)
+    content = reports.build_report(view)
+    plots = reports.figures(view, content) if fmt == "html" or publish else {}
     text = {
         "html": lambda: reports.to_html(content, plots),
         "md": lambda: reports.to_markdown(content),
