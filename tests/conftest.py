@@ -1,15 +1,20 @@
-"""Shared fixtures: tiny search spaces, a fresh SQLite storage, and the CLI as a subprocess."""
+"""Shared fixtures: tiny search spaces, fresh storages (SQLite, and databases on the local
+PostgreSQL and MariaDB servers), the CLI as a subprocess, and helpers to watch a study."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import yaml
+from optuna.trial import TrialState
 
 # A small, fast study on the diabetes data: a handful of epochs, tiny networks.
 TINY_SPACE: dict[str, Any] = {
@@ -59,6 +64,72 @@ def write_space(tmp_path: Path):
 @pytest.fixture
 def storage(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+# The servers on loopback (.ci/run starts them): a fresh database per test, dropped after.
+SERVERS = {
+    "postgresql": ("postgresql://postgres@127.0.0.1:5432/{}", "test"),
+    "mysql": ("mysql+pymysql://root@127.0.0.1:3306/{}", "test"),
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def any_storage(request, tmp_path: Path):
+    """The same test on SQLite, PostgreSQL and MariaDB: a storage URL with no study in it."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'studies.db'}"
+        return
+    import sqlalchemy
+
+    url, admin_db = SERVERS[request.param]
+    name = f"dlboost_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(url.format(admin_db), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        yield url.format(name)
+    finally:
+        if url.format(name) in _storages:  # `load` kept connections open
+            _storages.pop(url.format(name)).engine.dispose()
+        force = " WITH (FORCE)" if request.param == "postgresql" else ""
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f"DROP DATABASE {name}{force}"))
+        admin.dispose()
+
+
+_storages: dict[str, optuna.storages.RDBStorage] = {}
+
+
+def load(url: str, name: str = "tiny") -> optuna.Study:
+    """The study as stored now; one storage object per URL, closed when its test ends."""
+    if url not in _storages:
+        _storages[url] = optuna.storages.RDBStorage(url)
+    return optuna.load_study(study_name=name, storage=_storages[url])
+
+
+@pytest.fixture(autouse=True)
+def _close_storages():
+    yield
+    while _storages:
+        _storages.popitem()[1].engine.dispose()
+
+
+def states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in study.get_trials(deepcopy=False)]
+
+
+def wait_for_running_trial(url: str, timeout: float = 120) -> optuna.trial.FrozenTrial:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            running = load(url).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except KeyError:  # the study is not created yet
+            running = []
+        # Wait for an epoch to be reported: the trial is then inside model.fit.
+        if running and running[0].intermediate_values:
+            return running[0]
+        time.sleep(0.2)
+    raise AssertionError("no trial started training in time")
 
 
 def cli_command(*args: str) -> list[str]:

@@ -328,6 +328,14 @@ BAD_SPACES = [
         id="clipvalue-and-clipnorm",
     ),
     pytest.param(
+        make(search={"heartbeat_seconds": 40}),
+        [
+            "search.stale_after_seconds: 60 is less than twice search.heartbeat_seconds (40), "
+            "so one late heartbeat would fail a live trial. Make it at least 80."
+        ],
+        id="stale-before-two-heartbeats",
+    ),
+    pytest.param(
         make(search={"sampler": "bayes"}),
         ["search.sampler: Input should be 'tpe', 'random' or 'qmc'; got 'bayes'."],
         id="unknown-sampler",

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 
 import optuna
@@ -14,17 +13,9 @@ import optuna_dashboard
 import pytest
 from optuna.trial import TrialState
 
-from conftest import cli_command, cli_env
+from conftest import cli_command, cli_env, load, states, wait_for_running_trial
 
 pytestmark = pytest.mark.slow
-
-
-def load(url: str, name: str = "tiny") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=url)
-
-
-def states(study: optuna.Study) -> list[str]:
-    return [t.state.name for t in study.get_trials(deepcopy=False)]
 
 
 def test_start_stores_trials_with_their_records(write_space, storage, run_cli):
@@ -144,20 +135,6 @@ def test_failures_in_a_row_stop_the_search_with_an_explanation(write_space, stor
     assert states(load(storage)) == ["FAIL", "FAIL"]
 
 
-def wait_for_running_trial(url: str, timeout: float = 120) -> optuna.trial.FrozenTrial:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            running = load(url).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        except KeyError:  # the study is not created yet
-            running = []
-        # Wait for an epoch to be reported: the trial is then inside model.fit.
-        if running and running[0].intermediate_values:
-            return running[0]
-        time.sleep(0.2)
-    raise AssertionError("no trial started training in time")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_close_the_running_trial(write_space, storage, tmp_path, signum):
     space = write_space(
@@ -185,34 +162,6 @@ def test_ctrl_c_and_sigterm_close_the_running_trial(write_space, storage, tmp_pa
         cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-
-
-def test_a_killed_worker_loses_only_its_trial(write_space, storage, tmp_path):
-    space = write_space(
-        training={"max_epochs": 400, "early_stopping": {"patience": 400}},
-        search={"pruner": "none", "trials": 1},
-    )
-    process = subprocess.Popen(
-        cli_command("start", str(space), "--storage", storage),
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    running = wait_for_running_trial(storage)
-    worker_pid = int(running.user_attrs["worker"].rsplit(":", 1)[1])
-    os.kill(worker_pid, signal.SIGKILL)
-    # The runner closes the lost trial and starts a new worker, whose trial we let finish
-    # quickly by stopping it too: what matters is the lost one.
-    deadline = time.monotonic() + 120
-    while load(storage).trials[running.number].state == TrialState.RUNNING:
-        assert time.monotonic() < deadline, "the killed worker's trial was never closed"
-        time.sleep(0.2)
-    lost = load(storage).trials[running.number]
-    assert lost.state == TrialState.FAIL
-    assert "worker process died" in lost.user_attrs["fail_reason"]
-    replacement = wait_for_running_trial(storage)
-    assert replacement.number == running.number + 1
-    process.send_signal(signal.SIGINT)
-    process.communicate(timeout=120)
-    assert TrialState.RUNNING.name not in states(load(storage))
 
 
 def test_workers_are_recycled(write_space, storage, run_cli):

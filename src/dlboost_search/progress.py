@@ -35,8 +35,9 @@ class StudyProgress:
         self.target = 0
         self.best: tuple[float, int, dict[str, Any]] | None = None
         self.seconds: list[float] = []
-        self.current = ""
-        self.trial_started = time.monotonic()
+        self.workers = 1
+        # Trials under way, by number: what they try, the epoch they are at, when they began.
+        self.running: dict[int, tuple[str, float]] = {}
         self.live = Live(self._render(), console=console, refresh_per_second=4)
 
     def __enter__(self) -> StudyProgress:
@@ -59,11 +60,10 @@ class StudyProgress:
             lines.append(
                 Text(
                     f"{per_trial:.1f} s per trial (median), "
-                    f"about {_duration(per_trial * left)} left"
+                    f"about {_duration(per_trial * left / self.workers)} left"
                 )
             )
-        if self.current:
-            lines.append(Text(self.current, style="dim"))
+        lines += [Text(line, style="dim") for line, _ in self.running.values()]
         return Group(*lines)
 
     def _is_better(self, value: float) -> bool:
@@ -76,6 +76,7 @@ class StudyProgress:
         if kind == "study":
             summary = event["summary"]
             self.target = event["target"]
+            self.workers = event.get("workers", 1)
             self.counts = {
                 "COMPLETE": summary.complete,
                 "PRUNED": summary.pruned,
@@ -85,20 +86,24 @@ class StudyProgress:
                 self.best = (summary.best_value, summary.best_trial, {})
             self.bar.update(self.task, description=summary.name, total=self.target)
         elif kind == "trial_started":
-            self.trial_started = time.monotonic()
-            self.current = f"trial {event['number']}: {format_params(event['params'])}"
-        elif kind == "epoch":
-            self.current = f"{self.current.split(' — ')[0]} — epoch {event['epoch']}"
+            line = f"trial {event['number']}: {format_params(event['params'])}"
+            self.running[event["number"]] = (line, time.monotonic())
+        elif kind == "epoch" and event["number"] in self.running:
+            line, started = self.running[event["number"]]
+            self.running[event["number"]] = (
+                f"{line.split(' — ')[0]} — epoch {event['epoch']}",
+                started,
+            )
         elif kind == "trial_finished":
             self._finished(event)
         elif kind == "worker_lost":
             self.console.print(
                 f"[red]worker died (exit code {event['exitcode']}); trials {event['trials']} "
-                "closed as failed; starting a new one"
+                "closed as failed and queued to run again; starting a new worker"
             )
         elif kind == "stopping":
             self.console.print(
-                "[yellow]stopping: closing the running trial (Ctrl-C again is ignored)..."
+                "[yellow]stopping: closing the running trials (Ctrl-C again is ignored)..."
             )
         self.bar.update(
             self.task,
@@ -114,8 +119,9 @@ class StudyProgress:
         state, number, value = event["state"], event["number"], event["value"]
         attrs = event["attrs"]
         self.counts[state] = self.counts.get(state, 0) + 1
-        self.seconds.append(time.monotonic() - self.trial_started)
-        self.current = ""
+        _, started = self.running.pop(number, ("", None))
+        if started is not None:
+            self.seconds.append(time.monotonic() - started)
         epochs = attrs.get("epochs_trained")
         if state == "FAIL":
             detail = f"[red]failed[/red]: {attrs.get('fail_reason', 'see the log')}"

@@ -13,16 +13,27 @@ import queue
 import signal
 import socket
 import time
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from optuna.trial import TrialState
 
 from dlboost_search import errors
 from dlboost_search.data import prepare
 from dlboost_search.errors import Interrupted, SearchAborted
 from dlboost_search.spaces import SearchSpace
-from dlboost_search.storage import load_study, masked
-from dlboost_search.study import StudySummary, create_or_check, space_of, summarize
+from dlboost_search.storage import RetryLostTrial, load_study, masked
+from dlboost_search.study import (
+    StudySummary,
+    create_or_check,
+    set_target,
+    space_of,
+    summarize,
+    target_of,
+)
 from dlboost_search.worker import INTERRUPTED_REASON, run_worker
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -42,15 +53,15 @@ def start(
     url: str,
     *,
     target: int | None = None,
+    workers: int = 1,
     recycle_every: int = DEFAULT_RECYCLE_EVERY,
     on_event: EventHandler = lambda event: None,
     source: str = "search space",
 ) -> StudySummary:
     check_data(space, source)
     study = create_or_check(space, url)
-    return _drive(
-        study.study_name, url, space, target or space.search.trials, recycle_every, on_event
-    )
+    set_target(study, target or space.search.trials)
+    return _drive(study.study_name, url, space, workers, recycle_every, on_event)
 
 
 def resume(
@@ -58,137 +69,214 @@ def resume(
     url: str,
     *,
     target: int | None = None,
+    workers: int = 1,
     recycle_every: int = DEFAULT_RECYCLE_EVERY,
     on_event: EventHandler = lambda event: None,
+    joining: bool = False,
 ) -> StudySummary:
-    space = space_of(load_study(name, url))
+    """Go on with a stored study, to `target` or to the target it was last driven to: what
+    `resume` does, and `worker` (`joining` others, maybe on other machines) does anywhere."""
+    study = load_study(name, url)
+    space = space_of(study)
     check_data(space, f"study {name!r}")
-    return _drive(name, url, space, target or space.search.trials, recycle_every, on_event)
+    if target is not None:
+        set_target(study, target)
+    return _drive(name, url, space, workers, recycle_every, on_event, sole=not joining)
+
+
+@dataclass
+class _Worker:
+    process: Any
+    started: datetime
+    # How it ended, from its last events: done, fatal, interrupted; crashed if it sent none.
+    outcome: dict[str, Any] = field(default_factory=lambda: {"event": "crashed"})
+
+
+class _Pool:
+    """The worker processes of this runner, and the queue their events arrive on."""
+
+    def __init__(self, name: str, url: str, size: int, recycle_every: int, sole: bool):
+        self.name, self.url, self.size, self.recycle_every = name, url, size, recycle_every
+        self.sole = sole and size == 1  # the study's only worker: reproducible sampling
+        self.context = multiprocessing.get_context("spawn")
+        self.events = self.context.Queue()
+        self.workers: dict[int, _Worker] = {}
+        # Several workers share the cores; one alone keeps TensorFlow's defaults.
+        self.threads = max(1, len(os.sched_getaffinity(0)) // size) if size > 1 else None
+
+    def start(self, target: int, failures_in_a_row: int) -> int:
+        process = self.context.Process(
+            target=run_worker,
+            args=(
+                self.name,
+                self.url,
+                target,
+                self.recycle_every,
+                failures_in_a_row,
+                self.events,
+                self.threads,
+                self.sole,
+            ),  # fmt: skip
+            name=f"dlboost-worker-{self.name}",
+        )
+        process.start()
+        self.workers[process.pid] = _Worker(process, datetime.now())
+        return process.pid
+
+    def relay(self, on_event: EventHandler, timeout: float) -> int | None:
+        """Pass on the events of the next `timeout` seconds; return the last failures-in-a-row
+        count a worker reported, if any."""
+        failures = None
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = self.events.get(timeout=left)
+            except queue.Empty:
+                break
+            on_event(event)
+            failures = event.get("failures_in_a_row", failures)
+            worker = self.workers.get(event.get("pid"))
+            if worker is not None and event["event"] in ("done", "fatal", "interrupted"):
+                worker.outcome = event
+        return failures
+
+    def exited(self) -> list[tuple[int, _Worker]]:
+        """Remove and return the workers whose process has ended."""
+        ended = [(pid, w) for pid, w in self.workers.items() if not w.process.is_alive()]
+        for pid, worker in ended:
+            worker.process.join()
+            del self.workers[pid]
+        return ended
+
+    def interrupt(self) -> None:
+        for worker in self.workers.values():
+            if worker.process.is_alive():
+                os.kill(worker.process.pid, signal.SIGINT)
 
 
 def _drive(
     name: str,
     url: str,
     space: SearchSpace,
-    target: int,
+    workers: int,
     recycle_every: int,
     on_event: EventHandler,
+    sole: bool = True,
 ) -> StudySummary:
-    study = load_study(name, url)
-    context = multiprocessing.get_context("spawn")
+    # With heartbeats checked: a trial whose machine died is failed (and retried) here too,
+    # or the runner would wait forever for it to finish.
+    study = load_study(name, url, recovery=space.search)
+    target = target_of(study)
+    pool = _Pool(name, url, workers, recycle_every, sole)
     failures_in_a_row = 0
-    process = None
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        on_event({"event": "study", "summary": summarize(study), "target": target, "url": url})
-        while (finished := summarize(study).finished) < target:
-            events = context.Queue()
-            n_trials = min(recycle_every, target - finished)
-            process = context.Process(
-                target=run_worker,
-                args=(name, url, n_trials, failures_in_a_row, events),
-                name=f"dlboost-worker-{name}",
+        on_event({"event": "study", "summary": summarize(study), "target": target, "url": url,
+                  "workers": workers})  # fmt: skip
+        while True:
+            _fail_stale_trials(study)
+            summary = summarize(study)
+            if summary.finished >= target and not pool.workers:
+                return summary
+            # Running trials of other machines count as work under way; each of our workers
+            # as one trial, whether it is training or still importing TensorFlow.
+            ours = {f"{socket.gethostname()}:{pid}" for pid in pool.workers}
+            elsewhere = sum(
+                t.user_attrs.get("worker") not in ours
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             )
-            process.start()
-            started = datetime.now()
-            on_event({"event": "worker_started", "pid": process.pid})
-            outcome = _follow(process, events, on_event)
-            failures_in_a_row = outcome.get("failures_in_a_row", failures_in_a_row)
-            lost = close_abandoned_trials(study, process.pid, started, outcome["reason"])
-            if outcome["event"] == "fatal":
-                raise getattr(errors, outcome["error"])(outcome["message"])
-            if outcome["event"] == "interrupted":
-                raise Interrupted(
-                    f"stopped by the user; {len(lost) or 'no'} running trial(s) closed as "
-                    f"failed, nothing else lost. Continue with `dlboost-search resume {name} "
-                    f"--storage {masked(url)}`."
+            while (
+                len(pool.workers) < workers
+                and summary.finished + elsewhere + len(pool.workers) < target
+            ):
+                on_event({"event": "worker_started", "pid": pool.start(target, failures_in_a_row)})
+            reported = pool.relay(on_event, timeout=1.0)
+            failures_in_a_row = failures_in_a_row if reported is None else reported
+            for pid, worker in pool.exited():
+                failures_in_a_row = _worker_ended(
+                    study, space, pid, worker, failures_in_a_row, on_event
                 )
-            if outcome["event"] == "crashed":
-                failures_in_a_row += 1
-                on_event({"event": "worker_lost", "exitcode": process.exitcode, "trials": lost})
-                if failures_in_a_row >= space.search.max_consecutive_failures:
-                    raise SearchAborted(
-                        f"the worker process died {failures_in_a_row} times in a row (last exit "
-                        f"code {process.exitcode}). Look for out-of-memory kills in the system "
-                        f"log, lower units/batch_size, then `dlboost-search resume {name}`."
-                    )
-        return summarize(study)
+    except KeyboardInterrupt:
+        on_event({"event": "stopping"})
+        closed = _stop_all(study, pool, on_event)
+        raise Interrupted(
+            f"stopped by the user; {len(closed) or 'no'} running trial(s) closed as failed, "
+            f"nothing else lost. Continue with `dlboost-search resume {name} --storage "
+            f"{masked(url)}`."
+        ) from None
+    except BaseException:
+        _stop_all(study, pool, on_event)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-        if process is not None and process.is_alive():
-            # Interrupted between two workers' events (not inside _follow): stop this one too.
-            _stop_worker(process)
-            close_abandoned_trials(study, process.pid, started, INTERRUPTED_REASON)
 
 
-def _stop_worker(process: Any) -> None:
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _fail_stale_trials(study: Any) -> None:
+    import optuna
+
+    with warnings.catch_warnings():  # experimental in Optuna, as in its own optimize loop
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def _worker_ended(study, space, pid, worker, failures_in_a_row, on_event) -> int:
+    """Close what an exited worker left behind; raise if the search must stop."""
+    outcome = worker.outcome
+    if outcome["event"] == "interrupted":  # signalled directly, not through us
+        close_abandoned_trials(study, pid, worker.started, INTERRUPTED_REASON)
+        raise KeyboardInterrupt
+    if outcome["event"] == "fatal":
+        close_abandoned_trials(study, pid, worker.started, "the worker stopped (fatal)")
+        raise getattr(errors, outcome["error"])(outcome["message"])
+    if outcome["event"] == "done":
+        close_abandoned_trials(study, pid, worker.started, "the worker stopped (done)")
+        return failures_in_a_row
+    code = worker.process.exitcode
+    lost = close_abandoned_trials(
+        study, pid, worker.started, f"the worker process died (exit code {code})",
+        retry=space.search.retries,
+    )  # fmt: skip
+    on_event({"event": "worker_lost", "exitcode": code, "trials": lost})
+    failures_in_a_row += 1
+    if failures_in_a_row >= space.search.max_consecutive_failures:
+        raise SearchAborted(
+            f"the worker process died {failures_in_a_row} times in a row (last exit code "
+            f"{code}). Look for out-of-memory kills in the system log, lower units/batch_size, "
+            f"then `dlboost-search resume {study.study_name}`."
+        )
+    return failures_in_a_row
+
+
+def _stop_all(study: Any, pool: _Pool, on_event: EventHandler) -> list[int]:
+    """Ask every worker to close its trial and exit, wait, and close what they left."""
+    # A second Ctrl-C or a SIGTERM must not cut short the workers closing their trials.
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    closed: list[int] = []
     try:
-        os.kill(process.pid, signal.SIGINT)
-        process.join(SHUTDOWN_GRACE_S)
-        if process.is_alive():
-            process.kill()
-            process.join()
+        pool.interrupt()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        while pool.workers:
+            pool.relay(on_event, timeout=0.2)
+            if time.monotonic() > deadline:
+                for worker in pool.workers.values():
+                    worker.process.kill()
+            for pid, worker in pool.exited():
+                closed += close_abandoned_trials(study, pid, worker.started, INTERRUPTED_REASON)
+        return closed
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _follow(process: Any, events: Any, on_event: EventHandler) -> dict[str, Any]:
-    """Relay a worker's events until it exits; return how it ended."""
-    outcome: dict[str, Any] = {"event": "crashed", "reason": "the worker process died"}
-    interrupted = False
-    deadline = None
-    while True:
-        try:
-            try:
-                event = events.get(timeout=0.2)
-            except queue.Empty:
-                if process.is_alive():
-                    if deadline and time.monotonic() > deadline:
-                        process.kill()
-                    continue
-                while True:  # drain what the worker sent just before exiting
-                    try:
-                        event = events.get(timeout=0.2)
-                    except queue.Empty:
-                        break
-                    outcome = _note(event, outcome, on_event)
-                break
-            outcome = _note(event, outcome, on_event)
-        except KeyboardInterrupt:
-            if not interrupted:
-                interrupted = True
-                # A second Ctrl-C must not cut short the worker closing its trial.
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                on_event({"event": "stopping"})
-                os.kill(process.pid, signal.SIGINT)
-                deadline = time.monotonic() + SHUTDOWN_GRACE_S
-    process.join()
-    if interrupted:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        outcome = {**outcome, "event": "interrupted", "reason": INTERRUPTED_REASON}
-    elif outcome["event"] == "crashed":
-        outcome["reason"] = f"the worker process died (exit code {process.exitcode})"
-    return outcome
-
-
-def _note(event: dict[str, Any], outcome: dict[str, Any], on_event: EventHandler):
-    on_event(event)
-    if "failures_in_a_row" in event:
-        outcome = {**outcome, "failures_in_a_row": event["failures_in_a_row"]}
-    if event["event"] == "interrupted":
-        outcome = {**outcome, **event, "reason": INTERRUPTED_REASON}
-    elif event["event"] in ("done", "fatal"):
-        outcome = {**outcome, **event, "reason": f"the worker stopped ({event['event']})"}
-    return outcome
-
-
-def close_abandoned_trials(study: Any, pid: int | None, since: datetime, reason: str) -> list[int]:
-    """Mark FAIL the trials a worker left RUNNING when it exited; return their numbers.
+def close_abandoned_trials(
+    study: Any, pid: int | None, since: datetime, reason: str, retry: int = 0
+) -> list[int]:
+    """Mark FAIL the trials a worker left RUNNING when it exited, and queue each for up to
+    `retry` re-runs with the same parameters; return their numbers.
 
     A trial is the worker's when it carries the worker's id, or carries no id yet (stopped
     while sampling, before the objective's first line) and started after the worker did.
@@ -202,6 +290,8 @@ def close_abandoned_trials(study: Any, pid: int | None, since: datetime, reason:
         if owner == worker or (owner is None and trial.datetime_start >= since):
             # _trial_id is the storage key; Optuna exposes no public setter by trial number.
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-            study.tell(trial.number, state=TrialState.FAIL)
+            failed = study.tell(trial.number, state=TrialState.FAIL)
+            if retry:
+                RetryLostTrial(retry)(study, failed)
             closed.append(trial.number)
     return closed

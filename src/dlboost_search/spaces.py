@@ -115,6 +115,12 @@ class SearchSettings(_Strict):
     trials: int = Field(50, ge=1)
     seed: int | None = 0
     max_consecutive_failures: int = Field(5, ge=1)
+    # Crash recovery, on any machine: a running trial writes a heartbeat every
+    # heartbeat_seconds; one silent for stale_after_seconds lost its worker, and is failed and
+    # run again with the same parameters, at most `retries` times.
+    heartbeat_seconds: int = Field(10, ge=1)
+    stale_after_seconds: int = Field(60, ge=2)
+    retries: int = Field(1, ge=0)
 
 
 class SearchSpace(_Strict):
@@ -325,6 +331,13 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
     if data.path is not None and not data.path.lower().endswith(".npz") and not data.target:
         problems.append(
             "data.target: a CSV or Parquet file needs `target: COLUMN`, the column to predict."
+        )
+    search = space.search
+    if search.stale_after_seconds < 2 * search.heartbeat_seconds:
+        problems.append(
+            f"search.stale_after_seconds: {search.stale_after_seconds} is less than twice "
+            f"search.heartbeat_seconds ({search.heartbeat_seconds}), so one late heartbeat "
+            f"would fail a live trial. Make it at least {2 * search.heartbeat_seconds}."
         )
     metric = space.objective.metric
     if not any(metric.removeprefix("val_") in m for m in TASK_METRICS.values()):

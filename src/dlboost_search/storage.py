@@ -17,6 +17,8 @@ from dlboost_search.errors import StorageError, StudyError
 if TYPE_CHECKING:
     import optuna
 
+    from dlboost_search.spaces import SearchSettings
+
 DEFAULT_STORAGE = "sqlite:///storage/studies.db"
 STORAGE_ENV = "DLBOOST_STORAGE"
 SPEC_ATTR = "dlboost_search"  # study user attribute holding the space, data spec and version
@@ -50,18 +52,46 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Open (creating if needed) the storage at `url`, or raise StorageError saying why not."""
+class RetryLostTrial:
+    """Run a trial again, with the same parameters, when its worker was lost (killed, crashed,
+    its machine gone), at most `retries` times. RDBStorage calls it for the trials whose
+    heartbeat stopped (Optuna's stale trials); the runner for a local worker that died."""
+
+    def __init__(self, retries: int):
+        self.retries = retries
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        attempt = int(trial.user_attrs.get("attempt", 1))
+        if attempt > self.retries:
+            return
+        # Fresh user attributes: the retry must not inherit the lost trial's fail_reason.
+        origin = trial.user_attrs.get("retry_of", trial.number)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": origin, "attempt": attempt + 1})
+
+
+def open_storage(url: str, recovery: SearchSettings | None = None) -> optuna.storages.RDBStorage:
+    """Open (creating if needed) the storage at `url`, or raise StorageError saying why not.
+
+    With `recovery` (what workers use), running trials send heartbeats, and trials whose
+    heartbeat stopped are failed and retried as the search settings say.
+    """
     import optuna
     import sqlalchemy.exc
 
     sqlite = url.startswith("sqlite:///")
+    heartbeat: dict[str, Any] = {}
+    if recovery is not None:
+        heartbeat = {
+            "heartbeat_interval": recovery.heartbeat_seconds,
+            "grace_period": recovery.stale_after_seconds,
+            "heartbeat_stale_trial_callback": RetryLostTrial(recovery.retries),
+        }
     try:
         if sqlite:
             path = url.removeprefix("sqlite:///")
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-        storage = optuna.storages.RDBStorage(url)
+        storage = optuna.storages.RDBStorage(url, **heartbeat)
         if sqlite:
             from sqlalchemy import event
 
@@ -81,11 +111,11 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         ) from None
 
 
-def load_study(name: str, url: str) -> optuna.Study:
+def load_study(name: str, url: str, recovery: SearchSettings | None = None) -> optuna.Study:
     """Load an existing study, or raise StudyError listing the ones that exist."""
     import optuna
 
-    storage = open_storage(url)
+    storage = open_storage(url, recovery)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:

@@ -21,17 +21,26 @@ if TYPE_CHECKING:
 _NOT_DEFINING = ("search.trials",)
 
 
-def make_sampler(space: SearchSpace, trials_so_far: int) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    space: SearchSpace, trials_so_far: int, stream: int = 0
+) -> optuna.samplers.BaseSampler:
+    """The sampler of one worker process.
+
+    Offsetting the seed by the trials already in the study keeps a recycled worker from
+    replaying its predecessor's random start-up points; `stream` (0 for a study's only worker,
+    else something unique to the worker) keeps workers running side by side apart. TPE's
+    constant liar counts other workers' running trials as bad, so they sample elsewhere.
+    """
     import optuna
 
-    # Each worker process gets its own sampler; offsetting the seed by the trials already in
-    # the study keeps a recycled worker from replaying its predecessor's random start-up points.
-    seed = None if space.search.seed is None else space.search.seed + trials_so_far
+    seed = None
+    if space.search.seed is not None:
+        seed = space.search.seed + trials_so_far + (stream * 1_000_003) % 2**31
     if space.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if space.search.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=space.search.seed, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
 
 
 def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
@@ -88,7 +97,8 @@ def create_or_check(space: SearchSpace, url: str) -> optuna.Study:
     if spec is None:
         study.set_user_attr(SPEC_ATTR, {"space": space.to_dict(), "version": __version__})
         return study
-    stored = stored_spec(study)["space"]
+    # Through today's model: settings added since the study was made compare as their defaults.
+    stored = space_from_dict(stored_spec(study)["space"], f"study {space.name!r}").to_dict()
     differences = space_differences(stored, space.to_dict())
     if differences:
         listed = "; ".join(differences[:8]) + (" ..." if len(differences) > 8 else "")
@@ -108,6 +118,20 @@ def space_of(study: optuna.Study) -> SearchSpace:
 
 def resume_space(name: str, url: str) -> SearchSpace:
     return space_of(load_study(name, url))
+
+
+TARGET_ATTR = "dlboost_target"
+
+
+def set_target(study: optuna.Study, target: int) -> None:
+    """Record the number of finished trials the study is being driven to: a `worker` joining
+    from another machine, or a later `resume`, goes on to the same target."""
+    if study.user_attrs.get(TARGET_ATTR) != target:
+        study.set_user_attr(TARGET_ATTR, target)
+
+
+def target_of(study: optuna.Study) -> int:
+    return int(study.user_attrs.get(TARGET_ATTR) or space_of(study).search.trials)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 Keras keeps a few MB per model even after `clear_session` (keras#17458), so a worker runs at
 most a bounded number of trials and exits; the runner starts a fresh one. Memory stays flat
 however long the study runs.
+
+Several workers, on this machine or others, may share a study. Each stops when the study has
+its target of finished trials counting the ones running elsewhere, so the study ends with
+exactly the target, not one extra per worker.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ from typing import Any
 from dlboost_search.errors import DlboostError, SearchAborted, TrialFailed
 
 INTERRUPTED_REASON = "interrupted (Ctrl-C or SIGTERM); run `dlboost-search resume` to go on"
+SURPLUS_REASON = "not needed: trials running on other workers already make up the target"
+
+
+class _Surplus(TrialFailed):
+    """Another worker asked for the study's last trial at the same moment."""
 
 
 def worker_id() -> str:
@@ -38,8 +47,12 @@ def _stop_on_first_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up chatter (CUDA probes, CPU flags) silenced."""
+def _import_tensorflow_quietly(threads: int | None) -> None:
+    """Import TensorFlow with its C++ start-up chatter (CUDA probes, CPU flags) silenced.
+
+    `threads`: the cores this worker may use, when several share the machine; TensorFlow
+    would otherwise give each worker a thread pool as large as the machine.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     saved = os.dup(2)
     with open(os.devnull, "w") as devnull:
@@ -50,6 +63,9 @@ def _import_tensorflow_quietly() -> None:
             os.dup2(saved, 2)
             os.close(saved)
     tf.get_logger().setLevel("ERROR")
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 def _rss_mb() -> float:
@@ -57,24 +73,86 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+class _Events:
+    """The queue to the runner; every event names the worker process it comes from."""
+
+    def __init__(self, queue: Any):
+        self.queue, self.pid = queue, os.getpid()
+
+    def put(self, event: dict[str, Any]) -> None:
+        self.queue.put({**event, "pid": self.pid})
+
+
 def run_worker(
-    study_name: str, url: str, n_trials: int, failures_in_a_row: int, events: Any
+    study_name: str,
+    url: str,
+    target: int,
+    max_trials: int,
+    failures_in_a_row: int,
+    queue: Any,
+    threads: int | None = None,
+    sole_worker: bool = True,
 ) -> None:
-    """Entry point of a worker process (started with the spawn method)."""
+    """Entry point of a worker process (started with the spawn method): run at most
+    `max_trials` trials, fewer once the study has `target` finished trials. Only the study's
+    sole worker samples reproducibly from the space's seed; workers side by side must not."""
     # Own process group: a terminal's Ctrl-C reaches the runner only, which forwards it once.
     os.setpgrp()
     signal.signal(signal.SIGINT, _stop_on_first_signal)
     signal.signal(signal.SIGTERM, _stop_on_first_signal)
+    events = _Events(queue)
     try:
-        _run(study_name, url, n_trials, failures_in_a_row, events)
+        stream = 0 if sole_worker else os.getpid()
+        _run(study_name, url, target, max_trials, failures_in_a_row, events, threads, stream)
     except KeyboardInterrupt:
         events.put({"event": "interrupted"})
     except DlboostError as exc:
         events.put({"event": "fatal", "error": type(exc).__name__, "message": str(exc)})
 
 
-def _run(study_name: str, url: str, n_trials: int, failures_in_a_row: int, events: Any) -> None:
-    _import_tensorflow_quietly()
+def _work_left(study: Any, target: int) -> int:
+    """Trials still to start: the target less the finished and the running ones."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return target - len(study.get_trials(deepcopy=False, states=states))
+
+
+def _is_surplus(study: Any, number: int, target: int) -> bool:
+    """Whether trials ahead of `number` (finished, or running with a lower number) already
+    make up the target: two workers asked for the last trial at once, and this one lost."""
+    from optuna.trial import TrialState
+
+    ahead = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            ahead += 1
+        elif t.state == TrialState.RUNNING and t.number < number:
+            ahead += 1
+    return ahead >= target
+
+
+def _run(
+    study_name: str,
+    url: str,
+    target: int,
+    max_trials: int,
+    failures_in_a_row: int,
+    events: _Events,
+    threads: int | None,
+    stream: int,
+) -> None:
+    from dlboost_search.storage import load_study
+    from dlboost_search.study import space_of
+
+    # Before the slow TensorFlow import: a worker started as the last trial began elsewhere
+    # leaves at once.
+    study = load_study(study_name, url)
+    if _work_left(study, target) <= 0:
+        events.put({"event": "done", "rss_mb": _rss_mb()})
+        return
+    space = space_of(study)
+    _import_tensorflow_quietly(threads)
     import keras
     import optuna
     from optuna.trial import TrialState
@@ -82,14 +160,13 @@ def _run(study_name: str, url: str, n_trials: int, failures_in_a_row: int, event
     from dlboost_search import data as data_module
     from dlboost_search.models import family_module
     from dlboost_search.spaces import suggest
-    from dlboost_search.storage import load_study
-    from dlboost_search.study import make_pruner, make_sampler, space_of
+    from dlboost_search.study import make_pruner, make_sampler
     from dlboost_search.training import TrainingRecord, train
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = load_study(study_name, url)
-    space = space_of(study)
-    study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)))
+    # Heartbeats on: a trial this worker leaves behind by dying is retried by whoever runs next.
+    study = load_study(study_name, url, recovery=space.search)
+    study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)), stream)
     study.pruner = make_pruner(space)
     seed = space.search.seed or 0
     prepared = data_module.prepare(space.data, seed)
@@ -102,6 +179,9 @@ def _run(study_name: str, url: str, n_trials: int, failures_in_a_row: int, event
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", me)
+        if _is_surplus(study, trial.number, target):
+            trial.set_user_attr("fail_reason", SURPLUS_REASON)
+            raise _Surplus(SURPLUS_REASON)
         params = space.resolve(suggest(trial, space))
         events.put({"event": "trial_started", "number": trial.number, "params": params})
         keras.utils.set_random_seed(seed + trial.number)
@@ -150,6 +230,11 @@ def _run(study_name: str, url: str, n_trials: int, failures_in_a_row: int, event
         nonlocal failures_in_a_row
         if stop_requested():
             raise KeyboardInterrupt
+        if trial.user_attrs.get("fail_reason") == SURPLUS_REASON:
+            study.stop()
+            return
+        if _work_left(study, target) <= 0:
+            study.stop()
         failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
         events.put(
             {
@@ -175,5 +260,5 @@ def _run(study_name: str, url: str, n_trials: int, failures_in_a_row: int, event
                 f"{study_name}`."
             )
 
-    study.optimize(objective, n_trials=n_trials, callbacks=[after_trial], catch=(TrialFailed,))
+    study.optimize(objective, n_trials=max_trials, callbacks=[after_trial], catch=(TrialFailed,))
     events.put({"event": "done", "rss_mb": _rss_mb()})

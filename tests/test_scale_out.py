@@ -1,0 +1,153 @@
+"""Several workers on one study, on SQLite, PostgreSQL and MariaDB: the target is met exactly,
+nothing is lost when workers or whole machines die, and servers that cannot be used say so."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from optuna.trial import TrialState
+
+from conftest import SERVERS, cli_command, cli_env, load, states, wait_for_running_trial
+from dlboost_search.worker import SURPLUS_REASON
+
+pytestmark = pytest.mark.slow
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def finished(url: str) -> list:
+    return load(url).get_trials(deepcopy=False, states=FINISHED)
+
+
+def test_workers_share_a_study_stop_at_the_target_and_resume_on_any_storage(
+    write_space, any_storage, run_cli
+):
+    space = write_space(search={"trials": 4})
+    result = run_cli("start", str(space), "--storage", any_storage, "--workers", "2", "-q")
+    assert result.returncode == 0, result.stderr
+    done = finished(any_storage)
+    assert len(done) == 4
+    assert len({t.user_attrs["worker"] for t in done}) == 2  # both workers trained
+    assert len({json.dumps(t.params, sort_keys=True) for t in done}) == 4  # at different points
+    assert "RUNNING" not in states(load(any_storage))
+    # Resumed from the storage alone, to a new target, then to the target it remembers.
+    result = run_cli("resume", "tiny", "--storage", any_storage, "--trials", "5", "-q")
+    assert result.returncode == 0, result.stderr
+    assert len(finished(any_storage)) == 5
+    result = run_cli("resume", "tiny", "--storage", any_storage, "-q")
+    assert result.returncode == 0, result.stderr
+    assert len(finished(any_storage)) == 5
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_four_workers_on_one_sqlite_file_with_the_dashboard_polling(write_space, storage, tmp_path):
+    """Every trial lands: no "database is locked", from the workers or the dashboard."""
+    space = write_space(search={"trials": 8})
+    port = free_port()
+    process = subprocess.Popen(
+        cli_command("start", str(space), "--storage", storage, "--workers", "4",
+                    "--dashboard", str(port), "-q"),
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    polls = 0
+    while process.poll() is None:  # the dashboard's study page polls this while open
+        try:
+            for path in ("/api/studies", "/api/studies/1"):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+                    assert r.status == 200
+            polls += 1
+        except (urllib.error.URLError, ConnectionError):  # not serving yet, or shut down
+            pass
+        time.sleep(0.1)
+    _, stderr = process.communicate()
+    assert process.returncode == 0, stderr
+    assert polls > 10
+    trials = load(storage).get_trials(deepcopy=False)
+    assert len([t for t in trials if t.state in FINISHED]) == 8
+    assert len({t.user_attrs["worker"] for t in trials}) == 4
+    # The only failures allowed: a worker that asked for a trial the others already covered.
+    assert all(
+        t.user_attrs["fail_reason"] == SURPLUS_REASON for t in trials if t.state.name == "FAIL"
+    )
+
+
+LONG_TRIALS = {"max_epochs": 400, "early_stopping": {"patience": 400}}
+
+
+def test_a_killed_worker_is_replaced_and_its_trial_retried(write_space, storage, tmp_path):
+    space = write_space(training=LONG_TRIALS, search={"pruner": "none", "trials": 2})
+    process = subprocess.Popen(
+        cli_command("start", str(space), "--storage", storage, "-q"),
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lost = wait_for_running_trial(storage)
+    os.kill(int(lost.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    trials = load(storage).get_trials(deepcopy=False)
+    assert trials[lost.number].state == TrialState.FAIL
+    assert "worker process died" in trials[lost.number].user_attrs["fail_reason"]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == lost.params
+    assert "fail_reason" not in retry.user_attrs
+    assert len([t for t in trials if t.state in FINISHED]) == 2
+
+
+@pytest.mark.parametrize("any_storage", ["sqlite", "postgresql"], indirect=True)
+def test_a_lost_machine_is_found_by_its_heartbeat_and_its_trial_retried(
+    write_space, any_storage, tmp_path
+):
+    """Runner and worker both killed: nobody on that machine closes the trial. A worker
+    joining from elsewhere sees the heartbeat stop, fails the trial and runs it again."""
+    search = {"pruner": "none", "trials": 2, "heartbeat_seconds": 1, "stale_after_seconds": 4}
+    space = write_space(training=LONG_TRIALS, search=search)
+    machine = subprocess.Popen(
+        cli_command("start", str(space), "--storage", any_storage, "-q"),
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    lost = wait_for_running_trial(any_storage)
+    # The worker first: a worker whose runner is gone closes its trial at the next epoch.
+    os.kill(int(lost.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    machine.kill()
+    machine.communicate()
+    assert load(any_storage).trials[lost.number].state == TrialState.RUNNING
+    joined = subprocess.run(
+        cli_command("worker", "tiny", "--storage", any_storage, "-q"),
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert joined.returncode == 0, joined.stderr
+    trials = load(any_storage).get_trials(deepcopy=False)
+    assert trials[lost.number].state == TrialState.FAIL
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == lost.params
+    assert len([t for t in trials if t.state in FINISHED]) == 2
+    assert "RUNNING" not in states(load(any_storage))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (SERVERS["postgresql"][0].format("no_such_db"), 'database "no_such_db" does not exist'),
+        ("postgresql://nobody@127.0.0.1:5432/test", 'role "nobody" does not exist'),
+        ("mysql+pymysql://root:wrong@127.0.0.1:3306/test", "Access denied for user 'root'"),
+        ("mysql+pymysql://root@127.0.0.1:3306/no_such_db", "Unknown database 'no_such_db'"),
+        ("mysql+pymysql://root@127.0.0.1:1/test", "Can't connect to MySQL server"),
+    ],
+)
+def test_an_unusable_server_storage_is_one_clear_error(run_cli, url, expected):
+    result = run_cli("status", "--storage", url)
+    assert result.returncode == 3, result.stderr
+    assert expected in result.stderr and "cannot open storage" in result.stderr
+    assert "wrong" not in result.stderr and "Traceback" not in result.stderr
