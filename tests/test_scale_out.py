@@ -136,6 +136,28 @@ def test_a_lost_machine_is_found_by_its_heartbeat_and_its_trial_retried(
     assert "RUNNING" not in states(load(any_storage))
 
 
+def test_a_trial_past_its_time_limit_is_failed_and_the_search_moves_on(
+    write_space, storage, run_cli
+):
+    training = {
+        "max_epochs": 5000,
+        "early_stopping": {"patience": 5000},
+        "trial_timeout_seconds": 2,
+    }
+    space = write_space(training=training, search={"pruner": "none", "max_consecutive_failures": 2})
+    result = run_cli("start", str(space), "--storage", storage, "-q")
+    assert result.returncode == 4, result.stderr
+    assert "2 trials in a row ran past training.trial_timeout_seconds (2 s)" in result.stderr
+    trials = load(storage).get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]  # moved on, not retried
+    for trial in trials:
+        assert (
+            "still running after training.trial_timeout_seconds (2 s)"
+            in trial.user_attrs["fail_reason"]
+        )
+        assert trial.intermediate_values  # it was training, not stuck before the first epoch
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
@@ -151,3 +173,40 @@ def test_an_unusable_server_storage_is_one_clear_error(run_cli, url, expected):
     assert result.returncode == 3, result.stderr
     assert expected in result.stderr and "cannot open storage" in result.stderr
     assert "wrong" not in result.stderr and "Traceback" not in result.stderr
+
+
+def _create_at_the_same_moment(space_dict, url, barrier, results):
+    from dlboost_search.spaces import space_from_dict
+    from dlboost_search.study import create_or_check
+
+    space = space_from_dict(space_dict, "test")
+    barrier.wait()
+    try:
+        study = create_or_check(space, url)
+        results.put(("ok", study._study_id))
+    except Exception as exc:  # reported to the test, which shows it
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+@pytest.mark.parametrize("any_storage", ["sqlite", "postgresql", "mysql"], indirect=True)
+def test_ten_processes_creating_one_new_study_at_once_make_it_once(any_storage):
+    import multiprocessing
+
+    from conftest import TINY_SPACE
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(10), context.Queue()
+    processes = [
+        context.Process(
+            target=_create_at_the_same_moment, args=(TINY_SPACE, any_storage, barrier, results)
+        )  # fmt: skip
+        for _ in range(10)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert [kind for kind, _ in outcomes] == ["ok"] * 10, outcomes
+    assert len({study_id for _, study_id in outcomes}) == 1
+    assert load(any_storage).user_attrs["dlboost_search"]["space"]["name"] == "tiny"

@@ -97,9 +97,16 @@ class StudyProgress:
         elif kind == "trial_finished":
             self._finished(event)
         elif kind == "worker_lost":
+            self._lost(event["trials"])
             self.console.print(
                 f"[red]worker died (exit code {event['exitcode']}); trials {event['trials']} "
                 "closed as failed and queued to run again; starting a new worker"
+            )
+        elif kind == "trial_timed_out":
+            self._lost(event["trials"])
+            self.console.print(
+                f"[red]trials {event['trials']} ran past training.trial_timeout_seconds "
+                f"({event['limit']} s): failed, worker replaced"
             )
         elif kind == "stopping":
             self.console.print(
@@ -114,6 +121,12 @@ class StudyProgress:
             ),
         )
         self.live.update(self._render())
+
+    def _lost(self, numbers: list[int]) -> None:
+        """Trials closed as failed by the runner, not by their worker."""
+        for number in numbers:
+            self.running.pop(number, None)
+        self.counts["FAIL"] += len(numbers)
 
     def _finished(self, event: dict[str, Any]) -> None:
         state, number, value = event["state"], event["number"], event["value"]

@@ -88,8 +88,11 @@ def resume(
 class _Worker:
     process: Any
     started: datetime
-    # How it ended, from its last events: done, fatal, interrupted; crashed if it sent none.
+    # How it ended, from its last events: done, fatal, interrupted; crashed if it sent none;
+    # timed_out if we stopped it.
     outcome: dict[str, Any] = field(default_factory=lambda: {"event": "crashed"})
+    # The trial it is training and when that began (time.monotonic), between its events.
+    trial: tuple[int, float] | None = None
 
 
 class _Pool:
@@ -136,9 +139,25 @@ class _Pool:
             on_event(event)
             failures = event.get("failures_in_a_row", failures)
             worker = self.workers.get(event.get("pid"))
-            if worker is not None and event["event"] in ("done", "fatal", "interrupted"):
+            if worker is None:
+                continue
+            if event["event"] == "trial_started":
+                worker.trial = (event["number"], time.monotonic())
+            elif event["event"] == "trial_finished":
+                worker.trial = None
+            elif event["event"] in ("done", "fatal", "interrupted"):
                 worker.outcome = event
         return failures
+
+    def stop_overdue(self, limit: float | None) -> None:
+        """Kill the workers whose trial has run longer than `limit` seconds: stuck in a read
+        or a deadlock, a worker may never return to Python to notice a polite request."""
+        if limit is None:
+            return
+        for worker in self.workers.values():
+            if worker.trial and time.monotonic() - worker.trial[1] > limit:
+                worker.outcome = {"event": "timed_out", "number": worker.trial[0]}
+                worker.process.kill()
 
     def exited(self) -> list[tuple[int, _Worker]]:
         """Remove and return the workers whose process has ended."""
@@ -192,6 +211,7 @@ def _drive(
                 on_event({"event": "worker_started", "pid": pool.start(target, failures_in_a_row)})
             reported = pool.relay(on_event, timeout=1.0)
             failures_in_a_row = failures_in_a_row if reported is None else reported
+            pool.stop_overdue(space.training.trial_timeout_seconds)
             for pid, worker in pool.exited():
                 failures_in_a_row = _worker_ended(
                     study, space, pid, worker, failures_in_a_row, on_event
@@ -232,13 +252,29 @@ def _worker_ended(study, space, pid, worker, failures_in_a_row, on_event) -> int
         close_abandoned_trials(study, pid, worker.started, "the worker stopped (done)")
         return failures_in_a_row
     code = worker.process.exitcode
-    lost = close_abandoned_trials(
-        study, pid, worker.started, f"the worker process died (exit code {code})",
-        retry=space.search.retries,
-    )  # fmt: skip
-    on_event({"event": "worker_lost", "exitcode": code, "trials": lost})
+    if outcome["event"] == "timed_out":  # not retried: it would most likely hang again
+        limit = space.training.trial_timeout_seconds
+        reason = (
+            f"still running after training.trial_timeout_seconds ({limit} s): the worker was "
+            f"stopped and the search moved on"
+        )
+        lost = close_abandoned_trials(study, pid, worker.started, reason)
+        on_event({"event": "trial_timed_out", "trials": lost, "limit": limit})
+    else:
+        lost = close_abandoned_trials(
+            study, pid, worker.started, f"the worker process died (exit code {code})",
+            retry=space.search.retries,
+        )  # fmt: skip
+        on_event({"event": "worker_lost", "exitcode": code, "trials": lost})
     failures_in_a_row += 1
     if failures_in_a_row >= space.search.max_consecutive_failures:
+        if outcome["event"] == "timed_out":
+            raise SearchAborted(
+                f"{failures_in_a_row} trials in a row ran past training.trial_timeout_seconds "
+                f"({space.training.trial_timeout_seconds} s). Raise the limit if trials are "
+                f"just slow (see train_seconds in `dlboost-search report`), or look for what "
+                f"blocks them, then `dlboost-search resume {study.study_name}`."
+            )
         raise SearchAborted(
             f"the worker process died {failures_in_a_row} times in a row (last exit code "
             f"{code}). Look for out-of-memory kills in the system log, lower units/batch_size, "

@@ -107,6 +107,9 @@ class TrainingSpec(_Strict):
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     # auto: the compiled epoch loop for data held in memory, Keras fit otherwise.
     engine: Literal["auto", "epoch_loop", "fit"] = "auto"
+    # A trial still running after this long (a stuck read, a deadlock) is failed and its
+    # worker replaced; None: no limit.
+    trial_timeout_seconds: int | None = Field(None, ge=1)
 
 
 class SearchSettings(_Strict):

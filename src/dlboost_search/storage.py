@@ -8,7 +8,9 @@ This module never imports TensorFlow.
 from __future__ import annotations
 
 import os
+import random
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,13 +71,36 @@ class RetryLostTrial:
         study.enqueue_trial(trial.params, user_attrs={"retry_of": origin, "attempt": attempt + 1})
 
 
+# What losing a race to create the schema looks like, on SQLite, PostgreSQL and MySQL.
+_CREATION_RACE = ("already exists", "duplicate", "unique constraint", "database is locked")
+CREATION_ATTEMPTS = 8
+
+
+def _create_storage(url: str, heartbeat: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """RDBStorage, retried with jitter while other processes are creating the same schema:
+    Optuna creates tables and its version row without a lock, so of several processes that
+    open a new database at once, all but one fail the first time."""
+    import optuna
+    import sqlalchemy.exc
+
+    attempt = 1
+    while True:
+        try:
+            return optuna.storages.RDBStorage(url, **heartbeat)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            lost_race = any(sign in str(exc).lower() for sign in _CREATION_RACE)
+            if not lost_race or attempt == CREATION_ATTEMPTS:
+                raise
+        time.sleep(random.uniform(0.05, 0.25) * attempt)
+        attempt += 1
+
+
 def open_storage(url: str, recovery: SearchSettings | None = None) -> optuna.storages.RDBStorage:
     """Open (creating if needed) the storage at `url`, or raise StorageError saying why not.
 
     With `recovery` (what workers use), running trials send heartbeats, and trials whose
     heartbeat stopped are failed and retried as the search settings say.
     """
-    import optuna
     import sqlalchemy.exc
 
     sqlite = url.startswith("sqlite:///")
@@ -91,7 +116,7 @@ def open_storage(url: str, recovery: SearchSettings | None = None) -> optuna.sto
             path = url.removeprefix("sqlite:///")
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-        storage = optuna.storages.RDBStorage(url, **heartbeat)
+        storage = _create_storage(url, heartbeat)
         if sqlite:
             from sqlalchemy import event
 
