@@ -461,6 +461,89 @@ def report(
         err.print(f"published the report to study {name!r}: see `dlboost-search dashboard`")
 
 
+AsOption = typer.Option(
+    None, "--as", help="Name of the copy, when it must differ from NAME.", show_default=False
+)
+
+
+@app.command()
+@_handles_errors
+def export(
+    name: str = typer.Argument(..., help="Study name."),
+    to: str = typer.Option(..., "--to", help="Storage URL to copy the study into."),
+    storage: str | None = StorageOption,
+    as_name: str | None = AsOption,
+) -> None:
+    """Copy a study into another storage: trials, intermediate values, attributes, its stored
+    space and target, dashboard notes. The source is only read; `resume` continues the copy.
+
+    Example (bring a cluster's study home):
+    `dlboost-search export digits-mlp --storage postgresql://me@db-host/studies --to sqlite:///storage/studies.db`
+    """
+    _copy(name, storage_from=storage, storage_to=to, as_name=as_name)
+
+
+@app.command("import")
+@_handles_errors
+def import_(
+    name: str = typer.Argument(..., help="Study name."),
+    from_url: str = typer.Option(..., "--from", help="Storage URL to copy the study from."),
+    storage: str | None = StorageOption,
+    as_name: str | None = AsOption,
+) -> None:
+    """Copy a study from another storage into this one (--storage): `export` seen from here.
+
+    Example: `dlboost-search import digits-mlp --from sqlite:///laptop.db`
+    """
+    _copy(name, storage_from=from_url, storage_to=storage, as_name=as_name)
+
+
+def _copy(name: str, storage_from: str | None, storage_to: str | None, as_name: str | None):
+    from dlboost_search import transfer
+    from dlboost_search.storage import masked, storage_url
+
+    source, destination = storage_url(storage_from), storage_url(storage_to)
+    trials = transfer.copy(name, source, destination, as_name)
+    out.print(
+        f"copied study {name!r} ({trials} trials) from {masked(source)} to {masked(destination)}"
+        + (f" as {as_name!r}" if as_name else "")
+        + f". Continue it there with `dlboost-search resume {as_name or name} --storage "
+        f"{masked(destination)}`.",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+@_handles_errors
+def merge(
+    name: str = typer.Argument(..., help="Study name, the same in both storages."),
+    from_url: str = typer.Option(..., "--from", help="Storage URL of the other copy."),
+    storage: str | None = StorageOption,
+) -> None:
+    """Combine two copies of one study run apart (say, on two machines without a shared
+    database): the trials of the --from copy that this storage's copy lacks are added to it,
+    none twice. Both must have the same search space. Run it again: it adds nothing new.
+
+    Example: `dlboost-search merge digits-mlp --from sqlite:///laptop.db`
+    """
+    from dlboost_search import transfer
+    from dlboost_search.storage import masked, storage_url
+
+    source, destination = storage_url(from_url), storage_url(storage)
+    result = transfer.merge(name, source, destination)
+    out.print(
+        f"merged study {name!r} from {masked(source)} into {masked(destination)}: "
+        f"{result.added} trials added, {result.already_there} already there"
+        + (
+            f", {result.skipped_unfinished} running or waiting there left out"
+            if result.skipped_unfinished
+            else ""
+        )
+        + ".",
+        soft_wrap=True,
+    )
+
+
 @app.command()
 @_handles_errors
 def dashboard(

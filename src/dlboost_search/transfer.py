@@ -1,0 +1,101 @@
+"""Moving studies between storages, and merging two copies of one study.
+
+A copy carries everything: trials with their parameters, values, intermediate values and
+attributes, the study's stored space and target, and its dashboard notes and figures (which
+optuna-dashboard keeps as study system attributes). The source is only read.
+This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from dlboost_search.errors import StudyError
+from dlboost_search.storage import load_study, masked, open_storage
+from dlboost_search.study import space_differences, space_of
+
+MOVED_REASON = "was running in {source} when the study was copied; nobody runs it here"
+
+
+def copy(name: str, source_url: str, destination_url: str, new_name: str | None = None) -> int:
+    """Copy study `name` into another storage (as `new_name`); return its number of trials.
+
+    Trials that were running in the source are closed as failed in the copy: nobody runs them
+    there. A copy that fails half-way is deleted, so the destination holds all or nothing.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    source = load_study(name, source_url)
+    space_of(source)  # refuse a study dlboost-search cannot resume, before writing anything
+    destination = open_storage(destination_url)
+    to_name = new_name or name
+    if to_name in {s.study_name for s in destination.get_all_studies()}:
+        raise StudyError(
+            f"{masked(destination_url)} already has a study named {to_name!r}; nothing was "
+            f"copied. Give the copy another name with --as, or combine the two with "
+            f"`dlboost-search merge {to_name}`."
+        )
+    try:
+        optuna.copy_study(
+            from_study_name=name,
+            from_storage=source._storage,
+            to_storage=destination,
+            to_study_name=to_name,
+        )
+        copied = optuna.load_study(study_name=to_name, storage=destination)
+        reason = MOVED_REASON.format(source=masked(source_url))
+        for trial in copied.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            destination.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            copied.tell(trial.number, state=TrialState.FAIL)
+    except BaseException:
+        if to_name in {s.study_name for s in destination.get_all_studies()}:
+            optuna.delete_study(study_name=to_name, storage=destination)
+        raise
+    return len(copied.get_trials(deepcopy=False))
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    added: int
+    already_there: int
+    skipped_unfinished: int
+
+
+def _identity(trial: Any) -> str:
+    """What makes two stored trials the same trial: when it began and what it tried. Copies
+    (export, import, a copied database file) keep both, to the second (MySQL's precision)."""
+    started = trial.datetime_start.replace(microsecond=0).isoformat()
+    return json.dumps([started, trial.params], sort_keys=True)
+
+
+def merge(name: str, source_url: str, destination_url: str) -> MergeResult:
+    """Add to study `name` in the destination the trials of its other copy (the source) that
+    it lacks. Both copies must have the same search space. Trials still running or waiting
+    in the source are left out: nobody would run them in the destination."""
+    from optuna.trial import TrialState
+
+    source = load_study(name, source_url)
+    destination = load_study(name, destination_url)
+    differences = space_differences(space_of(destination).to_dict(), space_of(source).to_dict())
+    if differences:
+        raise StudyError(
+            f"study {name!r} in {masked(source_url)} and in {masked(destination_url)} have "
+            f"different search spaces ({'; '.join(differences[:8])}), so they are not copies "
+            f"of one study; nothing was merged. Copy it under another name instead: "
+            f"`dlboost-search export {name} --to URL --as NEW_NAME`."
+        )
+    known = {_identity(t) for t in destination.get_trials(deepcopy=False) if t.datetime_start}
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    new, already_there, unfinished = [], 0, 0
+    for trial in source.get_trials(deepcopy=False):
+        if trial.state not in finished:
+            unfinished += 1
+        elif _identity(trial) in known:
+            already_there += 1
+        else:
+            new.append(trial)
+    destination.add_trials(new)
+    return MergeResult(len(new), already_there, unfinished)
