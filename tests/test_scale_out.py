@@ -105,6 +105,35 @@ def test_a_killed_worker_is_replaced_and_its_trial_retried(write_space, storage,
     assert len([t for t in trials if t.state in FINISHED]) == 2
 
 
+def test_ctrl_c_closes_every_workers_trial_and_queues_no_retry(write_space, storage, tmp_path):
+    training = {"max_epochs": 3000, "early_stopping": {"patience": 3000}}
+    space = write_space(training=training, search={"pruner": "none", "trials": 4})
+    process = subprocess.Popen(
+        cli_command("start", str(space), "--storage", storage, "--workers", "2"),
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while True:  # both workers inside a trial's epochs
+        assert time.monotonic() < deadline, "two trials never trained at once"
+        try:
+            running = load(storage).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except KeyError:
+            running = []
+        if len([t for t in running if t.intermediate_values]) == 2:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == 130, stderr
+    assert "2 running trial(s) closed as failed" in stderr, stderr
+    trials = load(storage).get_trials(deepcopy=False)
+    assert {t.number for t in trials if t.state == TrialState.FAIL} == {t.number for t in running}
+    assert all(
+        "interrupted" in t.user_attrs["fail_reason"] for t in trials if t.state.name == "FAIL"
+    )
+    assert "RUNNING" not in states(load(storage)) and "WAITING" not in states(load(storage))
+
+
 @pytest.mark.parametrize("any_storage", ["sqlite", "postgresql"], indirect=True)
 def test_a_lost_machine_is_found_by_its_heartbeat_and_its_trial_retried(
     write_space, any_storage, tmp_path

@@ -167,6 +167,11 @@ class _Pool:
             del self.workers[pid]
         return ended
 
+    def running_trials(self, running: list[Any]) -> set[int]:
+        """The numbers of the `running` trials that this pool's workers are training."""
+        ours = {f"{socket.gethostname()}:{pid}" for pid in self.workers}
+        return {t.number for t in running if t.user_attrs.get("worker") in ours}
+
     def interrupt(self) -> None:
         for worker in self.workers.values():
             if worker.process.is_alive():
@@ -199,11 +204,8 @@ def _drive(
                 return summary
             # Running trials of other machines count as work under way; each of our workers
             # as one trial, whether it is training or still importing TensorFlow.
-            ours = {f"{socket.gethostname()}:{pid}" for pid in pool.workers}
-            elsewhere = sum(
-                t.user_attrs.get("worker") not in ours
-                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            )
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            elsewhere = len(running) - len(pool.running_trials(running))
             while (
                 len(pool.workers) < workers
                 and summary.finished + elsewhere + len(pool.workers) < target
@@ -218,7 +220,9 @@ def _drive(
                 )
     except KeyboardInterrupt:
         on_event({"event": "stopping"})
-        closed = _stop_all(study, pool, on_event)
+        # Workers close their own trials; the runner closes what a worker could not.
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        closed = pool.running_trials(running) | set(_stop_all(study, pool, on_event))
         raise Interrupted(
             f"stopped by the user; {len(closed) or 'no'} running trial(s) closed as failed, "
             f"nothing else lost. Continue with `dlboost-search resume {name} --storage "

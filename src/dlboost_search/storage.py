@@ -11,6 +11,7 @@ import os
 import random
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +87,9 @@ def _create_storage(url: str, heartbeat: dict[str, Any]) -> optuna.storages.RDBS
     attempt = 1
     while True:
         try:
-            return optuna.storages.RDBStorage(url, **heartbeat)
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **heartbeat)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             lost_race = any(sign in str(exc).lower() for sign in _CREATION_RACE)
             if not lost_race or attempt == CREATION_ATTEMPTS:
