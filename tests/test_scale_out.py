@@ -46,6 +46,19 @@ def test_workers_share_a_study_stop_at_the_target_and_resume_on_any_storage(
     assert len(finished(any_storage)) == 5
 
 
+def test_only_a_lone_worker_samples_reproducibly(write_space, storage, run_cli):
+    """A `worker` joins others (maybe on other machines that joined at the same trial count):
+    with the space's seed alone they would try the same points."""
+    space = write_space(search={"trials": 1})
+    assert run_cli("start", str(space), "--storage", storage, "-q").returncode == 0
+    lone = run_cli("resume", "tiny", "--storage", storage)  # target reached: no training
+    assert "1 worker process(es) here, sampling reproducibly from search.seed" in lone.stdout
+    for command in (["resume", "tiny", "-w", "2"], ["worker", "tiny"]):
+        result = run_cli(*command, "--storage", storage)
+        assert result.returncode == 0, result.stderr
+        assert "each sampling from a random stream of its own" in result.stdout, command
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

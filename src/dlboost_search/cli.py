@@ -162,23 +162,7 @@ def resume(
 
     Example: `dlboost-search resume diabetes-mlp --storage sqlite:///storage/studies.db`
     """
-    from dlboost_search import runner
-    from dlboost_search.storage import storage_url
-    from dlboost_search.study import resume_space
-
-    url = storage_url(storage)
-    space = resume_space(name, url)
-    summary = _run_study(
-        name,
-        url,
-        quiet,
-        space,
-        dashboard,
-        lambda on_event: runner.resume(
-            name, url, target=trials, workers=workers, recycle_every=recycle_every,
-            on_event=on_event,
-        ),
-    )  # fmt: skip
+    summary, url = _continue(name, storage, trials, workers, recycle_every, quiet, dashboard)
     if not quiet:
         _print_result(summary.name, url)
 
@@ -200,6 +184,26 @@ def worker(
 
     Example: `dlboost-search worker diabetes-mlp --storage postgresql://user@db-host/studies -w 2`
     """
+    summary, _ = _continue(name, storage, None, workers, recycle_every, quiet, None, joining=True)
+    if not quiet:
+        out.print(
+            f"study {name!r} has {summary.finished} finished trials; this worker is done. "
+            f"See `dlboost-search best {name}`."
+        )
+
+
+def _continue(
+    name: str,
+    storage: str | None,
+    trials: int | None,
+    workers: int,
+    recycle_every: int,
+    quiet: bool,
+    dashboard_port: int | None,
+    joining: bool = False,
+) -> tuple[Any, str]:
+    """What `resume` and `worker` share: go on with a stored study. A joining worker samples
+    from a random stream of its own, since others work on the study beside it."""
     from dlboost_search import runner
     from dlboost_search.storage import storage_url
     from dlboost_search.study import resume_space
@@ -211,16 +215,13 @@ def worker(
         url,
         quiet,
         space,
-        None,
+        dashboard_port,
         lambda on_event: runner.resume(
-            name, url, workers=workers, recycle_every=recycle_every, on_event=on_event
+            name, url, target=trials, workers=workers, recycle_every=recycle_every,
+            on_event=on_event, joining=joining,
         ),
-    )
-    if not quiet:
-        out.print(
-            f"study {name!r} has {summary.finished} finished trials; this worker is done. "
-            f"See `dlboost-search best {name}`."
-        )
+    )  # fmt: skip
+    return summary, url
 
 
 def _run_study(

@@ -85,6 +85,14 @@ class StudyProgress:
             if summary.best_value is not None:
                 self.best = (summary.best_value, summary.best_trial, {})
             self.bar.update(self.task, description=summary.name, total=self.target)
+            self.console.print(
+                f"{self.workers} worker process(es) here, "
+                + (
+                    "sampling reproducibly from search.seed"
+                    if event["reproducible"]
+                    else "each sampling from a random stream of its own"
+                )
+            )
         elif kind == "trial_started":
             line = f"trial {event['number']}: {format_params(event['params'])}"
             self.running[event["number"]] = (line, time.monotonic())

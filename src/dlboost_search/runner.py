@@ -196,7 +196,7 @@ def _drive(
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         on_event({"event": "study", "summary": summarize(study), "target": target, "url": url,
-                  "workers": workers})  # fmt: skip
+                  "workers": workers, "reproducible": pool.sole})  # fmt: skip
         while True:
             _fail_stale_trials(study)
             summary = summarize(study)
