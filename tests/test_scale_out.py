@@ -147,7 +147,6 @@ def test_ctrl_c_closes_every_workers_trial_and_queues_no_retry(write_space, stor
     assert "RUNNING" not in states(load(storage)) and "WAITING" not in states(load(storage))
 
 
-@pytest.mark.parametrize("any_storage", ["sqlite", "postgresql"], indirect=True)
 def test_a_lost_machine_is_found_by_its_heartbeat_and_its_trial_retried(
     write_space, any_storage, tmp_path
 ):
