@@ -123,7 +123,7 @@ BAD_SPACES = [
         [
             "training.max_epoch: unknown key 'max_epoch'.",
             "Did you mean 'max_epochs'?",
-            "Allowed here: max_epochs, batch_size, early_stopping, engine.",
+            "Allowed here: max_epochs, batch_size, early_stopping, engine, trial_timeout_seconds.",
         ],
         id="unknown-nested-key",
     ),
