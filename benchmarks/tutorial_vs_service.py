@@ -120,6 +120,22 @@ def tutorial(space_path: str, url: str, deadline: float) -> None:
         pass  # Ctrl-C by hand: Optuna already marked the running trial FAIL
 
 
+def run_until(cmd: list[str], budget: float, log) -> int:
+    """Run `cmd` from the repository root, SIGTERM it after `budget` seconds, wait for it to
+    close its trials (killed after GRACE_S more); return its exit code."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        proc.wait(timeout=budget)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # SIGINT is ignored in background jobs
+    try:
+        proc.wait(timeout=GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return proc.returncode
+
+
 def run_once(approach: str, budget: float, workdir: Path) -> dict:
     """Launch one approach on a fresh SQLite file, SIGTERM it at the deadline, read the trials."""
     import optuna
@@ -135,16 +151,7 @@ def run_once(approach: str, budget: float, workdir: Path) -> dict:
                "--storage", url, "--quiet"]  # fmt: skip
     else:
         cmd = [sys.executable, __file__, "--tutorial-child", url, str(deadline)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        proc.wait(timeout=budget)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)  # SIGINT is ignored in background jobs
-    try:
-        proc.wait(timeout=GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    exit_code = run_until(cmd, budget, log)
     exited = time.time()
     log.close()
 
@@ -164,7 +171,7 @@ def run_once(approach: str, budget: float, workdir: Path) -> dict:
     return {
         "approach": approach,
         "budget_s": budget,
-        "exit_code": proc.returncode,
+        "exit_code": exit_code,
         "exit_after_deadline_s": round(exited - deadline, 1),
         "finished": len(done),
         "complete": len(complete),

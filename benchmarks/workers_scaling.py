@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,32 +26,23 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from tutorial_vs_service import run_until  # noqa: E402
+
 SPACE = ROOT / "search_spaces" / "diabetes_mlp.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
-GRACE_S = 150
 
 
 def run_once(workers: int, budget: float, workdir: Path) -> dict:
     import optuna
 
     url = f"sqlite:///{workdir / 'studies.db'}"
-    started = time.time()
-    deadline = started + budget
+    load = os.getloadavg()[0]
+    deadline = time.time() + budget
+    cmd = [str(ROOT / ".venv/bin/dlboost-search"), "start", str(SPACE), "--trials", "1000000",
+           "--workers", str(workers), "--storage", url, "--quiet"]  # fmt: skip
     with open(workdir / "run.log", "w") as log:
-        process = subprocess.Popen(
-            [str(ROOT / ".venv/bin/dlboost-search"), "start", str(SPACE), "--trials", "1000000",
-             "--workers", str(workers), "--storage", url, "--quiet"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            process.wait(timeout=budget)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGTERM)  # SIGINT is ignored in background jobs
-        try:
-            process.wait(timeout=GRACE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        exit_code = run_until(cmd, budget, log)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials = optuna.load_study(study_name="diabetes-mlp", storage=url).get_trials(deepcopy=False)
     end = datetime.fromtimestamp(deadline)
@@ -63,7 +52,7 @@ def run_once(workers: int, budget: float, workdir: Path) -> dict:
     reasons = [t.user_attrs.get("fail_reason", "") for t in trials if t.state.name == "FAIL"]
     return {
         "workers": workers,
-        "exit_code": process.returncode,
+        "exit_code": exit_code,
         "finished": len(done),
         "trials_per_min": len(done) / budget * 60,
         "best_val_loss": min((t.value for t in done if t.state.name == "COMPLETE"), default=None),
@@ -71,7 +60,7 @@ def run_once(workers: int, budget: float, workdir: Path) -> dict:
         "failed": len(reasons),
         "locked_errors": sum("locked" in r for r in reasons),
         "left_running": sum(t.state.name == "RUNNING" for t in trials),
-        "load_avg_1min_before": None,
+        "load_avg_1min_before": load,
     }
 
 
@@ -90,9 +79,7 @@ def main() -> None:
             for workers in order:
                 workdir = Path(tmp) / f"{r}-{workers}"
                 workdir.mkdir()
-                load = os.getloadavg()[0]
                 result = {"round": r, **run_once(workers, args.budget, workdir)}
-                result["load_avg_1min_before"] = load
                 runs.append(result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
 

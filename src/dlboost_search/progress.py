@@ -76,7 +76,7 @@ class StudyProgress:
         if kind == "study":
             summary = event["summary"]
             self.target = event["target"]
-            self.workers = event.get("workers", 1)
+            self.workers = event["workers"]
             self.counts = {
                 "COMPLETE": summary.complete,
                 "PRUNED": summary.pruned,

@@ -29,6 +29,7 @@ from dlboost_search.storage import RetryLostTrial, load_study, masked
 from dlboost_search.study import (
     StudySummary,
     create_or_check,
+    fail_trial,
     set_target,
     space_of,
     summarize,
@@ -99,7 +100,7 @@ class _Pool:
     """The worker processes of this runner, and the queue their events arrive on."""
 
     def __init__(self, name: str, url: str, size: int, recycle_every: int, sole: bool):
-        self.name, self.url, self.size, self.recycle_every = name, url, size, recycle_every
+        self.name, self.url, self.recycle_every = name, url, recycle_every
         self.sole = sole and size == 1  # the study's only worker: reproducible sampling
         self.context = multiprocessing.get_context("spawn")
         self.events = self.context.Queue()
@@ -328,9 +329,7 @@ def close_abandoned_trials(
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get("worker")
         if owner == worker or (owner is None and trial.datetime_start >= since):
-            # _trial_id is the storage key; Optuna exposes no public setter by trial number.
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-            failed = study.tell(trial.number, state=TrialState.FAIL)
+            failed = fail_trial(study, trial, reason)
             if retry:
                 RetryLostTrial(retry)(study, failed)
             closed.append(trial.number)

@@ -120,6 +120,17 @@ def resume_space(name: str, url: str) -> SearchSpace:
     return space_of(load_study(name, url))
 
 
+def fail_trial(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str
+) -> optuna.trial.FrozenTrial:
+    """Close a running trial that nobody will finish as FAIL, with `reason` as its fail_reason."""
+    from optuna.trial import TrialState
+
+    # _trial_id is the storage key; Optuna exposes no public setter by trial number.
+    study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+    return study.tell(trial.number, state=TrialState.FAIL)
+
+
 TARGET_ATTR = "dlboost_target"
 
 

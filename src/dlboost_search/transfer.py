@@ -14,7 +14,7 @@ from typing import Any
 
 from dlboost_search.errors import StudyError
 from dlboost_search.storage import load_study, masked, open_storage
-from dlboost_search.study import space_differences, space_of
+from dlboost_search.study import fail_trial, space_differences, space_of
 
 MOVED_REASON = "was running in {source} when the study was copied; nobody runs it here"
 
@@ -48,8 +48,7 @@ def copy(name: str, source_url: str, destination_url: str, new_name: str | None 
         copied = optuna.load_study(study_name=to_name, storage=destination)
         reason = MOVED_REASON.format(source=masked(source_url))
         for trial in copied.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            destination.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-            copied.tell(trial.number, state=TrialState.FAIL)
+            fail_trial(copied, trial, reason)
     except BaseException:
         if to_name in {s.study_name for s in destination.get_all_studies()}:
             optuna.delete_study(study_name=to_name, storage=destination)
