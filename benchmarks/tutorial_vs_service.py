@@ -52,8 +52,9 @@ def src_fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
-def tutorial_model(p: dict, n_features: int):
-    """The tutorial's model: a keras.Sequential of the space's shape, compiled with mse."""
+def tutorial_model(p: dict, n_features: int, task: str = "regression", n_outputs: int = 1):
+    """The tutorial's model: a keras.Sequential of the space's shape, compiled with the task's
+    usual loss (and accuracy for classifiers)."""
     import keras
 
     model = keras.Sequential([keras.Input(shape=(n_features,))])
@@ -62,14 +63,20 @@ def tutorial_model(p: dict, n_features: int):
             keras.layers.Dense(
                 p["units"],
                 activation=p["activation"],
-                kernel_regularizer=keras.regularizers.L2(p["l2"]),
+                kernel_regularizer=keras.regularizers.L1L2(l1=p["l1"], l2=p["l2"]),
             )
         )
+        if p["batch_norm"]:
+            model.add(keras.layers.BatchNormalization())
         model.add(keras.layers.Dropout(p["dropout"]))
-    model.add(keras.layers.Dense(1))
+    activation, loss = {"regression": (None, "mse"), "binary": ("sigmoid", "binary_crossentropy"),
+                        "multiclass": ("softmax", "sparse_categorical_crossentropy")}[task]  # fmt: skip
+    model.add(keras.layers.Dense(n_outputs, activation=activation))
     optimizer = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop,
                  "sgd": keras.optimizers.SGD}[p["optimizer"]]  # fmt: skip
-    model.compile(optimizer(learning_rate=p["learning_rate"], clipvalue=p["clipvalue"]), "mse")
+    clip = {k: p[k] for k in ("clipvalue", "clipnorm") if p.get(k) is not None}
+    model.compile(optimizer(learning_rate=p["learning_rate"], **clip), loss,
+                  metrics=[] if task == "regression" else ["accuracy"])  # fmt: skip
     return model
 
 
@@ -87,30 +94,32 @@ def tutorial(space_path: str, url: str, deadline: float) -> None:
     data = prepare(space.data, seed)
     x = np.concatenate([data.x_train, data.x_val])
     y = np.concatenate([data.y_train, data.y_val])
-    # Keras holds out the last floor(n * 0.8): exactly the service's validation rows.
-    assert int(len(x) * 0.8) == len(data.x_train), (len(x), len(data.x_train))
-    max_epochs = space.training.max_epochs
+    split = space.data.validation_split
+    # Keras holds out the last rows: exactly the service's validation rows.
+    assert len(x) - int(len(x) * (1 - split)) == len(data.x_val), (len(x), len(data.x_val))
+    max_epochs, metric = space.training.max_epochs, space.objective.metric
+    best = min if space.direction == "minimize" else max
 
     def objective(trial: optuna.Trial) -> float:
         keras.backend.clear_session()
         p = space.resolve(suggest(trial, space))
-        model = tutorial_model(p, x.shape[1])
+        model = tutorial_model(p, x.shape[1], data.task, data.n_outputs)
         history = model.fit(
-            x, y, validation_split=0.2, epochs=max_epochs, batch_size=p["batch_size"],
+            x, y, validation_split=split, epochs=max_epochs, batch_size=p["batch_size"],
             callbacks=[
                 keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=space.training.early_stopping.patience,
+                    monitor=metric, patience=space.training.early_stopping.patience,
                     restore_best_weights=True),
-                KerasPruningCallback(trial, "val_loss"),
+                KerasPruningCallback(trial, metric),
             ],
             verbose=0,
         )  # fmt: skip
-        return min(history.history["val_loss"])
+        return best(history.history[metric])
 
     study = optuna.create_study(
         study_name=space.name,  # same name: Hyperband puts trial n in the same bracket
         storage=url,
-        direction="minimize",
+        direction=space.direction,
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs),
     )
@@ -136,9 +145,15 @@ def run_until(cmd: list[str], budget: float, log) -> int:
     return proc.returncode
 
 
-def run_once(approach: str, budget: float, workdir: Path) -> dict:
-    """Launch one approach on a fresh SQLite file, SIGTERM it at the deadline, read the trials."""
+def run_once(approach: str, budget: float, workdir: Path, space_path: Path = SPACE) -> dict:
+    """Launch one approach on a fresh SQLite file, SIGTERM it at the deadline, read the trials.
+
+    `approach`: "tutorial", "service", or "service:ENGINE" (the space with training.engine
+    set to ENGINE)."""
     import optuna
+    import yaml
+
+    from dlboost_search.spaces import load_space
 
     db = workdir / f"{approach}.db"
     url = f"sqlite:///{db}"
@@ -146,17 +161,23 @@ def run_once(approach: str, budget: float, workdir: Path) -> dict:
     load_before, src_before = os.getloadavg()[0], src_fingerprint()
     started = time.time()
     deadline = started + budget
-    if approach == "service":
-        cmd = [str(ROOT / ".venv/bin/dlboost-search"), "start", str(SPACE), "--trials", "1000000",
-               "--storage", url, "--quiet"]  # fmt: skip
+    space = load_space(space_path)
+    if approach.startswith("service"):
+        if ":" in approach:
+            raw = yaml.safe_load(space_path.read_text())
+            raw.setdefault("training", {})["engine"] = approach.split(":")[1]
+            space_path = workdir / space_path.name
+            space_path.write_text(yaml.safe_dump(raw))
+        cmd = [str(ROOT / ".venv/bin/dlboost-search"), "start", str(space_path),
+               "--trials", "1000000", "--storage", url, "--quiet"]  # fmt: skip
     else:
-        cmd = [sys.executable, __file__, "--tutorial-child", url, str(deadline)]
+        cmd = [sys.executable, __file__, "--tutorial-child", url, str(deadline), str(space_path)]
     exit_code = run_until(cmd, budget, log)
     exited = time.time()
     log.close()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="diabetes-mlp", storage=url)
+    study = optuna.load_study(study_name=space.name, storage=url)
     end = datetime.fromtimestamp(deadline)
     trials = study.get_trials(deepcopy=False)
     done = [
@@ -182,7 +203,9 @@ def run_once(approach: str, budget: float, workdir: Path) -> dict:
             t.state.name in ("COMPLETE", "PRUNED") and t.datetime_complete > end for t in trials
         ),
         "trials_per_min": len(done) / budget * 60,
-        "best_val_loss": min((t.value for t in complete), default=None),
+        "best_value": (min if space.direction == "minimize" else max)(
+            (t.value for t in complete), default=None
+        ),
         "startup_s": (first_start.timestamp() - started) if first_start else None,
         "in_trial_s": round(sum(durations), 1),
         "mean_epochs": float(np.mean(epochs)) if epochs else None,
@@ -201,11 +224,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each approach (3)")
     parser.add_argument("--out", default=str(RESULTS / "tutorial_vs_service.json"))
     parser.add_argument(
-        "--tutorial-child", nargs=2, metavar=("URL", "DEADLINE"), help=argparse.SUPPRESS
+        "--tutorial-child", nargs=3, metavar=("URL", "DEADLINE", "SPACE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.tutorial_child:
-        return tutorial(str(SPACE), args.tutorial_child[0], float(args.tutorial_child[1]))
+        url, deadline, space_path = args.tutorial_child
+        return tutorial(space_path, url, float(deadline))
 
     env = {"cpus": os.cpu_count(), "python": platform.python_version(),
            "platform": platform.platform(), **{p: version(p) for p in
@@ -227,7 +251,7 @@ def main() -> None:
         values = [x[key] for x in runs if x["approach"] == approach and x[key] is not None]
         return statistics.median(values) if values else None
 
-    keys = ("trials_per_min", "best_val_loss", "finished", "complete", "pruned", "startup_s",
+    keys = ("trials_per_min", "best_value", "finished", "complete", "pruned", "startup_s",
             "in_trial_s", "mean_epochs", "fixed_s_per_trial", "s_per_epoch")  # fmt: skip
     summary = {a: {k: median(a, k) for k in keys} for a in ("service", "tutorial")}
 
@@ -254,7 +278,7 @@ def main() -> None:
     for a in ("service", "tutorial"):
         s = summary[a]
         lines.append(
-            f"| {a} | {f(s['trials_per_min'], '.1f')} | {f(s['best_val_loss'], '.4f')} "
+            f"| {a} | {f(s['trials_per_min'], '.1f')} | {f(s['best_value'], '.4f')} "
             f"| {f(s['finished'], 'g')} ({f(s['complete'], 'g')}+{f(s['pruned'], 'g')}) "
             f"| {f(s['startup_s'], '.1f')} | {f(s['in_trial_s'], '.0f')} "
             f"| {f(s['mean_epochs'], '.1f')} | {f(s['fixed_s_per_trial'], '.2f')} "
@@ -266,7 +290,7 @@ def main() -> None:
         per_repeat.append(
             divide(pair["service"]["trials_per_min"], pair["tutorial"]["trials_per_min"])
         )
-    bests = summary["service"]["best_val_loss"], summary["tutorial"]["best_val_loss"]
+    bests = summary["service"]["best_value"], summary["tutorial"]["best_value"]
     better = None not in bests and bests[0] <= bests[1]
     lines += [
         "",

@@ -14,6 +14,7 @@ from typing import Any
 
 from dlboost_search.data import PreparedData
 from dlboost_search.errors import SearchAborted, TrialFailed
+from dlboost_search.hyperparams import TASK_METRICS, metric_direction
 
 VALIDATION_BATCH = 4096
 # Batches run per compiled call: fewer Python round-trips per epoch on small data.
@@ -42,7 +43,10 @@ class TrainingRecord:
         }
 
 
-def compile_model(model: Any, params: dict[str, Any], task: str) -> None:
+def compile_model(model: Any, params: dict[str, Any], task: str, monitor: str = "val_loss") -> None:
+    """Compile with the trial's optimizer and the task's loss, and with the one metric
+    `monitor` needs: every other metric would be computed each step and never read (AUC alone
+    adds a second to a binary model's first trace)."""
     import keras
 
     optimizers = {
@@ -54,15 +58,21 @@ def compile_model(model: Any, params: dict[str, Any], task: str) -> None:
     }
     clip = {k: params[k] for k in ("clipvalue", "clipnorm") if params.get(k) is not None}
     optimizer = optimizers[params["optimizer"]](learning_rate=params["learning_rate"], **clip)
-    loss, metrics = {
-        "regression": ("mse", ["mae"]),
-        "binary": ("binary_crossentropy", ["accuracy", keras.metrics.AUC(name="auc")]),
-        "multiclass": ("sparse_categorical_crossentropy", ["accuracy"]),
+    loss = {
+        "regression": "mse",
+        "binary": "binary_crossentropy",
+        "multiclass": "sparse_categorical_crossentropy",
     }[task]
+    metrics = {
+        "mae": lambda: "mae",
+        "accuracy": lambda: "accuracy",
+        "auc": lambda: keras.metrics.AUC(name="auc"),
+    }
+    name = monitor.removeprefix("val_")
     model.compile(
         optimizer=optimizer,
         loss=loss,
-        metrics=metrics,
+        metrics=[metrics[name]()] if name in metrics else [],
     )
 
 
@@ -86,12 +96,6 @@ class _EpochMonitor:
         loss = logs.get("loss")
         if loss is None or not math.isfinite(loss):
             raise TrialFailed(f"training loss became {loss} at epoch {epoch + 1}")
-        if self.monitor not in logs:
-            raise SearchAborted(
-                f"objective.metric {self.monitor!r} never appears in Keras' logs "
-                f"(they hold: {', '.join(sorted(logs))}), so trials can be neither scored "
-                f"nor pruned. Pick one of those names in the search space."
-            )
         value = float(logs[self.monitor])
         if not math.isfinite(value):
             raise TrialFailed(f"{self.monitor} became {value} at epoch {epoch + 1}")
@@ -133,7 +137,13 @@ def train(
     `engine` is "epoch_loop" (one compiled call per epoch, for data in memory) or "fit"
     (Keras' own `model.fit`). Both run Keras' own train and test steps.
     """
-    compile_model(model, params, data.task)
+    if metric_direction(data.task, monitor) is None:
+        offered = ", ".join(f"{p}{m}" for m in TASK_METRICS[data.task] for p in ("val_", ""))
+        raise SearchAborted(
+            f"objective.metric {monitor!r} is not logged for a {data.task} task, so trials "
+            f"can be neither scored nor pruned. Pick one of: {offered}."
+        )
+    compile_model(model, params, data.task, monitor)
     record.n_params = int(model.count_params())
     record.engine = engine
     monitor_ = _EpochMonitor(model, monitor, direction, patience, min_delta, record, report)
@@ -153,6 +163,7 @@ def _train_fit(model, data, batch_size, max_epochs, seed, monitor) -> None:
     import keras
     import tensorflow as tf
 
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
     steps = max(1, math.ceil(len(data.x_train) / batch_size))
     model.steps_per_execution = min(steps, MAX_STEPS_PER_EXECUTION)
     train_ds = (
@@ -184,6 +195,10 @@ def _train_fit(model, data, batch_size, max_epochs, seed, monitor) -> None:
 def _train_epoch_loop(model, data, batch_size, max_epochs, seed, monitor) -> None:
     import tensorflow as tf
 
+    # Grappler's graph rewrites cost 0.1-0.25 s on each new model's first call, more than
+    # they save over the epochs of the small models this loop trains (README, "Fixed cost
+    # per model"). A process-wide setting: _train_fit turns it back on.
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     x, y, x_val, y_val = _as_tensors(data)
     # Create the optimizer's and metrics' variables now, eagerly: created inside the
     # compiled function, they would make TensorFlow trace it twice.
