@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from dlboost_search import errors
 from dlboost_search.data import prepare
-from dlboost_search.errors import Interrupted, SearchAborted
+from dlboost_search.errors import Interrupted, SearchAborted, StudyError
 from dlboost_search.spaces import SearchSpace
 from dlboost_search.storage import RetryLostTrial, load_study, masked
 from dlboost_search.study import (
@@ -60,7 +60,11 @@ def start(
     source: str = "search space",
 ) -> StudySummary:
     check_data(space, source)
+    if space.search.backend == "hyperband":
+        _check_one_worker(space.name, workers)
     study = create_or_check(space, url)
+    if space.search.backend == "hyperband":
+        return _hyperband(study.study_name, url, space, on_event)
     set_target(study, target or space.search.trials)
     return _drive(study.study_name, url, space, workers, recycle_every, on_event)
 
@@ -80,9 +84,35 @@ def resume(
     study = load_study(name, url)
     space = space_of(study)
     check_data(space, f"study {name!r}")
+    if space.search.backend == "hyperband":
+        _check_one_worker(name, workers, joining)
+        return _hyperband(name, url, space, on_event)
     if target is not None:
         set_target(study, target)
     return _drive(name, url, space, workers, recycle_every, on_event, sole=not joining)
+
+
+def _check_one_worker(name: str, workers: int, joining: bool = False) -> None:
+    if workers != 1 or joining:
+        raise StudyError(
+            f"study {name!r} runs on keras-tuner's Hyperband (search.backend: hyperband), which "
+            f"schedules its trials one after another from state kept on this machine: it takes "
+            f"one worker and no joining machines. Run `dlboost-search resume {name}` without "
+            f"--workers, or search with search.backend: optuna to spread trials over workers."
+        )
+
+
+def _hyperband(name: str, url: str, space: SearchSpace, on_event) -> StudySummary:
+    """keras-tuner's Hyperband, in this process (it runs one trial at a time)."""
+    from dlboost_search import hyperband
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, hyperband.request_stop) for sig in signals}
+    try:
+        return hyperband.run(name, url, space, on_event)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass

@@ -113,6 +113,12 @@ class TrainingSpec(_Strict):
 
 
 class SearchSettings(_Strict):
+    # optuna: a sampler + pruner study; hyperband: keras-tuner's Hyperband (hyperband.py),
+    # which uses training.max_epochs, factor and hyperband_iterations instead of
+    # sampler, pruner and trials.
+    backend: Literal["optuna", "hyperband"] = "optuna"
+    factor: int = Field(3, ge=2)
+    hyperband_iterations: int = Field(1, ge=1)
     sampler: Literal["tpe", "random", "qmc"] = "tpe"
     pruner: Literal["hyperband", "median", "successive_halving", "patient", "none"] = "hyperband"
     trials: int = Field(50, ge=1)
@@ -419,6 +425,25 @@ def _param_problems(spec: Any, rule: ParamRule) -> list[str]:
         elif why := rule.problem(value):
             problems.append(f".{bound}: {rule.help} {why}; got {value!r}.")
     return problems
+
+
+def distributions(space: SearchSpace) -> dict[str, Any]:
+    """The Optuna distribution of each searched parameter, as `suggest` samples them."""
+    import optuna
+
+    result: dict[str, Any] = {}
+    for name, spec in space.searched().items():
+        if isinstance(spec, IntParam):
+            result[name] = optuna.distributions.IntDistribution(
+                spec.low, spec.high, step=spec.step, log=spec.log
+            )
+        elif isinstance(spec, FloatParam):
+            result[name] = optuna.distributions.FloatDistribution(
+                spec.low, spec.high, step=spec.step, log=spec.log
+            )
+        else:
+            result[name] = optuna.distributions.CategoricalDistribution(spec.choices)
+    return result
 
 
 def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:

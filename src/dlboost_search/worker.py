@@ -47,7 +47,7 @@ def _stop_on_first_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
 
-def _import_tensorflow_quietly(threads: int | None) -> None:
+def import_tensorflow_quietly(threads: int | None) -> None:
     """Import TensorFlow with its C++ start-up chatter (CUDA probes, CPU flags) silenced.
 
     `threads`: the cores this worker may use, when several share the machine; TensorFlow
@@ -152,7 +152,7 @@ def _run(
         events.put({"event": "done", "rss_mb": _rss_mb()})
         return
     space = space_of(study)
-    _import_tensorflow_quietly(threads)
+    import_tensorflow_quietly(threads)
     import keras
     import optuna
     from optuna.trial import TrialState

@@ -1,0 +1,256 @@
+"""The Hyperband backend: keras-tuner's Hyperband runs the search, the Optuna study keeps it.
+
+keras-tuner decides which configurations to train and for how many epochs (its brackets and
+rounds, a promoted configuration continuing from its parent's best checkpoint); the model
+comes from the same builder and trains through the same `training.train` as an Optuna trial.
+Each keras-tuner trial is copied into the Optuna study as it finishes (parameters with their
+distributions, value, per-epoch values, bracket and round), so `status`, `best`, `report` and
+the dashboard work the same whatever the backend.
+
+keras-tuner keeps its own state (the schedule, checkpoints) in a folder beside the SQLite file,
+or under storage/keras-tuner/ for a database server; running `start` or `resume` again reloads
+it and continues the schedule. Its trial id is stored on the copy (`hyperband_trial`), so a
+trial is never copied twice, and one finished just before a crash is copied on the next run.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from dlboost_search.errors import Interrupted, SearchAborted, SpaceError, TrialFailed
+from dlboost_search.spaces import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    SearchSpace,
+    distributions,
+)
+from dlboost_search.storage import masked
+
+TRIAL_ATTR = "hyperband_trial"  # keras-tuner's trial id, on the Optuna copy
+
+_stop = {"requested": False}
+
+
+def request_stop(_signum: int, _frame: Any) -> None:
+    """Signal handler: stop at the next epoch or trial boundary. Not at once: an interrupt
+    inside keras-tuner's saving of its state would leave that state half written."""
+    _stop["requested"] = True
+
+
+def _stop_if_requested() -> None:
+    if _stop["requested"]:
+        raise KeyboardInterrupt
+
+
+def state_dir(url: str, study_name: str) -> Path:
+    """Where keras-tuner keeps this study's state: beside the SQLite file, else storage/."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).parent / f"{study_name}.keras-tuner"
+    return Path("storage") / "keras-tuner" / study_name
+
+
+def hyperparameters(space: SearchSpace, source: str) -> Any:
+    """The searched parameters of `space` as keras-tuner hyperparameters."""
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    for name, spec in space.searched().items():
+        if isinstance(spec, IntParam):
+            # keras-tuner reads a step under log sampling as a factor: log ints take none.
+            step = None if spec.log else spec.step
+            hp.Int(name, spec.low, spec.high, step=step, sampling="log" if spec.log else "linear")
+        elif isinstance(spec, FloatParam):
+            hp.Float(name, spec.low, spec.high, step=spec.step,
+                     sampling="log" if spec.log else "linear")  # fmt: skip
+        elif isinstance(spec, CategoricalParam):
+            kinds = {type(choice) for choice in spec.choices}
+            if len(kinds) > 1 or type(None) in kinds:
+                raise SpaceError(
+                    f"{source}: params.{name}.choices: keras-tuner (search.backend: hyperband) "
+                    f"takes choices of one type, without null; got {spec.choices!r}. Split "
+                    f"the parameter in two, or use search.backend: optuna."
+                )
+            hp.Choice(name, spec.choices)
+    return hp
+
+
+def total_trials(oracle: Any) -> int:
+    """How many trials keras-tuner's Hyperband schedule runs in all."""
+    per_iteration = sum(
+        oracle._get_size(bracket, round_)
+        for bracket in range(oracle._get_num_brackets())
+        for round_ in range(oracle._get_num_rounds(bracket))
+    )
+    return per_iteration * oracle.hyperband_iterations
+
+
+def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
+    """Run (or continue) the Hyperband schedule of `study_name`; return its summary."""
+    import keras
+    import keras_tuner as kt
+    import optuna
+
+    from dlboost_search.data import prepare
+    from dlboost_search.models import family_module
+    from dlboost_search.storage import load_study
+    from dlboost_search.study import fail_trial, set_target, summarize
+    from dlboost_search.training import TrainingRecord, train
+    from dlboost_search.worker import import_tensorflow_quietly, worker_id
+
+    import_tensorflow_quietly(threads=None)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    source = f"study {study_name!r}"
+    study = load_study(study_name, url)
+    seed = space.search.seed or 0
+    prepared = prepare(space.data, seed)
+    space.check_task(prepared.task, source)
+    build = family_module(space.model.family).build
+    engine = "epoch_loop" if space.training.engine == "auto" else space.training.engine
+    direction = "min" if space.direction == "minimize" else "max"
+    objective = kt.Objective(space.objective.metric, direction)
+    records: dict[str, tuple[TrainingRecord, dict[int, float]]] = {}
+
+    class Model(kt.HyperModel):
+        def build(self, hp: Any) -> Any:
+            params = space.resolve({k: v for k, v in hp.values.items() if k in space.params})
+            return build(params, prepared.input_shape, prepared.task, prepared.n_outputs)
+
+        def fit(self, hp: Any, model: Any, *args: Any, trial_id: str = "", **kwargs: Any) -> Any:
+            params = space.resolve({k: v for k, v in hp.values.items() if k in space.params})
+            initial = kwargs.get("initial_epoch", 0)
+            callbacks = kwargs.get("callbacks", [])
+            for callback in callbacks:
+                callback.set_model(model)
+            record, curve = records.setdefault(trial_id, (TrainingRecord(), {}))
+            number = len(study.get_trials(deepcopy=False))
+            on_event({"event": "trial_started", "number": number, "params": params})
+
+            def report(epoch: int, value: float) -> None:
+                _stop_if_requested()
+                curve[initial + epoch] = value
+                on_event({"event": "epoch", "number": number, "epoch": initial + epoch + 1})
+                for callback in callbacks:  # keras-tuner's: the best epoch's checkpoint
+                    callback.on_epoch_end(initial + epoch, {space.objective.metric: value})
+
+            keras.utils.set_random_seed(seed + int(trial_id or 0))
+            try:
+                value = train(
+                    model, params, prepared,
+                    max_epochs=kwargs.get("epochs", space.training.max_epochs) - initial,
+                    patience=space.training.early_stopping.patience,
+                    min_delta=space.training.early_stopping.min_delta,
+                    monitor=space.objective.metric, direction=space.direction,
+                    seed=seed + int(trial_id or 0), record=record, report=report, engine=engine,
+                )  # fmt: skip
+            except TrialFailed as exc:
+                raise kt.errors.FailedTrialError(str(exc)) from None
+            except SearchAborted as exc:
+                raise kt.errors.FatalError(str(exc)) from None
+            return {space.objective.metric: value}
+
+    class Tuner(kt.Hyperband):
+        def on_trial_begin(self, trial: Any) -> None:
+            _stop_if_requested()
+            super().on_trial_begin(trial)
+
+        def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
+            return super().run_trial(trial, *args, trial_id=trial.trial_id, **kwargs)
+
+        def on_trial_end(self, trial: Any) -> None:
+            super().on_trial_end(trial)  # keras-tuner saves its state first
+            copy_trial(self.oracle.get_trial(trial.trial_id))
+
+    def copy_trial(trial: Any) -> None:
+        """The keras-tuner trial as a finished Optuna trial, unless it is there already."""
+        done = {t.user_attrs.get(TRIAL_ATTR) for t in study.get_trials(deepcopy=False)}
+        if trial.trial_id in done or trial.status not in ("COMPLETED", "FAILED", "INVALID"):
+            return
+        values = trial.hyperparameters.values
+        record, curve = records.pop(trial.trial_id, (TrainingRecord(), {}))
+        attrs = {
+            TRIAL_ATTR: trial.trial_id,
+            "backend": "hyperband",
+            "bracket": values.get("tuner/bracket"),
+            "round": values.get("tuner/round"),
+            "initial_epoch": values.get("tuner/initial_epoch", 0),
+            "continues": values.get("tuner/trial_id"),
+            "worker": worker_id(),
+            **record.as_attrs(),
+        }
+        dists = distributions(space)
+        params = {k: v for k, v in values.items() if k in dists}
+        if trial.status == "COMPLETED" and trial.score is not None and math.isfinite(trial.score):
+            state, value = optuna.trial.TrialState.COMPLETE, float(trial.score)
+        else:
+            state, value = optuna.trial.TrialState.FAIL, None
+            attrs["fail_reason"] = _last_line(trial.message) or "keras-tuner marked it invalid"
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=value,
+                params=params,
+                distributions=dists,
+                intermediate_values=curve,
+                user_attrs=attrs,
+            )  # fmt: skip
+        )
+        copied = study.get_trials(deepcopy=False)[-1]
+        on_event({"event": "trial_finished", "number": copied.number, "state": state.name,
+                  "value": value, "params": params, "attrs": attrs})  # fmt: skip
+
+    tuner = Tuner(
+        hypermodel=Model(),
+        objective=objective,
+        max_epochs=space.training.max_epochs,
+        factor=space.search.factor,
+        hyperband_iterations=space.search.hyperband_iterations,
+        seed=seed,
+        hyperparameters=hyperparameters(space, source),
+        tune_new_entries=False,
+        allow_new_entries=False,
+        max_consecutive_failed_trials=space.search.max_consecutive_failures,
+        directory=str(state_dir(url, study_name)),
+        project_name="hyperband",
+        overwrite=False,
+    )
+    for trial in tuner.oracle.trials.values():  # finished before a crash, never copied
+        copy_trial(trial)
+    target = total_trials(tuner.oracle)
+    set_target(study, target)
+    on_event({"event": "study", "summary": summarize(study), "target": target, "url": url,
+              "workers": 1, "reproducible": True})  # fmt: skip
+    try:
+        tuner.search(verbose=0)  # keras-tuner's own summaries would garble our progress display
+    except KeyboardInterrupt:
+        on_event({"event": "stopping"})
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        for t in running:
+            fail_trial(study, t, "stopped by the user")
+        raise Interrupted(
+            f"stopped by the user; the running Hyperband trial will run again on the next "
+            f"`dlboost-search resume {study_name} --storage {masked(url)}`, nothing else lost."
+        ) from None
+    except kt.errors.FatalError as exc:
+        raise SearchAborted(_last_line(str(exc))) from None
+    except RuntimeError as exc:
+        if "consecutive failures" not in str(exc):
+            raise
+        raise SearchAborted(
+            f"{space.search.max_consecutive_failures} Hyperband trials failed in a row "
+            f"(search.max_consecutive_failures); last reason: {_last_line(str(exc))}. Narrow "
+            f"the space (a lower learning_rate or a clipvalue usually cures NaN losses), then "
+            f"`dlboost-search resume {study_name}`."
+        ) from None
+    finally:
+        keras.backend.clear_session(free_memory=False)
+    return summarize(study)
+
+
+def _last_line(message: str | None) -> str:
+    """The error line of a traceback keras-tuner stored as a trial's message."""
+    lines = [line.strip() for line in (message or "").strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    return last.split(": ", 1)[1] if last.startswith(("keras_tuner", "FailedTrialError")) else last

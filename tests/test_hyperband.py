@@ -1,0 +1,136 @@
+"""The Hyperband backend (hyperband.py): keras-tuner's schedule, every trial in the Optuna study."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import keras_tuner as kt
+import pytest
+
+from conftest import TINY_SPACE, cli_command, cli_env, deep_update, load
+from dlboost_search.errors import SpaceError
+from dlboost_search.hyperband import TRIAL_ATTR, hyperparameters, state_dir
+from dlboost_search.spaces import distributions, space_from_dict
+
+# max_epochs 3, factor 3: two brackets, six trials (three 1-epoch models, the best of them
+# continued to epoch 3, two 3-epoch models).
+HYPERBAND = {"training": {"max_epochs": 3}, "search": {"backend": "hyperband", "factor": 3}}
+SCHEDULE = 6
+
+
+def test_the_space_becomes_keras_tuner_hyperparameters():
+    space = space_from_dict(
+        deep_update(TINY_SPACE, {"params": {
+            "units": {"type": "int", "low": 4, "high": 64, "log": True},
+            "layers": {"type": "int", "low": 1, "high": 5, "step": 2},
+            "dropout": {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1},
+            "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+            "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+            "batch_norm": False,
+        }}),
+        "test",
+    )  # fmt: skip
+    hp = {p.name: p for p in hyperparameters(space, "test").space}
+    assert sorted(hp) == ["dropout", "layers", "learning_rate", "optimizer", "units"]  # not fixed
+    assert isinstance(hp["units"], kt.engine.hyperparameters.Int)
+    assert (hp["units"].min_value, hp["units"].max_value, hp["units"].sampling) == (4, 64, "log")
+    assert (hp["layers"].step, hp["layers"].sampling) == (2, "linear")
+    assert (hp["dropout"].max_value, hp["dropout"].step) == (0.5, 0.1)
+    assert hp["learning_rate"].sampling == "log"
+    assert hp["optimizer"].values == ["adam", "sgd"]
+
+
+def test_choices_keras_tuner_cannot_take_are_refused_by_name():
+    space = space_from_dict(
+        deep_update(TINY_SPACE, {"params": {"clipnorm": {"type": "categorical",
+                                                         "choices": [None, 1.0]}}}),
+        "test",
+    )  # fmt: skip
+    with pytest.raises(SpaceError, match=r"space.yaml: params.clipnorm.choices: .* one type"):
+        hyperparameters(space, "space.yaml")
+
+
+@pytest.mark.slow
+def test_every_keras_tuner_trial_lands_in_the_study(write_space, storage, run_cli, tmp_path):
+    done = run_cli("start", str(write_space(**HYPERBAND)), "--storage", storage)
+    assert done.returncode == 0, done.stderr
+    trials = load(storage).get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * SCHEDULE
+    assert sorted(int(t.user_attrs[TRIAL_ATTR]) for t in trials) == list(range(SCHEDULE))
+    space = space_from_dict(deep_update(TINY_SPACE, HYPERBAND), "test")
+    for t in trials:
+        assert t.distributions == distributions(space)
+        assert t.value == min(t.intermediate_values.values())
+        assert {"bracket", "round", "engine", "epochs_trained"} <= set(t.user_attrs)
+    # The promoted configuration trains epochs 2-3 from its parent's best weights.
+    (continued,) = [t for t in trials if t.user_attrs["continues"] is not None]
+    by_id = {t.user_attrs[TRIAL_ATTR]: t for t in trials}
+    parent = by_id[continued.user_attrs["continues"]]
+    assert continued.params == parent.params
+    assert parent.value == min(t.value for t in trials if t.user_attrs["round"] == 0
+                               and t.user_attrs["bracket"] == 1)  # fmt: skip
+    assert sorted(continued.intermediate_values) == [1, 2]
+    assert continued.user_attrs["initial_epoch"] == 1
+    assert state_dir(storage, "tiny").is_dir()
+    assert state_dir(storage, "tiny").parent == tmp_path  # beside the SQLite file
+    # What reads the study works the same as for the Optuna backend.
+    assert run_cli("report", "tiny", "--storage", storage, "--out", "r.html").returncode == 0
+    best = run_cli("best", "tiny", "--storage", storage)
+    assert best.returncode == 0 and f"{min(t.value for t in trials):.4g}"[:5] in best.stdout
+    # Run again: the schedule is done, nothing is added twice.
+    again = run_cli("start", str(write_space(**HYPERBAND)), "--storage", storage)
+    assert again.returncode == 0, again.stderr
+    assert len(load(storage).get_trials(deepcopy=False)) == SCHEDULE
+
+
+@pytest.mark.slow
+def test_an_interrupted_schedule_resumes_where_it_stopped(write_space, storage, run_cli, tmp_path):
+    process = subprocess.Popen(
+        cli_command("start", str(write_space(**HYPERBAND)), "--storage", storage),
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            if len(load(storage).get_trials(deepcopy=False)) >= 2:
+                break
+        except KeyError:  # not created yet
+            pass
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "resume tiny" in stderr
+    stopped_at = len(load(storage).get_trials(deepcopy=False))
+    assert 2 <= stopped_at < SCHEDULE
+    done = run_cli("resume", "tiny", "--storage", storage)
+    assert done.returncode == 0, done.stderr
+    trials = load(storage).get_trials(deepcopy=False)
+    assert sorted(int(t.user_attrs[TRIAL_ATTR]) for t in trials) == list(range(SCHEDULE))
+    assert all(t.state.name == "COMPLETE" for t in trials)
+
+
+@pytest.mark.slow
+def test_a_nan_trial_fails_and_the_schedule_goes_on(write_space, storage, run_cli):
+    space = write_space(**deep_update(HYPERBAND, {
+        "search": {"max_consecutive_failures": 10},
+        "params": {**TINY_SPACE["params"], "optimizer": "sgd", "clipvalue": None, "units": 64,
+                   "layers": 3, "learning_rate": {"type": "categorical", "choices": [1e-3, 10.0]}},
+    }))  # fmt: skip
+    done = run_cli("start", str(space), "--storage", storage)
+    assert done.returncode == 0, done.stderr
+    trials = load(storage).get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert failed and all("became" in t.user_attrs["fail_reason"] for t in failed)
+    assert all(t.params["learning_rate"] == 10.0 for t in failed)
+    assert any(t.state.name == "COMPLETE" for t in trials)
+
+
+def test_hyperband_takes_one_worker(write_space, storage, run_cli):
+    refused = run_cli("start", str(write_space(**HYPERBAND)), "--storage", storage, "-w", "2")
+    assert refused.returncode == 2
+    assert "one worker" in refused.stderr and "Traceback" not in refused.stderr
+    with pytest.raises(KeyError):  # refused before the study was created
+        load(storage)
