@@ -42,7 +42,7 @@ def per_model_costs(space_name: str, models: int) -> dict[str, dict[str, float]]
     import tensorflow as tf
 
     from dlboost_search.data import prepare
-    from dlboost_search.models import family_module
+    from dlboost_search.models import build_function
     from dlboost_search.spaces import load_space, suggest
     from dlboost_search.training import TrainingRecord, train
 
@@ -52,7 +52,7 @@ def per_model_costs(space_name: str, models: int) -> dict[str, dict[str, float]]
     x, y = np.concatenate([data.x_train, data.x_val]), np.concatenate([data.y_train, data.y_val])
     draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     params = [space.resolve(suggest(draw.ask(), space)) for _ in range(models)]
-    build = family_module(space.model.family).build
+    build = build_function(space.model)
 
     def service(engine: str):
         def run(p: dict, epochs: int) -> None:

@@ -52,7 +52,7 @@ def main() -> None:
     import optuna
 
     from dlboost_search.data import prepare
-    from dlboost_search.models import family_module
+    from dlboost_search.models import build_function
     from dlboost_search.spaces import load_space, suggest
     from dlboost_search.storage import open_storage
     from dlboost_search.training import TrainingRecord, train
@@ -63,7 +63,7 @@ def main() -> None:
     x, y = np.concatenate([data.x_train, data.x_val]), np.concatenate([data.y_train, data.y_val])
     draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     params = [space.resolve(suggest(draw.ask(), space)) for _ in range(MODELS)]
-    build = family_module(space.model.family).build
+    build = build_function(space.model)
 
     def service(p: dict, epochs: int) -> None:
         model = build(p, data.input_shape, data.task, data.n_outputs)

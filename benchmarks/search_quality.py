@@ -134,13 +134,13 @@ def run_service_optuna(tool: str, space: Any, budget: Budget) -> None:
 
     from dlboost_search.data import prepare
     from dlboost_search.errors import TrialFailed
-    from dlboost_search.models import family_module
+    from dlboost_search.models import build_function
     from dlboost_search.spaces import suggest
     from dlboost_search.study import make_pruner, make_sampler
     from dlboost_search.training import TrainingRecord, train
 
     data = prepare(space.data, space.search.seed)
-    build = family_module("mlp").build
+    build = build_function(space.model)
     study = optuna.create_study(sampler=make_sampler(space, 0), pruner=make_pruner(space))
 
     def objective(trial: optuna.Trial) -> float:

@@ -350,7 +350,7 @@ BAD_SPACES = [
     ),
     pytest.param(
         make(model={"family": "mpl"}),
-        ["model.family: unknown family 'mpl'. Did you mean 'mlp'? Families: mlp."],
+        ["model.family: unknown family 'mpl'. Did you mean 'mlp'? Families: mlp, custom."],
         id="unknown-family",
     ),
     pytest.param(

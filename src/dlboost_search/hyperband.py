@@ -94,7 +94,7 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
     import optuna
 
     from dlboost_search.data import prepare
-    from dlboost_search.models import family_module
+    from dlboost_search.models import model_builder
     from dlboost_search.storage import load_study
     from dlboost_search.study import fail_trial, set_target, summarize
     from dlboost_search.training import TrainingRecord, train
@@ -107,7 +107,7 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
     seed = space.search.seed or 0
     prepared = prepare(space.data, seed)
     space.check_task(prepared.task, source)
-    build = family_module(space.model.family).build
+    build = model_builder(space, prepared, source)
     engine = "epoch_loop" if space.training.engine == "auto" else space.training.engine
     direction = "min" if space.direction == "minimize" else "max"
     objective = kt.Objective(space.objective.metric, direction)
@@ -116,7 +116,7 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
     class Model(kt.HyperModel):
         def build(self, hp: Any) -> Any:
             params = space.resolve({k: v for k, v in hp.values.items() if k in space.params})
-            return build(params, prepared.input_shape, prepared.task, prepared.n_outputs)
+            return build(params)
 
         def fit(self, hp: Any, model: Any, *args: Any, trial_id: str = "", **kwargs: Any) -> Any:
             params = space.resolve({k: v for k, v in hp.values.items() if k in space.params})

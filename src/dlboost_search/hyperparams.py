@@ -12,7 +12,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ParamRule:
-    kind: str  # "int", "float", "bool" or "choice"
+    kind: str  # "int", "float", "bool", "choice", or "any" (a custom builder's own)
     default: Any
     help: str
     low: float | None = None  # inclusive
@@ -22,6 +22,8 @@ class ParamRule:
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is not allowed, or None when it is."""
+        if self.kind == "any":
+            return None
         if self.kind == "choice":
             if value not in self.choices:
                 return f"must be one of {', '.join(map(str, self.choices))}"

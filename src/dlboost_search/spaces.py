@@ -23,7 +23,7 @@ from dlboost_search.hyperparams import (
     ParamRule,
     metric_direction,
 )
-from dlboost_search.models import FAMILIES, family_module
+from dlboost_search.models import BUILDER_PATTERN, FAMILIES, family_params
 
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = ("hyperband", "median", "successive_halving", "patient", "none")
@@ -89,6 +89,15 @@ class DataSpec(_Strict):
 
 class ModelSpec(_Strict):
     family: str = "mlp"
+    # The custom family's "package.module:function"; giving it implies family: custom.
+    builder: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _builder_means_custom(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("builder") and "family" not in raw:
+            raw = {**raw, "family": "custom"}
+        return raw
 
 
 class ObjectiveSpec(_Strict):
@@ -164,7 +173,7 @@ class SearchSpace(_Strict):
 
     @property
     def param_rules(self) -> dict[str, ParamRule]:
-        return {**TRAINING_PARAMS, **family_module(self.model.family).PARAMS}
+        return {**TRAINING_PARAMS, **family_params(self.model.family)}
 
     def searched(self) -> dict[str, Any]:
         """Specs of the parameters a trial samples (not the fixed ones)."""
@@ -177,6 +186,13 @@ class SearchSpace(_Strict):
         values.update({k: v.value for k, v in self.params.items() if isinstance(v, FixedParam)})
         values.update(sampled)
         return values
+
+    def example_params(self) -> dict[str, Any]:
+        """A full parameter set with each searched parameter at its low end or first choice."""
+        return self.resolve(
+            {name: spec.choices[0] if isinstance(spec, CategoricalParam) else spec.low
+             for name, spec in self.searched().items()}
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -361,9 +377,28 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
             f"{_did_you_mean(space.model.family, FAMILIES)} Families: {', '.join(FAMILIES)}."
         )
         return problems
+    model = space.model
+    if model.family == "custom" and not model.builder:
+        problems.append(
+            'model.builder: the custom family needs builder: "package.module:function", a '
+            "function (params, input_shape, task, n_outputs) returning an uncompiled keras.Model."
+        )
+    if model.family != "custom" and model.builder:
+        problems.append(
+            f"model.builder: only the custom family takes a builder; remove `family: "
+            f"{model.family}` (a builder implies custom) or the builder."
+        )
+    if model.builder and not re.match(BUILDER_PATTERN, model.builder):
+        problems.append(
+            f'model.builder: {model.builder!r} is not "package.module:function"; for example '
+            f'builder: "my_models:build" for build() in my_models.py.'
+        )
     rules = space.param_rules
     for name, spec in space.params.items():
         key = f"params.{name}"
+        if name not in rules and model.family == "custom":  # the user's own hyperparameter
+            problems.extend(f"{key}{p}" for p in _param_problems(spec, FREE_RULE))
+            continue
         if name not in rules:
             problems.append(
                 f"{key}: {space.model.family} models have no hyperparameter {name!r}."
@@ -374,6 +409,10 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
     if "clipvalue" in space.params and "clipnorm" in space.params:
         problems.append("params: clipvalue and clipnorm both clip gradients; keep one of them.")
     return problems
+
+
+# A custom builder's own hyperparameters: any value, only the range itself is checked.
+FREE_RULE = ParamRule("any", None, "a custom builder's hyperparameter")
 
 
 def _param_problems(spec: Any, rule: ParamRule) -> list[str]:

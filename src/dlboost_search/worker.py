@@ -158,7 +158,7 @@ def _run(
     from optuna.trial import TrialState
 
     from dlboost_search import data as data_module
-    from dlboost_search.models import family_module
+    from dlboost_search.models import model_builder
     from dlboost_search.spaces import suggest
     from dlboost_search.study import make_pruner, make_sampler
     from dlboost_search.training import TrainingRecord, train
@@ -171,7 +171,7 @@ def _run(
     seed = space.search.seed or 0
     prepared = data_module.prepare(space.data, seed)
     space.check_task(prepared.task, f"study {study_name!r}")
-    build = family_module(space.model.family).build
+    build = model_builder(space, prepared, f"study {study_name!r}")
     # Every dataset is in memory for now, so auto means the compiled epoch loop.
     engine = "epoch_loop" if space.training.engine == "auto" else space.training.engine
     me = worker_id()
@@ -196,7 +196,7 @@ def _run(
                 raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({value:.4g})")
 
         try:
-            model = build(params, prepared.input_shape, prepared.task, prepared.n_outputs)
+            model = build(params)
             return train(
                 model,
                 params,

@@ -3,17 +3,87 @@
 A family is a module with `PARAMS` (its hyperparameter rules) and
 `build(params, input_shape, task, n_outputs) -> keras.Model` (uncompiled). Importing this
 package does not import TensorFlow: each family imports Keras inside `build`.
+
+The `custom` family is the user's own function, `model: {builder: "package.module:function"}`,
+with the same contract; its hyperparameters are whatever the space names.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from dlboost_search.errors import SpaceError
+from dlboost_search.hyperparams import ParamRule
 
 _FAMILY_MODULES = {"mlp": "dlboost_search.models.mlp"}
 
-FAMILIES = tuple(_FAMILY_MODULES)
+FAMILIES = (*_FAMILY_MODULES, "custom")
+BUILDER_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
 
-def family_module(name: str) -> ModuleType:
-    return importlib.import_module(_FAMILY_MODULES[name])
+def family_params(family: str) -> dict[str, ParamRule]:
+    """The family's own hyperparameter rules; none for custom (the space names them)."""
+    if family == "custom":
+        return {}
+    return importlib.import_module(_FAMILY_MODULES[family]).PARAMS
+
+
+def build_function(model: Any, source: str = "search space") -> Callable[..., Any]:
+    """`build(params, input_shape, task, n_outputs)` for a space's `model` section."""
+    if model.family == "custom":
+        return load_builder(model.builder, source)
+    return importlib.import_module(_FAMILY_MODULES[model.family]).build
+
+
+def load_builder(path: str, source: str) -> Callable[..., Any]:
+    """Import the user's "package.module:function"; from the working directory too."""
+    module_name, _, function_name = path.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SpaceError(
+            f"{source}: model.builder: cannot import module {module_name!r} ({exc}). The module "
+            f"must be importable from the working directory ({os.getcwd()}) or PYTHONPATH."
+        ) from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        found = sorted(n for n in vars(module) if callable(vars(module)[n]) and n[0] != "_")
+        raise SpaceError(
+            f"{source}: model.builder: module {module_name!r} ({module.__file__}) has no "
+            f"function {function_name!r}. Its functions: {', '.join(found) or 'none'}."
+        )
+    return function
+
+
+def model_builder(space: Any, prepared: Any, source: str) -> Callable[[dict[str, Any]], Any]:
+    """`build(params)` for this space and data. A custom builder is tried once first, so one
+    that returns something else stops the search before any trial."""
+    build = build_function(space.model, source)
+
+    def build_for(params: dict[str, Any]) -> Any:
+        return build(params, prepared.input_shape, prepared.task, prepared.n_outputs)
+
+    if space.model.family == "custom":
+        import keras
+
+        _check_built(build_for(space.example_params()), space.model.builder, source)
+        keras.backend.clear_session(free_memory=False)
+    return build_for
+
+
+def _check_built(model: Any, builder: str, source: str) -> None:
+    """Fail the search, before any trial, unless the builder gave a Keras model."""
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise SpaceError(
+            f"{source}: model.builder: {builder} returned {type(model).__name__}, not a "
+            f"keras.Model. It must return the uncompiled model, e.g. `return keras.Model(inputs, "
+            f"outputs)`; dlboost-search compiles it with the trial's optimizer and loss."
+        )

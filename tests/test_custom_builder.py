@@ -1,0 +1,115 @@
+"""The custom model family: `model: {builder: "package.module:function"}`, the user's own
+architecture with hyperparameters of its own, through both backends."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_SPACE, deep_update, load
+from dlboost_search.errors import SpaceError
+from dlboost_search.spaces import space_from_dict
+
+BUILDER = """
+import keras
+
+
+def build(params, input_shape, task, n_outputs):
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Dense(params["width"], activation=params["act"])(inputs)
+    x = keras.layers.Dense(params["width"] // 2, activation=params["act"])(x)
+    return keras.Model(inputs, keras.layers.Dense(n_outputs)(x))
+
+
+def not_a_model(params, input_shape, task, n_outputs):
+    return {"layers": 2}
+"""
+CUSTOM = {
+    "model": {"family": "custom", "builder": "my_models:build"},
+    "params": {
+        "width": {"type": "int", "low": 8, "high": 32, "step": 8},  # the builder's own
+        "act": {"type": "categorical", "choices": ["relu", "tanh"]},
+        "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+    },
+}
+
+
+@pytest.fixture
+def builder_module(tmp_path: Path) -> Path:
+    (tmp_path / "my_models.py").write_text(textwrap.dedent(BUILDER))
+    return tmp_path
+
+
+def custom_space(**changes):
+    return space_from_dict(deep_update(deep_update(TINY_SPACE, CUSTOM), changes), "space.yaml")
+
+
+def test_a_builder_means_the_custom_family_and_its_own_hyperparameters():
+    space = space_from_dict({**custom_space().to_dict(), "model": {"builder": "my_models:build"}},
+                            "space.yaml")  # fmt: skip
+    assert space.model.family == "custom"
+    assert set(space.searched()) == {"width", "act", "learning_rate"}
+    assert space.example_params()["width"] == 8 and space.example_params()["act"] == "relu"
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "fragment"),
+    [
+        ({"family": "custom"}, {}, 'model.builder: the custom family needs builder: "package'),
+        ({"family": "mlp", "builder": "my_models:build"}, {}, "only the custom family takes"),
+        ({"builder": "my_models.build"}, {}, 'is not "package.module:function"'),
+        ({"builder": "my_models:build"}, {"width": {"type": "int", "low": 32, "high": 8}},
+         "params.width: low (32) is above high (8)"),
+    ],
+)  # fmt: skip
+def test_bad_builder_settings_are_explained(model, params, fragment):
+    raw = {**deep_update(TINY_SPACE, {"params": params}), "model": model}
+    with pytest.raises(SpaceError, match=re.escape(fragment)):
+        space_from_dict(raw, "space.yaml")
+
+
+@pytest.mark.parametrize(
+    ("builder", "fragment"),
+    [
+        ("no_such_module:build", "cannot import module 'no_such_module'"),
+        ("my_models:nope", "has no function 'nope'. Its functions: build, not_a_model"),
+        ("my_models:not_a_model", "returned dict, not a keras.Model"),
+    ],
+)
+def test_a_builder_that_cannot_work_stops_before_any_trial(
+    builder_module, write_space, storage, run_cli, builder, fragment
+):
+    space = write_space(**deep_update(CUSTOM, {"model": {"builder": builder}}))
+    done = run_cli("start", str(space), "--storage", storage)
+    assert done.returncode == 2, done.stderr
+    assert f"model.builder: {builder if 'not_a' in builder else ''}" in done.stderr
+    assert fragment in done.stderr and "Traceback" not in done.stderr
+    try:
+        assert load(storage).get_trials(deepcopy=False) == []  # the study, and no trial
+    except KeyError:
+        pass  # refused before the study was created
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "search",
+    [{"trials": 3}, {"backend": "hyperband", "factor": 3}],
+    ids=["optuna", "hyperband"],
+)
+def test_a_custom_model_searches_its_own_hyperparameters(
+    builder_module, write_space, storage, run_cli, search
+):
+    space = write_space(**deep_update(CUSTOM, {"search": search, "training": {"max_epochs": 3}}))
+    done = run_cli("start", str(space), "--storage", storage)
+    assert done.returncode == 0, done.stderr
+    trials = load(storage).get_trials(deepcopy=False)
+    assert trials and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    for t in trials:
+        assert t.params["width"] in (8, 16, 24, 32) and t.params["act"] in ("relu", "tanh")
+        # Dense(width) + Dense(width // 2) + Dense(1) on the 10 diabetes features.
+        width = t.params["width"]
+        expected = 10 * width + width + width * (width // 2) + width // 2 + width // 2 + 1
+        assert t.user_attrs["n_params"] == expected
