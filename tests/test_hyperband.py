@@ -83,6 +83,12 @@ def test_every_keras_tuner_trial_lands_in_the_study(write_space, storage, run_cl
     again = run_cli("start", str(write_space(**HYPERBAND)), "--storage", storage)
     assert again.returncode == 0, again.stderr
     assert len(load(storage).get_trials(deepcopy=False)) == SCHEDULE
+    # Elsewhere (here: the state folder moved away), a new schedule would reuse the trial ids.
+    state_dir(storage, "tiny").rename(tmp_path / "moved")
+    elsewhere = run_cli("resume", "tiny", "--storage", storage)
+    assert elsewhere.returncode == 2, elsewhere.stderr
+    assert "keras-tuner's state for it is not" in elsewhere.stderr
+    assert len(load(storage).get_trials(deepcopy=False)) == SCHEDULE
 
 
 @pytest.mark.slow

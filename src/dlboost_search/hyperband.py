@@ -19,7 +19,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dlboost_search.errors import Interrupted, SearchAborted, SpaceError, TrialFailed
+from dlboost_search.errors import (
+    Interrupted,
+    SearchAborted,
+    SpaceError,
+    StudyError,
+    TrialFailed,
+)
 from dlboost_search.spaces import (
     CategoricalParam,
     FloatParam,
@@ -208,6 +214,16 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
         on_event({"event": "trial_finished", "number": copied.number, "state": state.name,
                   "value": value, "params": params, "attrs": attrs})  # fmt: skip
 
+    folder = state_dir(url, study_name)
+    copied = [t for t in study.get_trials(deepcopy=False) if TRIAL_ATTR in t.user_attrs]
+    if copied and not (folder / "hyperband" / "oracle.json").is_file():
+        # A new schedule would reuse keras-tuner's trial ids, and its trials would be taken
+        # for copies of the old ones.
+        raise StudyError(
+            f"{source} has {len(copied)} Hyperband trials, but keras-tuner's state for it is not "
+            f"at {folder.resolve()} (the study last ran on {copied[-1].user_attrs.get('worker')}). "
+            f"Copy that folder here to continue its schedule, or start a study of a new name."
+        )
     tuner = Tuner(
         hypermodel=Model(),
         objective=objective,
@@ -219,7 +235,7 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
         tune_new_entries=False,
         allow_new_entries=False,
         max_consecutive_failed_trials=space.search.max_consecutive_failures,
-        directory=str(state_dir(url, study_name)),
+        directory=str(folder),
         project_name="hyperband",
         overwrite=False,
     )
