@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import urllib.request
+from datetime import datetime
 
 import optuna
 import optuna_dashboard
@@ -173,6 +174,21 @@ def test_workers_are_recycled(write_space, storage, run_cli):
     assert len(set(workers)) == 3  # 2 + 2 + 1 trials
     # Recycled workers do not replay each other's random start-up points.
     assert len({json.dumps(t.params, sort_keys=True) for t in load(storage).trials}) == 5
+
+
+def test_the_next_worker_starts_before_the_last_one_retires(write_space, storage, run_cli):
+    """A standby successor imports TensorFlow while its predecessor still trains."""
+    space = write_space(search={"trials": 8, "pruner": "none"})
+    result = run_cli("start", str(space), "--storage", storage, "--recycle-every", "4", "-q")
+    assert result.returncode == 0, result.stderr
+    trials = load(storage).trials
+    first, second = trials[:4], trials[4:]
+    assert len({t.user_attrs["worker"] for t in first}) == 1
+    assert len({t.user_attrs["worker"] for t in second}) == 1
+    assert second[0].user_attrs["worker"] != first[0].user_attrs["worker"]
+    successor_began = datetime.fromisoformat(second[0].user_attrs["worker_started"])
+    assert successor_began < max(t.datetime_complete for t in first)
+    assert max(t.datetime_complete for t in first) <= second[0].datetime_start  # one at a time
 
 
 def test_same_seed_same_study(write_space, tmp_path, run_cli):

@@ -41,6 +41,9 @@ from dlboost_search.worker import INTERRUPTED_REASON, run_worker
 EventHandler = Callable[[dict[str, Any]], None]
 
 DEFAULT_RECYCLE_EVERY = 50
+# A worker this many trials from retiring gets a standby successor, which imports TensorFlow
+# (several seconds) while the old one finishes, so no trial waits for an import.
+STANDBY_LEAD_TRIALS = 10
 SHUTDOWN_GRACE_S = 120  # how long a worker may take to close its trial after Ctrl-C
 
 
@@ -128,6 +131,8 @@ class _Worker:
     outcome: dict[str, Any] = field(default_factory=lambda: {"event": "crashed"})
     # The trial it is training and when that began (time.monotonic), between its events.
     trial: tuple[int, float] | None = None
+    trials_started: int = 0
+    go: Any = None  # a standby's start signal
 
 
 class _Pool:
@@ -141,8 +146,23 @@ class _Pool:
         self.workers: dict[int, _Worker] = {}
         # Several workers share the cores; one alone keeps TensorFlow's defaults.
         self.threads = max(1, len(os.sched_getaffinity(0)) // size) if size > 1 else None
+        self.standby: _Worker | None = None
+        self.target = 0
 
     def start(self, target: int, failures_in_a_row: int) -> int:
+        """A worker that runs trials now: the standby if one is ready, else a new process."""
+        if self.standby is not None:
+            worker, self.standby = self.standby, None
+            worker.go.set()
+            worker.started = datetime.now()  # its trials start from here
+            self.workers[worker.process.pid] = worker
+            return worker.process.pid
+        worker = self._spawn(target, failures_in_a_row, go=None)
+        self.workers[worker.process.pid] = worker
+        self.target = target
+        return worker.process.pid
+
+    def _spawn(self, target: int, failures_in_a_row: int, go: Any) -> _Worker:
         process = self.context.Process(
             target=run_worker,
             args=(
@@ -154,12 +174,27 @@ class _Pool:
                 self.events,
                 self.threads,
                 self.sole,
+                go,
             ),  # fmt: skip
             name=f"dlboost-worker-{self.name}",
         )
         process.start()
-        self.workers[process.pid] = _Worker(process, datetime.now())
-        return process.pid
+        return _Worker(process, datetime.now(), go=go)
+
+    def prepare_successor(self, worker: _Worker) -> None:
+        """Start a standby when `worker` nears its last trial (one standby at a time)."""
+        if (
+            self.standby is None
+            and self.recycle_every > 1
+            and worker.trials_started == max(1, self.recycle_every - STANDBY_LEAD_TRIALS)
+        ):
+            self.standby = self._spawn(self.target, 0, go=self.context.Event())
+
+    def discard_standby(self) -> None:
+        if self.standby is not None:
+            self.standby.process.kill()
+            self.standby.process.join()
+            self.standby = None
 
     def relay(self, on_event: EventHandler, timeout: float) -> int | None:
         """Pass on the events of the next `timeout` seconds; return the last failures-in-a-row
@@ -178,6 +213,8 @@ class _Pool:
                 continue
             if event["event"] == "trial_started":
                 worker.trial = (event["number"], time.monotonic())
+                worker.trials_started += 1
+                self.prepare_successor(worker)
             elif event["event"] == "trial_finished":
                 worker.trial = None
             elif event["event"] in ("done", "fatal", "interrupted"):
@@ -195,7 +232,10 @@ class _Pool:
                 worker.process.kill()
 
     def exited(self) -> list[tuple[int, _Worker]]:
-        """Remove and return the workers whose process has ended."""
+        """Remove and return the workers whose process has ended (a standby that ended before
+        it was needed is just dropped: it ran no trial)."""
+        if self.standby is not None and not self.standby.process.is_alive():
+            self.discard_standby()
         ended = [(pid, w) for pid, w in self.workers.items() if not w.process.is_alive()]
         for pid, worker in ended:
             worker.process.join()
@@ -208,6 +248,7 @@ class _Pool:
         return {t.number for t in running if t.user_attrs.get("worker") in ours}
 
     def interrupt(self) -> None:
+        self.discard_standby()
         for worker in self.workers.values():
             if worker.process.is_alive():
                 os.kill(worker.process.pid, signal.SIGINT)
@@ -267,6 +308,7 @@ def _drive(
         _stop_all(study, pool, on_event)
         raise
     finally:
+        pool.discard_standby()
         signal.signal(signal.SIGTERM, previous_sigterm)
 
 

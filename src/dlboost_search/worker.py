@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+from datetime import datetime
 from typing import Any
 
 from dlboost_search.errors import DlboostError, SearchAborted, TrialFailed
@@ -31,6 +32,7 @@ def worker_id() -> str:
 
 
 _stop = {"requested": False}
+_process = {"started": ""}  # when this worker process began: a standby begins early
 
 
 def stop_requested() -> bool:
@@ -92,10 +94,15 @@ def run_worker(
     queue: Any,
     threads: int | None = None,
     sole_worker: bool = True,
+    go: Any = None,
 ) -> None:
     """Entry point of a worker process (started with the spawn method): run at most
     `max_trials` trials, fewer once the study has `target` finished trials. Only the study's
-    sole worker samples reproducibly from the space's seed; workers side by side must not."""
+    sole worker samples reproducibly from the space's seed; workers side by side must not.
+
+    `go`: for a standby worker, an event the runner sets when the worker it replaces has
+    exited; it imports TensorFlow and loads the data meanwhile, then waits."""
+    _process["started"] = datetime.now().isoformat(timespec="milliseconds")
     # Own process group: a terminal's Ctrl-C reaches the runner only, which forwards it once.
     os.setpgrp()
     signal.signal(signal.SIGINT, _stop_on_first_signal)
@@ -103,7 +110,7 @@ def run_worker(
     events = _Events(queue)
     try:
         stream = 0 if sole_worker else os.getpid()
-        _run(study_name, url, target, max_trials, failures_in_a_row, events, threads, stream)
+        _run(study_name, url, target, max_trials, failures_in_a_row, events, threads, stream, go)
     except KeyboardInterrupt:
         events.put({"event": "interrupted"})
     except DlboostError as exc:
@@ -116,6 +123,20 @@ def _work_left(study: Any, target: int) -> int:
 
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     return target - len(study.get_trials(deepcopy=False, states=states))
+
+
+def _trailing_failures(study: Any) -> int:
+    """Failed trials at the end of the study, as a count of failures in a row."""
+    from optuna.trial import TrialState
+
+    count = 0
+    for t in reversed(study.get_trials(deepcopy=False)):
+        if t.state == TrialState.RUNNING or t.user_attrs.get("fail_reason") == SURPLUS_REASON:
+            continue
+        if t.state != TrialState.FAIL:
+            break
+        count += 1
+    return count
 
 
 def _is_surplus(study: Any, number: int, target: int) -> bool:
@@ -141,6 +162,7 @@ def _run(
     events: _Events,
     threads: int | None,
     stream: int,
+    go: Any = None,
 ) -> None:
     from dlboost_search.storage import load_study
     from dlboost_search.study import space_of
@@ -164,21 +186,31 @@ def _run(
     from dlboost_search.training import TrainingRecord, train
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    # Heartbeats on: a trial this worker leaves behind by dying is retried by whoever runs next.
-    study = load_study(study_name, url, recovery=space.search)
-    study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)), stream)
-    study.pruner = make_pruner(space)
     seed = space.search.seed or 0
     prepared = data_module.prepare(space.data, seed)
     space.check_task(prepared.task, f"study {study_name!r}")
     build = model_builder(space, prepared, f"study {study_name!r}")
+    parent = os.getppid()
+    if go is not None:  # a standby: ready, and waiting for the worker it replaces to exit
+        while not go.wait(timeout=1.0):
+            if os.getppid() != parent:  # the runner is gone
+                return
+        if _work_left(study, target) <= 0:
+            events.put({"event": "done", "rss_mb": _rss_mb()})
+            return
+        failures_in_a_row = _trailing_failures(study)
+    # Heartbeats on: a trial this worker leaves behind by dying is retried by whoever runs next.
+    study = load_study(study_name, url, recovery=space.search)
+    # Sampled now, not at start-up: a standby sees every trial its predecessor finished.
+    study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)), stream)
+    study.pruner = make_pruner(space)
     # Every dataset is in memory for now, so auto means the compiled epoch loop.
     engine = "epoch_loop" if space.training.engine == "auto" else space.training.engine
     me = worker_id()
-    parent = os.getppid()
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", me)
+        trial.set_user_attr("worker_started", _process["started"])
         if _is_surplus(study, trial.number, target):
             trial.set_user_attr("fail_reason", SURPLUS_REASON)
             raise _Surplus(SURPLUS_REASON)
