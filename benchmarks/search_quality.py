@@ -185,7 +185,9 @@ def run_service_hyperband(space: Any, budget: Budget, workdir: Path) -> None:
     hyperband.run(space.name, url, space, on_event=lambda event: None)
 
 
-def run_keras_tuner(tool: str, npz: Path, seed: int, budget: Budget, workdir: Path) -> None:
+def run_keras_tuner(
+    tool: str, npz: Path, task: str, seed: int, budget: Budget, workdir: Path
+) -> None:
     """keras-tuner used directly, as its documentation shows: a HyperModel and model.fit."""
     import keras
     import keras_tuner as kt
@@ -193,12 +195,12 @@ def run_keras_tuner(tool: str, npz: Path, seed: int, budget: Budget, workdir: Pa
 
     arrays = np.load(npz)
     x, y, xv, yv = (arrays[k] for k in ("x_train", "y_train", "x_val", "y_val"))
-    classes = int(max(y.max(), yv.max())) + 1 if y.dtype.kind in "iu" else 0
-    outputs, activation, loss = (
-        (1, None, "mse") if classes == 0 else
-        (1, "sigmoid", "binary_crossentropy") if classes == 2 else
-        (classes, "softmax", "sparse_categorical_crossentropy")
-    )  # fmt: skip
+    outputs, activation, loss = {
+        "regression": (1, None, "mse"),
+        "binary": (1, "sigmoid", "binary_crossentropy"),
+        "multiclass": (int(max(y.max(), yv.max())) + 1, "softmax",
+                       "sparse_categorical_crossentropy"),
+    }[task]  # fmt: skip
 
     class Model(kt.HyperModel):
         def build(self, hp):
@@ -265,7 +267,7 @@ def run_one(tool: str, dataset: str, seed: int, epochs: int) -> dict[str, Any]:
         keras.utils.set_random_seed(seed)
         try:
             if tool.startswith("kt-"):
-                run_keras_tuner(tool, npz, seed, budget, workdir)
+                run_keras_tuner(tool, npz, test[2], seed, budget, workdir)
             elif tool == "service-hyperband":
                 run_service_hyperband(service_space(tool, npz, test[2], seed), budget, workdir)
             else:
