@@ -102,8 +102,8 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
     from dlboost_search.data import prepare
     from dlboost_search.models import model_builder
     from dlboost_search.storage import load_study
-    from dlboost_search.study import fail_trial, set_target, summarize
-    from dlboost_search.training import TrainingRecord, train
+    from dlboost_search.study import set_target, summarize
+    from dlboost_search.training import TrainingRecord, resolve_engine, train
     from dlboost_search.worker import import_tensorflow_quietly, worker_id
 
     import_tensorflow_quietly(threads=None)
@@ -114,24 +114,35 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
     prepared = prepare(space.data, seed)
     space.check_task(prepared.task, source)
     build = model_builder(space, prepared, source)
-    engine = "epoch_loop" if space.training.engine == "auto" else space.training.engine
+    engine = resolve_engine(space.training.engine)
     direction = "min" if space.direction == "minimize" else "max"
     objective = kt.Objective(space.objective.metric, direction)
     records: dict[str, tuple[TrainingRecord, dict[int, float]]] = {}
+    dists = distributions(space)
+    # keras-tuner ids of the trials already in the study: read once, kept up to date here (the
+    # backend is the study's only writer).
+    copied = {
+        t.user_attrs[TRIAL_ATTR]: t.user_attrs.get("worker")
+        for t in study.get_trials(deepcopy=False)
+        if TRIAL_ATTR in t.user_attrs
+    }
+
+    def params_of(hp: Any) -> dict[str, Any]:
+        """A trial's full parameters from keras-tuner's values (less its tuner/ entries)."""
+        return space.resolve({k: v for k, v in hp.values.items() if k in dists})
 
     class Model(kt.HyperModel):
         def build(self, hp: Any) -> Any:
-            params = space.resolve({k: v for k, v in hp.values.items() if k in space.params})
-            return build(params)
+            return build(params_of(hp))
 
         def fit(self, hp: Any, model: Any, *args: Any, trial_id: str = "", **kwargs: Any) -> Any:
-            params = space.resolve({k: v for k, v in hp.values.items() if k in space.params})
+            params = params_of(hp)
             initial = kwargs.get("initial_epoch", 0)
             callbacks = kwargs.get("callbacks", [])
             for callback in callbacks:
                 callback.set_model(model)
             record, curve = records.setdefault(trial_id, (TrainingRecord(), {}))
-            number = len(study.get_trials(deepcopy=False))
+            number = len(copied)  # the number its copy will get
             on_event({"event": "trial_started", "number": number, "params": params})
 
             def report(epoch: int, value: float) -> None:
@@ -178,8 +189,7 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
 
     def copy_trial(trial: Any) -> None:
         """The keras-tuner trial as a finished Optuna trial, unless it is there already."""
-        done = {t.user_attrs.get(TRIAL_ATTR) for t in study.get_trials(deepcopy=False)}
-        if trial.trial_id in done or trial.status not in ("COMPLETED", "FAILED", "INVALID"):
+        if trial.trial_id in copied or trial.status not in ("COMPLETED", "FAILED", "INVALID"):
             return
         values = trial.hyperparameters.values
         record, curve = records.pop(trial.trial_id, (TrainingRecord(), {}))
@@ -193,7 +203,6 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
             "worker": worker_id(),
             **record.as_attrs(),
         }
-        dists = distributions(space)
         params = {k: v for k, v in values.items() if k in dists}
         if trial.status == "COMPLETED" and trial.score is not None and math.isfinite(trial.score):
             state, value = optuna.trial.TrialState.COMPLETE, float(trial.score)
@@ -210,18 +219,17 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
                 user_attrs=attrs,
             )  # fmt: skip
         )
-        copied = study.get_trials(deepcopy=False)[-1]
-        on_event({"event": "trial_finished", "number": copied.number, "state": state.name,
+        on_event({"event": "trial_finished", "number": len(copied), "state": state.name,
                   "value": value, "params": params, "attrs": attrs})  # fmt: skip
+        copied[trial.trial_id] = attrs["worker"]
 
     folder = state_dir(url, study_name)
-    copied = [t for t in study.get_trials(deepcopy=False) if TRIAL_ATTR in t.user_attrs]
     if copied and not (folder / "hyperband" / "oracle.json").is_file():
         # A new schedule would reuse keras-tuner's trial ids, and its trials would be taken
         # for copies of the old ones.
         raise StudyError(
             f"{source} has {len(copied)} Hyperband trials, but keras-tuner's state for it is not "
-            f"at {folder.resolve()} (the study last ran on {copied[-1].user_attrs.get('worker')}). "
+            f"at {folder.resolve()} (the study last ran on {list(copied.values())[-1]}). "
             f"Copy that folder here to continue its schedule, or start a study of a new name."
         )
     tuner = Tuner(
@@ -248,10 +256,8 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
     try:
         tuner.search(verbose=0)  # keras-tuner's own summaries would garble our progress display
     except KeyboardInterrupt:
+        # Nothing to close in the study: trials land in it only once finished.
         on_event({"event": "stopping"})
-        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        for t in running:
-            fail_trial(study, t, "stopped by the user")
         raise Interrupted(
             f"stopped by the user; the running Hyperband trial will run again on the next "
             f"`dlboost-search resume {study_name} --storage {masked(url)}`, nothing else lost."

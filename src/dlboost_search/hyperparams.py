@@ -68,6 +68,11 @@ TASK_METRICS: dict[str, dict[str, str]] = {
 }
 
 
+def logged_metrics(task: str) -> list[str]:
+    """Every metric name a `task` model logs, validation ones first."""
+    return [f"{prefix}{m}" for m in TASK_METRICS[task] for prefix in ("val_", "")]
+
+
 def metric_direction(task: str, metric: str) -> str | None:
     """The direction of `metric` for `task`, or None when the task does not log it."""
     return TASK_METRICS[task].get(metric.removeprefix("val_"))

@@ -138,8 +138,8 @@ class _Worker:
 class _Pool:
     """The worker processes of this runner, and the queue their events arrive on."""
 
-    def __init__(self, name: str, url: str, size: int, recycle_every: int, sole: bool):
-        self.name, self.url, self.recycle_every = name, url, recycle_every
+    def __init__(self, name: str, url: str, size: int, recycle_every: int, sole: bool, target: int):
+        self.name, self.url, self.recycle_every, self.target = name, url, recycle_every, target
         self.sole = sole and size == 1  # the study's only worker: reproducible sampling
         self.context = multiprocessing.get_context("spawn")
         self.events = self.context.Queue()
@@ -147,9 +147,8 @@ class _Pool:
         # Several workers share the cores; one alone keeps TensorFlow's defaults.
         self.threads = max(1, len(os.sched_getaffinity(0)) // size) if size > 1 else None
         self.standby: _Worker | None = None
-        self.target = 0
 
-    def start(self, target: int, failures_in_a_row: int) -> int:
+    def start(self, failures_in_a_row: int) -> int:
         """A worker that runs trials now: the standby if one is ready, else a new process."""
         if self.standby is not None:
             worker, self.standby = self.standby, None
@@ -157,18 +156,17 @@ class _Pool:
             worker.started = datetime.now()  # its trials start from here
             self.workers[worker.process.pid] = worker
             return worker.process.pid
-        worker = self._spawn(target, failures_in_a_row, go=None)
+        worker = self._spawn(failures_in_a_row, go=None)
         self.workers[worker.process.pid] = worker
-        self.target = target
         return worker.process.pid
 
-    def _spawn(self, target: int, failures_in_a_row: int, go: Any) -> _Worker:
+    def _spawn(self, failures_in_a_row: int, go: Any) -> _Worker:
         process = self.context.Process(
             target=run_worker,
             args=(
                 self.name,
                 self.url,
-                target,
+                self.target,
                 self.recycle_every,
                 failures_in_a_row,
                 self.events,
@@ -188,7 +186,7 @@ class _Pool:
             and self.recycle_every > 1
             and worker.trials_started == max(1, self.recycle_every - STANDBY_LEAD_TRIALS)
         ):
-            self.standby = self._spawn(self.target, 0, go=self.context.Event())
+            self.standby = self._spawn(0, go=self.context.Event())
 
     def discard_standby(self) -> None:
         if self.standby is not None:
@@ -267,7 +265,7 @@ def _drive(
     # or the runner would wait forever for it to finish.
     study = load_study(name, url, recovery=space.search)
     target = target_of(study)
-    pool = _Pool(name, url, workers, recycle_every, sole)
+    pool = _Pool(name, url, workers, recycle_every, sole, target)
     failures_in_a_row = 0
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -286,7 +284,7 @@ def _drive(
                 len(pool.workers) < workers
                 and summary.finished + elsewhere + len(pool.workers) < target
             ):
-                on_event({"event": "worker_started", "pid": pool.start(target, failures_in_a_row)})
+                on_event({"event": "worker_started", "pid": pool.start(failures_in_a_row)})
             reported = pool.relay(on_event, timeout=1.0)
             failures_in_a_row = failures_in_a_row if reported is None else reported
             pool.stop_overdue(space.training.trial_timeout_seconds)

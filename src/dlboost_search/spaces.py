@@ -21,6 +21,7 @@ from dlboost_search.hyperparams import (
     TASK_METRICS,
     TRAINING_PARAMS,
     ParamRule,
+    logged_metrics,
     metric_direction,
 )
 from dlboost_search.models import BUILDER_PATTERN, FAMILIES, family_params
@@ -202,7 +203,7 @@ class SearchSpace(_Strict):
         metric = self.objective.metric
         natural = metric_direction(task, metric)
         if natural is None:
-            names = ", ".join(f"{prefix}{m}" for m in TASK_METRICS[task] for prefix in ("val_", ""))
+            names = ", ".join(logged_metrics(task))
             raise SpaceError(
                 f"{source}: objective.metric: a {task} model does not log {metric!r}. "
                 f"Use one of: {names} (val_ metrics are measured on the validation split)."

@@ -14,7 +14,7 @@ from typing import Any
 
 from dlboost_search.data import PreparedData
 from dlboost_search.errors import SearchAborted, TrialFailed
-from dlboost_search.hyperparams import TASK_METRICS, metric_direction
+from dlboost_search.hyperparams import logged_metrics, metric_direction
 
 VALIDATION_BATCH = 4096
 # Batches run per compiled call: fewer Python round-trips per epoch on small data.
@@ -117,6 +117,12 @@ class _EpochMonitor:
             self.model.set_weights(self.best_weights)
 
 
+def resolve_engine(engine: str) -> str:
+    """The engine `training.engine` names: every dataset is in memory for now, so auto means
+    the compiled epoch loop."""
+    return "epoch_loop" if engine == "auto" else engine
+
+
 def train(
     model: Any,
     params: dict[str, Any],
@@ -138,7 +144,7 @@ def train(
     (Keras' own `model.fit`). Both run Keras' own train and test steps.
     """
     if metric_direction(data.task, monitor) is None:
-        offered = ", ".join(f"{p}{m}" for m in TASK_METRICS[data.task] for p in ("val_", ""))
+        offered = ", ".join(logged_metrics(data.task))
         raise SearchAborted(
             f"objective.metric {monitor!r} is not logged for a {data.task} task, so trials "
             f"can be neither scored nor pruned. Pick one of: {offered}."

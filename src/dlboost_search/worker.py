@@ -183,7 +183,7 @@ def _run(
     from dlboost_search.models import model_builder
     from dlboost_search.spaces import suggest
     from dlboost_search.study import make_pruner, make_sampler
-    from dlboost_search.training import TrainingRecord, train
+    from dlboost_search.training import TrainingRecord, resolve_engine, train
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     seed = space.search.seed or 0
@@ -204,8 +204,7 @@ def _run(
     # Sampled now, not at start-up: a standby sees every trial its predecessor finished.
     study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)), stream)
     study.pruner = make_pruner(space)
-    # Every dataset is in memory for now, so auto means the compiled epoch loop.
-    engine = "epoch_loop" if space.training.engine == "auto" else space.training.engine
+    engine = resolve_engine(space.training.engine)
     me = worker_id()
 
     def objective(trial: optuna.Trial) -> float:
