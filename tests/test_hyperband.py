@@ -8,9 +8,9 @@ import time
 
 import keras_tuner as kt
 import pytest
+import yaml
 
 from conftest import TINY_SPACE, cli_command, cli_env, deep_update, load
-from dlboost_search.errors import SpaceError
 from dlboost_search.hyperband import TRIAL_ATTR, hyperparameters, state_dir
 from dlboost_search.spaces import distributions, space_from_dict
 
@@ -32,7 +32,7 @@ def test_the_space_becomes_keras_tuner_hyperparameters():
         }}),
         "test",
     )  # fmt: skip
-    hp = {p.name: p for p in hyperparameters(space, "test").space}
+    hp = {p.name: p for p in hyperparameters(space).space}
     assert sorted(hp) == ["dropout", "layers", "learning_rate", "optimizer", "units"]  # not fixed
     assert isinstance(hp["units"], kt.engine.hyperparameters.Int)
     assert (hp["units"].min_value, hp["units"].max_value, hp["units"].sampling) == (4, 64, "log")
@@ -42,14 +42,20 @@ def test_the_space_becomes_keras_tuner_hyperparameters():
     assert hp["optimizer"].values == ["adam", "sgd"]
 
 
-def test_choices_keras_tuner_cannot_take_are_refused_by_name():
-    space = space_from_dict(
-        deep_update(TINY_SPACE, {"params": {"clipnorm": {"type": "categorical",
-                                                         "choices": [None, 1.0]}}}),
-        "test",
-    )  # fmt: skip
-    with pytest.raises(SpaceError, match=r"space.yaml: params.clipnorm.choices: .* one type"):
-        hyperparameters(space, "space.yaml")
+def test_choices_keras_tuner_cannot_take_are_refused_by_name(write_space, storage, run_cli):
+    space = write_space(**deep_update(HYPERBAND, {
+        "params": {**{k: v for k, v in TINY_SPACE["params"].items() if k != "clipvalue"},
+                   "clipnorm": {"type": "categorical", "choices": [None, 1.0]}},
+    }))  # fmt: skip
+    refused = run_cli("start", str(space), "--storage", storage)
+    assert refused.returncode == 2
+    assert f"{space}: params.clipnorm.choices: keras-tuner" in refused.stderr
+    assert "one type, without null" in refused.stderr and "Traceback" not in refused.stderr
+    with pytest.raises(KeyError):  # refused before anything was stored
+        load(storage)
+    # The Optuna backend takes the same choices.
+    assert space_from_dict(deep_update(yaml.safe_load(space.read_text()),
+                                       {"search": {"backend": "optuna"}}), "test")  # fmt: skip
 
 
 @pytest.mark.slow

@@ -22,7 +22,6 @@ from typing import Any
 from dlboost_search.errors import (
     Interrupted,
     SearchAborted,
-    SpaceError,
     StudyError,
     TrialFailed,
 )
@@ -58,7 +57,7 @@ def state_dir(url: str, study_name: str) -> Path:
     return Path("storage") / "keras-tuner" / study_name
 
 
-def hyperparameters(space: SearchSpace, source: str) -> Any:
+def hyperparameters(space: SearchSpace) -> Any:
     """The searched parameters of `space` as keras-tuner hyperparameters."""
     import keras_tuner as kt
 
@@ -71,14 +70,7 @@ def hyperparameters(space: SearchSpace, source: str) -> Any:
         elif isinstance(spec, FloatParam):
             hp.Float(name, spec.low, spec.high, step=spec.step,
                      sampling="log" if spec.log else "linear")  # fmt: skip
-        elif isinstance(spec, CategoricalParam):
-            kinds = {type(choice) for choice in spec.choices}
-            if len(kinds) > 1 or type(None) in kinds:
-                raise SpaceError(
-                    f"{source}: params.{name}.choices: keras-tuner (search.backend: hyperband) "
-                    f"takes choices of one type, without null; got {spec.choices!r}. Split "
-                    f"the parameter in two, or use search.backend: optuna."
-                )
+        elif isinstance(spec, CategoricalParam):  # one type, no null: checked with the space
             hp.Choice(name, spec.choices)
     return hp
 
@@ -239,7 +231,7 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
         factor=space.search.factor,
         hyperband_iterations=space.search.hyperband_iterations,
         seed=seed,
-        hyperparameters=hyperparameters(space, source),
+        hyperparameters=hyperparameters(space),
         tune_new_entries=False,
         allow_new_entries=False,
         max_consecutive_failed_trials=space.search.max_consecutive_failures,

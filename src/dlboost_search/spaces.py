@@ -409,6 +409,15 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
         problems.extend(f"{key}{p}" for p in _param_problems(spec, rules[name]))
     if "clipvalue" in space.params and "clipnorm" in space.params:
         problems.append("params: clipvalue and clipnorm both clip gradients; keep one of them.")
+    if space.search.backend == "hyperband":
+        for name, spec in space.searched().items():
+            kinds = {type(choice) for choice in getattr(spec, "choices", ())}
+            if len(kinds) > 1 or type(None) in kinds:
+                problems.append(
+                    f"params.{name}.choices: keras-tuner (search.backend: hyperband) takes "
+                    f"choices of one type, without null; got {spec.choices!r}. Split the "
+                    f"parameter in two, or use search.backend: optuna."
+                )
     return problems
 
 
