@@ -382,12 +382,16 @@ def validate(
     Example: `dlboost-search validate search_spaces/my_space.yaml`
     """
     from dlboost_search.data import prepare
+    from dlboost_search.runner import check_data
     from dlboost_search.spaces import load_space
 
     space = load_space(space_file)
-    prepared = prepare(space.data, space.search.seed or 0)
-    space.check_task(prepared.task, space_file)
-    out.print(f"[green]ok[/green] {space_file}: study {space.name!r}, {prepared.summary()}")
+    check_data(space, space_file)
+    if space.data.images:  # decoding the images needs TensorFlow: left to the workers
+        summary = f"images in {space.data.images}, resized to {space.data.image_size}"
+    else:
+        summary = prepare(space.data, space.search.seed or 0).summary()
+    out.print(f"[green]ok[/green] {space_file}: study {space.name!r}, {summary}")
     table = Table("parameter", "searched as")
     for name, spec in space.params.items():
         table.add_row(name, json.dumps(spec.model_dump(exclude_defaults=True)))
@@ -543,6 +547,91 @@ def merge(
         + ".",
         soft_wrap=True,
     )
+
+
+@app.command("export-model")
+@_handles_errors
+def export_model(
+    name: str = typer.Argument(..., help="Study name."),
+    out_dir: str = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Folder to write the model into (replaced if it holds an earlier export).",
+    ),
+    storage: str | None = StorageOption,
+    refit_all: bool = typer.Option(
+        False,
+        "--refit-all",
+        help="Retrain on the training and validation rows together "
+        "(the validation score then measures rows the model has seen).",
+    ),
+    ensemble: int = typer.Option(
+        1,
+        "--ensemble",
+        "-k",
+        min=1,
+        help="Retrain the K best trials and average their "
+        "predictions; the card compares the ensemble with the best trial alone.",
+    ),
+) -> None:
+    """Retrain the best trial and save it with what prediction needs: model.keras, the
+    preprocessing (columns, scaling, categories, class labels) and a Markdown model card.
+
+    Each trial retrains from scratch for the epochs at which it scored best. To copy a study
+    into another storage instead, see `export`.
+
+    Example: `dlboost-search export-model diabetes-mlp --out models/diabetes --ensemble 3`
+    """
+    from pathlib import Path
+
+    from dlboost_search import shipping
+    from dlboost_search.storage import storage_url
+
+    meta = shipping.export_model(
+        name, storage_url(storage), Path(out_dir), refit_all=refit_all, ensemble=ensemble,
+        on_progress=lambda line: err.print(line, highlight=False),
+    )  # fmt: skip
+    metric = meta["objective"]["metric"]
+    best_alone = meta["members"][0]["validation_score"]
+    scores = f"{metric} {meta['validation_score']:.5g}"
+    if ensemble > 1:
+        scores += f" for the ensemble, {best_alone:.5g} for the best trial alone"
+    out.print(
+        f"wrote {out_dir}/ ({shipping.MODEL_FILE}, {shipping.META_FILE}, {shipping.CARD_FILE}): "
+        f"{scores}. Predict with `dlboost-search predict {out_dir} DATA_FILE --out "
+        f"predictions.csv`.",
+        soft_wrap=True, highlight=False,
+    )  # fmt: skip
+
+
+@app.command()
+@_handles_errors
+def predict(
+    model_dir: str = typer.Argument(..., help="Folder written by `export-model`."),
+    data_file: str = typer.Argument(
+        ...,
+        help="Rows to predict: CSV/Parquet with the training columns (the target may be "
+        "there and is ignored), or NPZ with an array x for array-trained models.",
+    ),
+    out_file: str = typer.Option(
+        "predictions.csv",
+        "--out",
+        "-o",
+        help="CSV, or Parquet (.parquet), one row per input "
+        "row: prediction, and a probability per class for classifiers.",
+    ),
+) -> None:
+    """Predict with an exported model, preparing the rows exactly as in training.
+
+    Example: `dlboost-search predict models/diabetes new_patients.csv --out predictions.csv`
+    """
+    from pathlib import Path
+
+    from dlboost_search import shipping
+
+    rows = shipping.predict(Path(model_dir), Path(data_file), Path(out_file))
+    out.print(f"wrote {rows} predictions to {out_file}", highlight=False)
 
 
 @app.command()

@@ -1,8 +1,10 @@
-"""Datasets: built-in ones by name, or a user's CSV / Parquet / NPZ file -> prepared arrays.
+"""Datasets: built-in ones by name, a user's CSV / Parquet / NPZ file, or a folder of images
+(one sub-folder per class) -> prepared arrays.
 
 Preparation (split, one-hot encoding, standardization fitted on the training split only) runs
-once per process and is cached: every trial of a worker reuses the same arrays.
-This module never imports TensorFlow.
+once per process and is cached: every trial of a worker reuses the same arrays. Each prepared
+dataset also carries its `preprocessing`, a JSON-able recipe that `predict` applies to new rows.
+Only image folders import TensorFlow (Keras' image loader decodes them), and only in `prepare`.
 """
 
 from __future__ import annotations
@@ -22,14 +24,20 @@ if TYPE_CHECKING:
 
     from dlboost_search.spaces import DataSpec
 
-# Datasets that scikit-learn ships inside its wheel (nothing is downloaded), with their task.
+# Datasets that packages ship inside their wheels (nothing is downloaded), with their task:
+# scikit-learn's tables, digits as 8x8 images, and statsmodels' yearly sunspot numbers as
+# windows of SUNSPOT_WINDOW years -> the next year.
 BUILTIN_TASKS = {
     "diabetes": "regression",
     "breast_cancer": "binary",
     "digits": "multiclass",
     "wine": "multiclass",
     "iris": "multiclass",
+    "digits_images": "multiclass",
+    "sunspots": "regression",
 }
+SUNSPOT_WINDOW = 24  # two solar cycles
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 MIN_TRAIN_ROWS = 8
 MIN_VALIDATION_ROWS = 2
@@ -50,6 +58,8 @@ class PreparedData:
     # Regression targets are standardized; predictions are y * target_std + target_mean.
     target_mean: float = 0.0
     target_std: float = 1.0
+    # How raw input becomes x (see `transform`): {"kind": "table", ...} or {"kind": "array", ...}.
+    preprocessing: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -59,13 +69,19 @@ class PreparedData:
         classes = f", {len(self.class_labels)} classes" if self.class_labels else ""
         return (
             f"{self.task}{classes}: {len(self.x_train)} training rows, "
-            f"{len(self.x_val)} validation rows, {len(self.feature_names)} features"
-        )
+            f"{len(self.x_val)} validation rows, "
+            + (f"{len(self.feature_names)} features" if len(self.input_shape) == 1
+               else f"each shaped {self.input_shape}")
+        )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=4)
 def prepare(spec: DataSpec, seed: int = 0) -> PreparedData:
     """Load and prepare the data a search space names. Cached per process."""
+    if spec.builtin in ARRAY_BUILTINS:
+        return ARRAY_BUILTINS[spec.builtin](spec, seed)
+    if spec.images:
+        return _prepare_images(spec, seed)
     if spec.builtin:
         frame, target = _load_builtin(spec.builtin)
         task = BUILTIN_TASKS[spec.builtin]
@@ -88,6 +104,17 @@ def prepare(spec: DataSpec, seed: int = 0) -> PreparedData:
     if validation is not None:
         _check_finite(validation, spec.validation_path)
     return _prepare_frame(frame, validation, target, task, spec.validation_split, seed, source)
+
+
+def task_and_shape(spec: DataSpec, seed: int = 0) -> tuple[str, tuple[int, ...]]:
+    """The task and one row's shape, for checks before a search starts. An image folder is
+    only listed (decoding it needs TensorFlow, which the command's own process avoids)."""
+    if spec.images:
+        classes = _image_classes(Path(spec.images))
+        channels = 1 if spec.color_mode == "grayscale" else 3
+        return ("binary" if len(classes) == 2 else "multiclass"), (*spec.image_size, channels)
+    prepared = prepare(spec, seed)
+    return prepared.task, prepared.input_shape
 
 
 def _load_builtin(name: str) -> tuple[pd.DataFrame, str]:
@@ -239,12 +266,13 @@ def _prepare_frame(frame, validation, target, task, fraction, seed, source) -> P
     else:
         x_train_df, y_train = features, y_all
         x_val_df, y_val = validation.drop(columns=[target]), validation[target].to_numpy()
-    x_train, x_val, names = _encode_features(x_train_df, x_val_df)
+    x_train, x_val, names, recipe = _encode_features(x_train_df, x_val_df)
     y_train, y_val, labels, mean, std = _encode_target(y_train, y_val, task, source, target)
     return PreparedData(
         x_train, y_train, x_val, y_val, task,
         n_outputs=len(labels) if task == "multiclass" else 1,
         feature_names=names, class_labels=labels, target_mean=mean, target_std=std,
+        preprocessing={**recipe, "target": target},
     )  # fmt: skip
 
 
@@ -268,7 +296,20 @@ def _encode_features(train: pd.DataFrame, val: pd.DataFrame):
     )
     x_train = transformer.fit_transform(train).astype("float32")
     x_val = transformer.transform(val).astype("float32")
-    return x_train, x_val, [str(n) for n in transformer.get_feature_names_out()]
+    scaler = transformer.named_transformers_["numeric"]
+    encoder = transformer.named_transformers_["categorical"]
+    recipe = {
+        "kind": "table",
+        "columns": [str(c) for c in train.columns],
+        "numeric": [str(c) for c in numeric],
+        "mean": scaler.mean_.tolist() if numeric else [],
+        "scale": scaler.scale_.tolist() if numeric else [],
+        "categorical": {
+            str(c): [v.item() if hasattr(v, "item") else v for v in cats]
+            for c, cats in zip(categorical, getattr(encoder, "categories_", []), strict=True)
+        },
+    }
+    return x_train, x_val, [str(n) for n in transformer.get_feature_names_out()], recipe
 
 
 def _prepare_npz(path: Path, spec: DataSpec, seed: int) -> PreparedData:
@@ -294,19 +335,108 @@ def _prepare_npz(path: Path, spec: DataSpec, seed: int) -> PreparedData:
             f"{path}: an NPZ file holds arrays `x` and `y` (split by `data.validation_split`) "
             f"or `x_train`, `y_train`, `x_val`, `y_val`; found: {', '.join(arrays) or 'none'}."
         )
-    # Standardize each feature (the last axis) with the training split's statistics.
-    flat = x_train.reshape(-1, x_train.shape[-1]).astype("float64")
-    mean, std = flat.mean(axis=0), flat.std(axis=0)
-    std[std == 0] = 1.0
+    return _prepare_arrays(x_train, y_train, x_val, y_val, task, str(path))
+
+
+def _prepare_arrays(x_train, y_train, x_val, y_val, task, source, scale=None) -> PreparedData:
+    """Arrays of any row shape whose last axis is the features (or channels).
+
+    Each feature is standardized with the training split's statistics, or divided by `scale`
+    (images: their pixel range) when given."""
+    if scale is None:
+        flat = x_train.reshape(-1, x_train.shape[-1]).astype("float64")
+        mean, std = flat.mean(axis=0), flat.std(axis=0)
+        std[std == 0] = 1.0
+    else:
+        mean, std = np.zeros(x_train.shape[-1]), np.full(x_train.shape[-1], float(scale))
     x_train = ((x_train - mean) / std).astype("float32")
     x_val = ((x_val - mean) / std).astype("float32")
-    y_train, y_val, labels, t_mean, t_std = _encode_target(y_train, y_val, task, str(path), "y")
+    y_train, y_val, labels, t_mean, t_std = _encode_target(y_train, y_val, task, source, "y")
+    recipe = {
+        "kind": "array",
+        "shape": list(x_train.shape[1:]),
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+    }
     return PreparedData(
         x_train, y_train, x_val, y_val, task,
         n_outputs=len(labels) if task == "multiclass" else 1,
         feature_names=[f"x{i}" for i in range(x_train.shape[-1])],
-        class_labels=labels, target_mean=t_mean, target_std=t_std,
+        class_labels=labels, target_mean=t_mean, target_std=t_std, preprocessing=recipe,
     )  # fmt: skip
+
+
+def _digits_images(spec: DataSpec, seed: int) -> PreparedData:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x, y = digits.images[..., np.newaxis], digits.target  # (1797, 8, 8, 1), pixels 0-16
+    source = "built-in dataset 'digits_images'"
+    train_idx, val_idx = _split(len(x), y, spec.validation_split, seed, source)
+    return _prepare_arrays(
+        x[train_idx], y[train_idx], x[val_idx], y[val_idx], "multiclass", source, scale=16.0
+    )
+
+
+def _sunspots(spec: DataSpec, seed: int) -> PreparedData:
+    """Forecast next year's sunspot number from the previous SUNSPOT_WINDOW years. The split
+    is chronological (the last years validate): shuffled windows would leak the future."""
+    from statsmodels.datasets import sunspots
+
+    series = sunspots.load_pandas().data["SUNACTIVITY"].to_numpy(dtype="float64")
+    windows = np.lib.stride_tricks.sliding_window_view(series, SUNSPOT_WINDOW + 1)
+    x, y = windows[:, :-1, np.newaxis], windows[:, -1]  # (samples, steps, 1 feature)
+    n_val = int(np.ceil(len(x) * spec.validation_split))
+    source = "built-in dataset 'sunspots'"
+    return _prepare_arrays(x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], "regression", source)
+
+
+ARRAY_BUILTINS = {"digits_images": _digits_images, "sunspots": _sunspots}
+
+
+def _image_classes(folder: Path) -> list[str]:
+    """The class names of an image folder: its sub-folders that hold images, checked."""
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder}: image folder not found. `data.images` names a folder with one "
+            f"sub-folder of images per class (relative paths: from where you run the command)."
+        )
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    empty = [
+        c for c in classes
+        if not any(f.suffix.lower() in IMAGE_SUFFIXES for f in (folder / c).iterdir())
+    ]  # fmt: skip
+    if len(classes) < 2 or empty:
+        found = f"empty class folders: {', '.join(empty)}" if empty else f"classes: {classes}"
+        raise DataError(
+            f"{folder}: an image folder needs at least 2 sub-folders (one per class), each with "
+            f"{'/'.join(IMAGE_SUFFIXES)} files; {found}."
+        )
+    return classes
+
+
+def _prepare_images(spec: DataSpec, seed: int) -> PreparedData:
+    """Decode a class-per-folder image tree with Keras' own loader, resized to image_size."""
+    folder = Path(spec.images)
+    classes = _image_classes(folder)
+    import keras
+
+    try:
+        dataset = keras.utils.image_dataset_from_directory(
+            folder, labels="inferred", label_mode="int", class_names=classes,
+            color_mode=spec.color_mode, image_size=tuple(spec.image_size), batch_size=None,
+            shuffle=False, verbose=False,
+        )  # fmt: skip
+        pairs = list(dataset.as_numpy_iterator())
+    except Exception as exc:  # TensorFlow's decoders raise their own types
+        raise DataError(f"{folder}: cannot decode the images: {exc}") from None
+    x = np.stack([image for image, _ in pairs])
+    y = np.array([classes[label] for _, label in pairs])
+    task = "binary" if len(classes) == 2 else "multiclass"
+    train_idx, val_idx = _split(len(x), y, spec.validation_split, seed, str(folder))
+    return _prepare_arrays(
+        x[train_idx], y[train_idx], x[val_idx], y[val_idx], task, str(folder), scale=255.0
+    )
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -344,3 +474,53 @@ def _series(values: np.ndarray):
     import pandas as pd
 
     return pd.Series(values)
+
+
+def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray, Any]:
+    """Rows of a new file, prepared as the model's training data was (`recipe` is a
+    PreparedData.preprocessing). Returns the model's input and the file's row index."""
+    if recipe["kind"] == "array":
+        arrays = _read_npz(path)
+        if "x" not in arrays:
+            raise DataError(
+                f"{path}: this model takes an NPZ file with an array `x` of rows shaped "
+                f"{tuple(recipe['shape'])}; found arrays: {', '.join(arrays) or 'none'}."
+            )
+        x = arrays["x"]
+        x = x.reshape(-1, 1) if x.ndim == 1 else x
+        if list(x.shape[1:]) != recipe["shape"] or x.dtype.kind not in "iuf":
+            raise DataError(
+                f"{path}: array x holds {x.dtype} rows shaped {x.shape[1:]}; this model takes "
+                f"numeric rows shaped {tuple(recipe['shape'])}, as it was trained on."
+            )
+        _checked_pair(path, {"x": x, "y": x}, "x", "y")  # NaN and inf checks
+        mean, std = np.asarray(recipe["mean"]), np.asarray(recipe["std"])
+        return ((x - mean) / std).astype("float32"), np.arange(len(x))
+    frame = _read_table(path, "the input file")
+    columns, target = recipe["columns"], recipe["target"]
+    missing = [c for c in columns if c not in frame.columns]
+    extra = [str(c) for c in frame.columns if c not in columns and c != target]
+    if missing or extra:
+        raise DataError(
+            f"{path}: the columns must be the {len(columns)} the model was trained on (listed "
+            f"in its dlboost_model.json; the target {target!r} may be present and is ignored). "
+            f"Missing: {', '.join(missing) or 'none'}; extra: {', '.join(extra) or 'none'}."
+        )
+    frame = frame[columns]
+    _check_finite(frame, str(path))
+    blocks = []
+    if recipe["numeric"]:
+        numeric = frame[recipe["numeric"]]
+        wrong = [c for c in numeric.columns if numeric[c].dtype.kind not in "iuf"]
+        if wrong:
+            raise DataError(
+                f"{path}: columns {', '.join(wrong)} were numbers in the training data but "
+                f"hold text here; fix those values."
+            )
+        mean, scale = np.asarray(recipe["mean"]), np.asarray(recipe["scale"])
+        blocks.append((numeric.to_numpy(dtype="float64") - mean) / scale)
+    for column, categories in recipe["categorical"].items():
+        values = frame[column].to_numpy()
+        # A category the training data never had gets all zeros, as OneHotEncoder does.
+        blocks.append(np.stack([values == c for c in categories], axis=1))
+    return np.concatenate(blocks, axis=1).astype("float32"), frame.index

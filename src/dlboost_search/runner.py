@@ -22,9 +22,9 @@ from typing import Any
 from optuna.trial import TrialState
 
 from dlboost_search import errors
-from dlboost_search.data import prepare
+from dlboost_search.data import task_and_shape
 from dlboost_search.errors import Interrupted, SearchAborted, StudyError
-from dlboost_search.models import build_function
+from dlboost_search.models import check_input
 from dlboost_search.spaces import SearchSpace
 from dlboost_search.storage import RetryLostTrial, load_study, masked
 from dlboost_search.study import (
@@ -48,12 +48,11 @@ SHUTDOWN_GRACE_S = 120  # how long a worker may take to close its trial after Ct
 
 
 def check_data(space: SearchSpace, source: str) -> None:
-    """Load the data (and a custom builder's module) in this process first: a bad file fails
-    before anything is stored."""
-    prepared = prepare(space.data, space.search.seed or 0)
-    space.check_task(prepared.task, source)
-    if space.model.family == "custom":
-        build_function(space.model, source)
+    """Load the data, and check the model family takes it, in this process first: a bad file
+    fails before anything is stored."""
+    task, input_shape = task_and_shape(space.data, space.search.seed or 0)
+    space.check_task(task, source)
+    check_input(space.model, input_shape, source)
 
 
 def start(

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dlboost_search.data import BUILTIN_TASKS
 from dlboost_search.errors import SpaceError
@@ -82,16 +89,29 @@ ParamSpec = Annotated[
 class DataSpec(_Strict):
     builtin: str | None = None
     path: str | None = None
+    # A folder with one sub-folder of images per class, resized to image_size (height, width).
+    images: str | None = None
+    image_size: tuple[int, int] = (32, 32)
+    color_mode: Literal["rgb", "grayscale"] = "rgb"
     target: str | None = None
     validation_path: str | None = None
     validation_split: float = Field(0.2, gt=0, lt=1)
     task: Literal["regression", "binary", "multiclass"] | None = None
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _list_is_a_pair(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value  # YAML has no tuples
 
 
 class ModelSpec(_Strict):
     family: str = "mlp"
     # The custom family's "package.module:function"; giving it implies family: custom.
     builder: str | None = None
+    # The pretrained family's saved Keras model, and the layer whose output feeds the new head
+    # (default: its last layer).
+    backbone: str | None = None
+    backbone_layer: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -236,13 +256,17 @@ def load_space(path: str | Path) -> SearchSpace:
             f"{source}: a search space is a YAML mapping with at least `name`, `data` and "
             f"`params`; got {type(raw).__name__}."
         )
-    data = raw.get("data")
-    if isinstance(data, dict) and isinstance(data.get("path"), str):
-        # Data paths are relative to where the command runs; the study stores them absolute
-        # so that `resume` finds the file from any directory.
-        raw = {**raw, "data": {**data, "path": str(Path(data["path"]).resolve())}}
-        if isinstance(data.get("validation_path"), str):
-            raw["data"]["validation_path"] = str(Path(data["validation_path"]).resolve())
+    # Paths are relative to where the command runs; the study stores them absolute so that
+    # `resume` finds the files from any directory.
+    for section, keys in (
+        ("data", ("path", "validation_path", "images")),
+        ("model", ("backbone",)),
+    ):
+        if isinstance(raw.get(section), dict):
+            raw[section] = {
+                key: str(Path(value).resolve()) if key in keys and isinstance(value, str) else value
+                for key, value in raw[section].items()
+            }
     return space_from_dict(raw, source)
 
 
@@ -338,10 +362,21 @@ def _param_keys(loc: list[Any], raw: Any) -> list[str]:
 def _semantic_problems(space: SearchSpace) -> list[str]:
     problems = []
     data = space.data
-    if (data.builtin is None) == (data.path is None):
+    if sum(x is not None for x in (data.builtin, data.path, data.images)) != 1:
         problems.append(
             "data: give exactly one of `builtin` (one of "
-            f"{', '.join(BUILTIN_TASKS)}) or `path` (a CSV, Parquet or NPZ file)."
+            f"{', '.join(BUILTIN_TASKS)}), `path` (a CSV, Parquet or NPZ file) or `images` "
+            f"(a folder with one sub-folder of images per class)."
+        )
+    if min(data.image_size) < 1:
+        problems.append(
+            f"data.image_size: [height, width] in pixels, both at least 1; got "
+            f"{list(data.image_size)}."
+        )
+    if data.images is not None and (data.target or data.validation_path or data.task):
+        problems.append(
+            "data: an image folder's classes are its sub-folders; remove `target`, "
+            "`validation_path` and `task`."
         )
     if data.builtin is not None and data.builtin not in BUILTIN_TASKS:
         problems.append(
@@ -388,6 +423,16 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
         problems.append(
             f"model.builder: only the custom family takes a builder; remove `family: "
             f"{model.family}` (a builder implies custom) or the builder."
+        )
+    if model.family == "pretrained" and not model.backbone:
+        problems.append(
+            "model.backbone: the pretrained family needs backbone: PATH, a Keras model saved "
+            "with model.save('backbone.keras') whose input takes the data's rows."
+        )
+    if model.family != "pretrained" and (model.backbone or model.backbone_layer):
+        problems.append(
+            "model.backbone: only the pretrained family takes a backbone; add `family: "
+            "pretrained` or remove `backbone` and `backbone_layer`."
         )
     if model.builder and not re.match(BUILDER_PATTERN, model.builder):
         problems.append(

@@ -1,8 +1,11 @@
 """Model families, picked by `model: {family: NAME}` in the search space.
 
-A family is a module with `PARAMS` (its hyperparameter rules) and
-`build(params, input_shape, task, n_outputs) -> keras.Model` (uncompiled). Importing this
-package does not import TensorFlow: each family imports Keras inside `build`.
+A family is a module with `PARAMS` (its hyperparameter rules),
+`build(params, input_shape, task, n_outputs) -> keras.Model` (uncompiled) and, when it takes
+only some data, `input_problem(input_shape)` saying why not. Importing this package does not
+import TensorFlow: each family imports Keras inside `build`.
+
+The `pretrained` family's build and check also need the backbone file the space names.
 
 The `custom` family is the user's own function, `model: {builder: "package.module:function"}`,
 with the same contract; its hyperparameters are whatever the space names.
@@ -19,7 +22,12 @@ from typing import Any
 from dlboost_search.errors import SpaceError
 from dlboost_search.hyperparams import ParamRule
 
-_FAMILY_MODULES = {"mlp": "dlboost_search.models.mlp"}
+_FAMILY_MODULES = {
+    "mlp": "dlboost_search.models.mlp",
+    "cnn": "dlboost_search.models.cnn",
+    "rnn": "dlboost_search.models.rnn",
+    "pretrained": "dlboost_search.models.pretrained",
+}
 
 FAMILIES = (*_FAMILY_MODULES, "custom")
 BUILDER_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -36,7 +44,25 @@ def build_function(model: Any, source: str = "search space") -> Callable[..., An
     """`build(params, input_shape, task, n_outputs)` for a space's `model` section."""
     if model.family == "custom":
         return load_builder(model.builder, source)
-    return importlib.import_module(_FAMILY_MODULES[model.family]).build
+    module = importlib.import_module(_FAMILY_MODULES[model.family])
+    if model.family == "pretrained":
+        return module.builder(model.backbone, model.backbone_layer)
+    return module.build
+
+
+def check_input(model: Any, input_shape: tuple[int, ...], source: str) -> None:
+    """Fail before anything is stored when the family cannot take this data (a cnn given
+    tables, a backbone expecting other rows) or its builder cannot be imported."""
+    if model.family == "custom":
+        load_builder(model.builder, source)
+        return
+    module = importlib.import_module(_FAMILY_MODULES[model.family])
+    if model.family == "pretrained":
+        problem = module.input_problem(input_shape, model.backbone, model.backbone_layer)
+    else:
+        problem = getattr(module, "input_problem", lambda shape: None)(input_shape)
+    if problem:
+        raise SpaceError(f"{source}: {problem}")
 
 
 def load_builder(path: str, source: str) -> Callable[..., Any]:
@@ -62,17 +88,23 @@ def load_builder(path: str, source: str) -> Callable[..., Any]:
 
 
 def model_builder(space: Any, prepared: Any, source: str) -> Callable[[dict[str, Any]], Any]:
-    """`build(params)` for this space and data. A custom builder is tried once first, so one
-    that returns something else stops the search before any trial."""
+    """`build(params)` for this space and data. A custom builder or a backbone is tried once
+    first, so one that returns something else or cannot load stops the search before any
+    trial."""
     build = build_function(space.model, source)
 
     def build_for(params: dict[str, Any]) -> Any:
         return build(params, prepared.input_shape, prepared.task, prepared.n_outputs)
 
-    if space.model.family == "custom":
+    if space.model.family in ("custom", "pretrained"):
         import keras
 
-        _check_built(build_for(space.example_params()), space.model.builder, source)
+        try:
+            model = build_for(space.example_params())
+        except ValueError as exc:  # the backbone file cannot be loaded
+            raise SpaceError(f"{source}: model.backbone: {exc}.") from None
+        if space.model.family == "custom":
+            _check_built(model, space.model.builder, source)
         keras.backend.clear_session(free_memory=False)
     return build_for
 

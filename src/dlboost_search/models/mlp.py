@@ -39,6 +39,12 @@ def build(params: dict[str, Any], input_shape: tuple[int, ...], task: str, n_out
         x = keras.layers.Activation(params["activation"])(x)
         if params["dropout"] > 0:
             x = keras.layers.Dropout(params["dropout"])(x)
-    final_activation = {"regression": None, "binary": "sigmoid", "multiclass": "softmax"}[task]
-    outputs = keras.layers.Dense(n_outputs, activation=final_activation)(x)
-    return keras.Model(inputs, outputs, name="mlp")
+    return keras.Model(inputs, output_layer(task, n_outputs)(x), name="mlp")
+
+
+def output_layer(task: str, n_outputs: int):
+    """The output layer every family ends with: the task decides its activation."""
+    import keras
+
+    activation = {"regression": None, "binary": "sigmoid", "multiclass": "softmax"}[task]
+    return keras.layers.Dense(n_outputs, activation=activation, name="output")

@@ -1,0 +1,304 @@
+"""Take the result away: retrain the best trial (or the K best, as an ensemble), save it with
+everything prediction needs, and predict on new files.
+
+A model directory holds
+    model.keras           the Keras model (an ensemble is one model averaging its members)
+    dlboost_model.json    preprocessing (columns, scaling, categories), class labels or the
+                          target's scale, the trials it came from, validation scores
+    model_card.md         the same for people: data, parameters, scores, study and storage
+It is written to a temporary folder and renamed at the end: an interrupted export leaves
+nothing half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlboost_search.errors import DataError, StudyError
+
+MODEL_FILE = "model.keras"
+META_FILE = "dlboost_model.json"
+CARD_FILE = "model_card.md"
+FORMAT = 1
+
+
+def export_model(
+    name: str,
+    url: str,
+    out_dir: Path,
+    *,
+    refit_all: bool = False,
+    ensemble: int = 1,
+    on_progress: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """Retrain the best `ensemble` trials of study `name` and save them to `out_dir`.
+
+    Each trial trains from a fresh model for the epochs at which it scored best, on the
+    training rows (plus the validation rows with `refit_all`). Returns the saved metadata."""
+    from optuna.trial import TrialState
+
+    from dlboost_search.storage import load_study, masked
+    from dlboost_search.study import space_of
+
+    _check_out_dir(out_dir)
+    study = load_study(name, url)
+    space = space_of(study)
+    finished = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and math.isfinite(t.value)
+    ]  # fmt: skip
+    if not finished:
+        raise StudyError(
+            f"study {name!r} has no complete trial to export yet; run or resume it first "
+            f"(`dlboost-search status` shows its trials)."
+        )
+    if ensemble > len(finished):
+        raise StudyError(
+            f"--ensemble {ensemble}: study {name!r} has only {len(finished)} complete trials; "
+            f"ask for at most {len(finished)}."
+        )
+    sign = 1 if space.direction == "minimize" else -1
+    chosen = sorted(finished, key=lambda t: (sign * t.value, t.number))[:ensemble]
+
+    from dlboost_search.worker import import_tensorflow_quietly
+
+    import_tensorflow_quietly(None)
+    import keras
+
+    from dlboost_search.data import prepare
+    from dlboost_search.models import model_builder
+    from dlboost_search.training import TrainingRecord, resolve_engine, train
+
+    seed = space.search.seed or 0
+    prepared = prepare(space.data, seed)
+    build = model_builder(space, prepared, f"study {name!r}")
+    fit_on = prepared
+    if refit_all:
+        fit_on = dataclasses.replace(
+            prepared,
+            x_train=np.concatenate([prepared.x_train, prepared.x_val]),
+            y_train=np.concatenate([prepared.y_train, prepared.y_val]),
+        )
+    metric = space.objective.metric
+    members, described = [], []
+    for rank, trial in enumerate(chosen, start=1):
+        params = space.resolve(trial.params)
+        epochs = _epochs_of(trial, space.training.max_epochs)
+        on_progress(
+            f"retraining trial {trial.number} ({rank}/{len(chosen)}): {epochs} epochs on "
+            f"{len(fit_on.x_train)} rows"
+        )
+        keras.utils.set_random_seed(seed + trial.number)
+        model = build(params)
+        model.name = f"trial_{trial.number}"  # unique inside an ensemble
+        train(
+            model, params, fit_on,
+            # No early stopping: the trial already told how many epochs pay off. With
+            # refit_all the validation rows are training rows, so training loss decides.
+            max_epochs=epochs, patience=epochs, min_delta=0.0,
+            monitor="loss" if refit_all else metric,
+            direction="minimize" if refit_all else space.direction,
+            seed=seed + trial.number, record=TrainingRecord(),
+            engine=resolve_engine(space.training.engine),
+        )  # fmt: skip
+        predicted = model.predict(prepared.x_val, batch_size=4096, verbose=0)
+        described.append(
+            {
+                "trial": trial.number,
+                "trial_value": trial.value,
+                "params": params,
+                "epochs": epochs,
+                "validation_score": _score(prepared, metric, predicted),
+            }
+        )
+        members.append((model, predicted))
+    final = members[0][0] if len(members) == 1 else _average(members, prepared.input_shape)
+    meta = {
+        "format": FORMAT,
+        "study": name,
+        "storage": masked(url),
+        "space": space.to_dict(),
+        "task": prepared.task,
+        "class_labels": prepared.class_labels,
+        "target_mean": prepared.target_mean,
+        "target_std": prepared.target_std,
+        "preprocessing": prepared.preprocessing,
+        "objective": {"metric": metric, "direction": space.direction},
+        "refit_all": refit_all,
+        "members": described,
+        "validation_score": _score(prepared, metric, np.mean([p for _, p in members], axis=0)),
+        "versions": {"keras": keras.__version__},
+    }
+    _write(out_dir, final, meta)
+    return meta
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not (out_dir / META_FILE).is_file() and any(out_dir.iterdir()):
+        raise StudyError(
+            f"--out {out_dir}: the folder exists and is not an exported model; give a new "
+            f"folder (an earlier export there would be replaced)."
+        )
+
+
+def _epochs_of(trial: Any, max_epochs: int) -> int:
+    """Epochs to its best value, from scratch: a Hyperband trial continued from another
+    trial's checkpoint counts that trial's epochs too."""
+    attrs = trial.user_attrs
+    best = attrs.get("best_epoch") or attrs.get("epochs_trained") or max_epochs
+    return int(attrs.get("initial_epoch") or 0) + int(best)
+
+
+def _average(members: list[tuple[Any, Any]], input_shape: tuple[int, ...]) -> Any:
+    """One Keras model whose output is the mean of its members' outputs."""
+    import keras
+
+    inputs = keras.Input(shape=input_shape)
+    outputs = keras.layers.Average(name="average")([model(inputs) for model, _ in members])
+    return keras.Model(inputs, outputs, name="ensemble")
+
+
+def _score(prepared: Any, metric: str, predicted: np.ndarray) -> float:
+    """`metric` (its validation form) of predictions on the validation rows, as Keras logs it
+    less any regularization penalty."""
+    y, p = prepared.y_val, np.asarray(predicted, dtype="float64")
+    name = metric.removeprefix("val_")
+    if prepared.task == "regression":
+        error = p[:, 0] - y
+        return float(np.mean(error**2) if name == "loss" else np.mean(np.abs(error)))
+    if prepared.task == "binary":
+        q = np.clip(p[:, 0], 1e-7, 1 - 1e-7)
+        if name == "auc":
+            from sklearn.metrics import roc_auc_score
+
+            return float(roc_auc_score(y, q))
+        if name == "accuracy":
+            return float(np.mean((q >= 0.5) == y))
+        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+    if name == "accuracy":
+        return float(np.mean(np.argmax(p, axis=1) == y))
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y.astype(int)], 1e-7, 1))))
+
+
+def _write(out_dir: Path, model: Any, meta: dict[str, Any]) -> None:
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    model.save(staging / MODEL_FILE)
+    (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    (staging / CARD_FILE).write_text(model_card(meta))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    """A Markdown model card: what the model is, where it came from, how well it did."""
+    data = meta["space"]["data"]
+    source = data.get("builtin") and f"built-in dataset `{data['builtin']}`"
+    source = source or f"`{data.get('path') or data.get('images')}`"
+    metric = meta["objective"]["metric"].removeprefix("val_")
+    members = meta["members"]
+    trained = "training + validation rows (--refit-all)" if meta["refit_all"] else "training rows"
+    lines = [
+        f"# Model card: {meta['study']}",
+        "",
+        f"- **Task**: {meta['task']}"
+        + (
+            f", classes {', '.join(map(str, meta['class_labels']))}" if meta["class_labels"] else ""
+        ),
+        f"- **Data**: {source}; trained on the {trained}",
+        f"- **Study**: `{meta['study']}` in `{meta['storage']}`",
+        f"- **Model**: {meta['space']['model']['family']} family"
+        + (
+            f", ensemble of the {len(members)} best trials (predictions averaged)"
+            if len(members) > 1
+            else f", trial {members[0]['trial']}"
+        ),  # fmt: skip
+        f"- **Validation {metric}** (objective: {meta['objective']['direction']} "
+        f"{meta['objective']['metric']}): {meta['validation_score']:.5g}"
+        + (" — measured on rows it was trained on, so optimistic" if meta["refit_all"] else ""),
+        "",
+        "| trial | value in the study | validation " + metric + " retrained | epochs |",
+        "|---|---|---|---|",
+        *(
+            f"| {m['trial']} | {m['trial_value']:.5g} | {m['validation_score']:.5g} | "
+            f"{m['epochs']} |"
+            for m in members
+        ),
+    ]
+    if len(members) > 1:
+        lines += [
+            "",
+            f"The ensemble scores {meta['validation_score']:.5g} against "
+            f"{members[0]['validation_score']:.5g} for the best trial alone.",
+        ]
+    for m in members:
+        lines += [
+            "",
+            f"## Parameters of trial {m['trial']}",
+            "",
+            "| parameter | value |",
+            "|---|---|",
+        ]
+        lines += [f"| {k} | {v} |" for k, v in m["params"].items()]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```",
+        "dlboost-search predict THIS_FOLDER new_rows.csv --out predictions.csv",
+        "```",
+        "",
+        "Or in Python: `keras.saving.load_model('model.keras')` takes rows prepared as "
+        "`dlboost_model.json` describes (its `preprocessing`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def predict(model_dir: Path, data_path: Path, out_path: Path) -> int:
+    """Predict every row of `data_path` with an exported model; write them to `out_path`
+    (CSV, or Parquet by its suffix). Returns the number of rows."""
+    meta_path = model_dir / META_FILE
+    if not meta_path.is_file():
+        raise DataError(
+            f"{model_dir}: not an exported model (no {META_FILE}). Make one with "
+            f"`dlboost-search export-model STUDY --out {model_dir}`."
+        )
+    meta = json.loads(meta_path.read_text())
+    from dlboost_search.data import read_for_prediction
+
+    x, index = read_for_prediction(meta["preprocessing"], data_path)
+
+    from dlboost_search.worker import import_tensorflow_quietly
+
+    import_tensorflow_quietly(None)
+    import keras
+    import pandas as pd
+
+    model = keras.saving.load_model(model_dir / MODEL_FILE)
+    p = np.asarray(model.predict(x, batch_size=4096, verbose=0), dtype="float64")
+    labels = np.array(meta["class_labels"], dtype=object)
+    if meta["task"] == "regression":
+        frame = pd.DataFrame({"prediction": p[:, 0] * meta["target_std"] + meta["target_mean"]})
+    elif meta["task"] == "binary":
+        frame = pd.DataFrame({"prediction": labels[(p[:, 0] >= 0.5).astype(int)],
+                              f"probability_{labels[1]}": p[:, 0]})  # fmt: skip
+    else:
+        frame = pd.DataFrame({"prediction": labels[np.argmax(p, axis=1)]})
+        for i, label in enumerate(labels):
+            frame[f"probability_{label}"] = p[:, i]
+    frame.index = index
+    if out_path.suffix.lower() in (".parquet", ".pq"):
+        frame.to_parquet(out_path)
+    else:
+        frame.to_csv(out_path, index=False)
+    return len(frame)
