@@ -13,7 +13,7 @@ import yaml
 
 from conftest import TINY_SPACE, cli_command, cli_env
 
-COMMANDS = ["start", "resume", "status", "best", "validate"]
+COMMANDS = ["start", "resume", "status", "best", "validate", "export-model", "predict"]
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from dlboost_search.data import BUILTIN_TASKS
 from dlboost_search.errors import SpaceError
 from dlboost_search.hyperparams import TRAINING_PARAMS
+from dlboost_search.models import family_params
 from dlboost_search.models.mlp import PARAMS as MLP_PARAMS
 from dlboost_search.spaces import (
     CategoricalParam,
@@ -87,7 +88,8 @@ def test_shipped_space_loads_and_samples(path: Path):
     sampled = suggest(study.ask(), space)
     assert set(sampled) == set(space.searched())
     values = space.resolve(sampled)
-    assert set(values) == set(TRAINING_PARAMS) | set(MLP_PARAMS)
+    own = set(space.params) if space.model.family == "custom" else set()
+    assert set(values) == set(TRAINING_PARAMS) | set(family_params(space.model.family)) | own
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -350,14 +352,18 @@ BAD_SPACES = [
     ),
     pytest.param(
         make(model={"family": "mpl"}),
-        ["model.family: unknown family 'mpl'. Did you mean 'mlp'? Families: mlp, custom."],
+        [
+            "model.family: unknown family 'mpl'. Did you mean 'mlp'? Families: mlp, cnn, rnn, "
+            "pretrained, custom."
+        ],
         id="unknown-family",
     ),
     pytest.param(
         make(data={"builtin": "diabetis"}),
         [
             "data.builtin: unknown dataset 'diabetis'. Did you mean 'diabetes'? "
-            "Built-in datasets: diabetes, breast_cancer, digits, wine, iris."
+            "Built-in datasets: diabetes, breast_cancer, digits, wine, iris, digits_images, "
+            "sunspots."
         ],
         id="unknown-builtin",
     ),
@@ -365,7 +371,8 @@ BAD_SPACES = [
         make(data={"builtin": "diabetes", "path": "train.csv", "target": "y"}),
         [
             "data: give exactly one of `builtin` (one of diabetes, breast_cancer, digits, wine, "
-            "iris) or `path` (a CSV, Parquet or NPZ file).",
+            "iris, digits_images, sunspots), `path` (a CSV, Parquet or NPZ file) or `images` (a "
+            "folder with one sub-folder of images per class).",
             "data: a built-in dataset brings its own target and task; remove `target`, "
             "`validation_path` and `task`.",
         ],
@@ -373,7 +380,7 @@ BAD_SPACES = [
     ),
     pytest.param(
         make(data={"validation_split": 0.3}),
-        ["data: give exactly one of `builtin`", "or `path` (a CSV, Parquet or NPZ file)."],
+        ["data: give exactly one of `builtin`", "`path` (a CSV, Parquet or NPZ file) or `images`"],
         id="neither-builtin-nor-path",
     ),
     pytest.param(
@@ -497,8 +504,8 @@ def test_infinite_bound_is_rejected(tmp_path: Path):
 
 
 def test_space_from_dict_names_the_given_source():
-    with pytest.raises(SpaceError, match=r"^study 'old': model\.family: unknown family 'cnn'\."):
-        space_from_dict(make(model={"family": "cnn"}), "study 'old'")
+    with pytest.raises(SpaceError, match=r"^study 'old': model\.family: unknown family 'gan'\."):
+        space_from_dict(make(model={"family": "gan"}), "study 'old'")
 
 
 def test_space_from_dict_rejects_a_non_mapping():
