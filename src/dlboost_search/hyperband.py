@@ -95,8 +95,13 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
     from dlboost_search.models import model_builder
     from dlboost_search.storage import load_study
     from dlboost_search.study import set_target, summarize
-    from dlboost_search.training import TrainingRecord, resolve_engine, train
-    from dlboost_search.worker import import_tensorflow_quietly, worker_id
+    from dlboost_search.training import (
+        TrainingRecord,
+        import_tensorflow_quietly,
+        resolve_engine,
+        train,
+    )
+    from dlboost_search.worker import worker_id
 
     import_tensorflow_quietly(threads=None)
     optuna.logging.set_verbosity(optuna.logging.ERROR)

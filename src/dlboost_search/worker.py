@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from dlboost_search.errors import DlboostError, SearchAborted, TrialFailed
+from dlboost_search.training import import_tensorflow_quietly
 
 INTERRUPTED_REASON = "interrupted (Ctrl-C or SIGTERM); run `dlboost-search resume` to go on"
 SURPLUS_REASON = "not needed: trials running on other workers already make up the target"
@@ -47,27 +48,6 @@ def _stop_on_first_signal(signum: int, _frame: Any) -> None:
     _stop["requested"] = True
     if first:
         raise KeyboardInterrupt
-
-
-def import_tensorflow_quietly(threads: int | None) -> None:
-    """Import TensorFlow with its C++ start-up chatter (CUDA probes, CPU flags) silenced.
-
-    `threads`: the cores this worker may use, when several share the machine; TensorFlow
-    would otherwise give each worker a thread pool as large as the machine.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            import tensorflow as tf
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    tf.get_logger().setLevel("ERROR")
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 def _rss_mb() -> float:
