@@ -4,7 +4,8 @@ Every tool searches one shared space (units, layers, learning rate, dropout, bat
 ReLU, at most 27 epochs per trial, early stopping with patience 5, val_loss minimized) on the
 same data, and one epoch counter shared by all of them (`Budget`, fed by our training's
 per-epoch report or by a Keras callback) stops each search at exactly --budget epochs. Tools:
-  tpe+hyperband      this service's default: TPE + Optuna's HyperbandPruner
+  tpe+sha            this service's default: TPE + successive halving (rungs 1, 3, 9, 27)
+  tpe+hyperband      TPE + Optuna's HyperbandPruner (the default before this benchmark)
   tpe+median         TPE + median pruner
   service-hyperband  this service's Hyperband backend (keras-tuner's Hyperband, our training)
   kt-hyperband       keras-tuner's Hyperband as its users write it (HyperModel, model.fit)
@@ -18,7 +19,7 @@ Each run (tool, dataset, seed, budget) is a fresh process, appended as one JSON 
 benchmarks/results/search_quality.jsonl; the report merges every line there (a rerun replaces
 the earlier line), so the matrix can be filled over several sessions:
     .venv/bin/python benchmarks/search_quality.py --datasets diabetes --seeds 0 1 2 3 4
-    .venv/bin/python benchmarks/search_quality.py                  # all: 6 tools x 3 x 5 seeds
+    .venv/bin/python benchmarks/search_quality.py                  # all: 7 tools x 3 x 5 seeds
     .venv/bin/python benchmarks/search_quality.py --report-only
 Writes benchmarks/results/search_quality.md and search_quality_<dataset>.png (best-so-far
 against epochs and seconds: median over seeds, band from the lowest to the highest seed).
@@ -41,9 +42,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 LINES = RESULTS / "search_quality.jsonl"
-TOOLS = ("tpe+hyperband", "tpe+median", "service-hyperband", "kt-hyperband", "kt-bayesian",
-         "random")  # fmt: skip
-DEFAULT = "tpe+hyperband"  # what `dlboost-search start` runs unless told otherwise
+TOOLS = ("tpe+sha", "tpe+hyperband", "tpe+median", "service-hyperband", "kt-hyperband",
+         "kt-bayesian", "random")  # fmt: skip
+DEFAULT = "tpe+sha"  # what `dlboost-search start` runs unless told otherwise
 DATASETS = ("diabetes", "breast_cancer", "digits")
 MAX_EPOCHS, PATIENCE = 27, 5
 PARAMS = {
@@ -114,7 +115,8 @@ def make_data(dataset: str, workdir: Path) -> tuple[Path, tuple]:
 def service_space(tool: str, npz: Path, task: str, seed: int):
     from dlboost_search.spaces import space_from_dict
 
-    sampler, pruner = {"tpe+hyperband": ("tpe", "hyperband"), "tpe+median": ("tpe", "median"),
+    sampler, pruner = {"tpe+sha": ("tpe", "successive_halving"),
+                       "tpe+hyperband": ("tpe", "hyperband"), "tpe+median": ("tpe", "median"),
                        "random": ("random", "none")}.get(tool, ("tpe", "none"))  # fmt: skip
     return space_from_dict({
         "name": "quality", "data": {"path": str(npz), "task": task},

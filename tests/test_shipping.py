@@ -164,6 +164,8 @@ def test_export_and_predict_explain_what_they_cannot_do(tumours):
     done = run(folder, "export-model", "tumours", "--storage", storage, "--out", "notes")
     assert done.returncode == 2 and "is not an exported model" in done.stderr
     assert (folder / "notes" / "todo.txt").read_text() == "mine"
+    done = run(folder, "export-model", "tumours", "--storage", storage, "--out", "train.csv")
+    assert done.returncode == 2 and "is not an exported model" in done.stderr
     done = run(folder, "predict", "notes", "validation.csv")
     assert done.returncode == 2 and "export-model STUDY --out notes" in done.stderr
 

@@ -667,7 +667,7 @@ def test_defaults_fill_the_rest_of_the_space():
     assert space.objective.metric == "val_loss"
     assert space.training.max_epochs == 100 and space.training.batch_size == 32
     assert space.training.early_stopping.patience == 10
-    assert space.search.sampler == "tpe" and space.search.pruner == "hyperband"
+    assert space.search.sampler == "tpe" and space.search.pruner == "successive_halving"
     assert space.search.trials == 50 and space.search.seed == 0
     assert space.data.validation_split == 0.2
 

@@ -142,10 +142,12 @@ def export_model(
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not (out_dir / META_FILE).is_file() and any(out_dir.iterdir()):
+    if out_dir.is_file() or (
+        out_dir.is_dir() and not (out_dir / META_FILE).is_file() and any(out_dir.iterdir())
+    ):
         raise StudyError(
-            f"--out {out_dir}: the folder exists and is not an exported model; give a new "
-            f"folder (an earlier export there would be replaced)."
+            f"--out {out_dir}: it exists and is not an exported model; give a new folder "
+            f"(an earlier export there would be replaced)."
         )
 
 

@@ -150,7 +150,9 @@ class SearchSettings(_Strict):
     factor: int = Field(3, ge=2)
     hyperband_iterations: int = Field(1, ge=1)
     sampler: Literal["tpe", "random", "qmc"] = "tpe"
-    pruner: Literal["hyperband", "median", "successive_halving", "patient", "none"] = "hyperband"
+    pruner: Literal["hyperband", "median", "successive_halving", "patient", "none"] = (
+        "successive_halving"
+    )
     trials: int = Field(50, ge=1)
     seed: int | None = 0
     max_consecutive_failures: int = Field(5, ge=1)
