@@ -58,7 +58,8 @@ class PreparedData:
     # Regression targets are standardized; predictions are y * target_std + target_mean.
     target_mean: float = 0.0
     target_std: float = 1.0
-    # How raw input becomes x (see `transform`): {"kind": "table", ...} or {"kind": "array", ...}.
+    # How raw input becomes x (see `read_for_prediction`): {"kind": "table", ...} or
+    # {"kind": "array", ...}.
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
     @property

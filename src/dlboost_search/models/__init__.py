@@ -2,10 +2,11 @@
 
 A family is a module with `PARAMS` (its hyperparameter rules),
 `build(params, input_shape, task, n_outputs) -> keras.Model` (uncompiled) and, when it takes
-only some data, `input_problem(input_shape)` saying why not. Importing this package does not
-import TensorFlow: each family imports Keras inside `build`.
+only some data, `input_problem(input_shape, model)` saying why not (`model`: the space's model
+section). Importing this package does not import TensorFlow: each family imports Keras inside
+`build`.
 
-The `pretrained` family's build and check also need the backbone file the space names.
+The `pretrained` family builds from the backbone file the space names: `builder(model)`.
 
 The `custom` family is the user's own function, `model: {builder: "package.module:function"}`,
 with the same contract; its hyperparameters are whatever the space names.
@@ -46,7 +47,7 @@ def build_function(model: Any, source: str = "search space") -> Callable[..., An
         return load_builder(model.builder, source)
     module = importlib.import_module(_FAMILY_MODULES[model.family])
     if model.family == "pretrained":
-        return module.builder(model.backbone, model.backbone_layer)
+        return module.builder(model)
     return module.build
 
 
@@ -57,10 +58,7 @@ def check_input(model: Any, input_shape: tuple[int, ...], source: str) -> None:
         load_builder(model.builder, source)
         return
     module = importlib.import_module(_FAMILY_MODULES[model.family])
-    if model.family == "pretrained":
-        problem = module.input_problem(input_shape, model.backbone, model.backbone_layer)
-    else:
-        problem = getattr(module, "input_problem", lambda shape: None)(input_shape)
+    problem = getattr(module, "input_problem", lambda shape, model: None)(input_shape, model)
     if problem:
         raise SpaceError(f"{source}: {problem}")
 

@@ -39,7 +39,7 @@ PARAMS: dict[str, ParamRule] = {
 }
 
 
-def input_problem(input_shape: tuple[int, ...]) -> str | None:
+def input_problem(input_shape: tuple[int, ...], model: Any) -> str | None:
     if len(input_shape) != 3:
         return (
             f"cnn models take images, rows shaped (height, width, channels); this data's rows "

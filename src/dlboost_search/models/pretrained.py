@@ -45,9 +45,10 @@ def load_backbone(path: str, layer: str | None) -> Any:
     return keras.Model(model.inputs, model.get_layer(layer).output, name="backbone")
 
 
-def input_problem(input_shape: tuple[int, ...], path: str, layer: str | None) -> str | None:
+def input_problem(input_shape: tuple[int, ...], model: Any) -> str | None:
     """Check the backbone from the `.keras` file's config.json (a zip member), without
-    TensorFlow: the file exists, takes rows of this shape, and has `layer`."""
+    TensorFlow: the file exists, takes rows of this shape, and has `backbone_layer`."""
+    path, layer = model.backbone, model.backbone_layer
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
@@ -81,8 +82,9 @@ def input_problem(input_shape: tuple[int, ...], path: str, layer: str | None) ->
     return None
 
 
-def builder(path: str, layer: str | None):
-    """`build(params, input_shape, task, n_outputs)` for this backbone."""
+def builder(model: Any):
+    """`build(params, input_shape, task, n_outputs)` for the space's backbone."""
+    path, layer = model.backbone, model.backbone_layer
 
     def build(params: dict[str, Any], input_shape: tuple[int, ...], task: str, n_outputs: int):
         import keras

@@ -25,7 +25,7 @@ PARAMS: dict[str, ParamRule] = {
 }
 
 
-def input_problem(input_shape: tuple[int, ...]) -> str | None:
+def input_problem(input_shape: tuple[int, ...], model: Any) -> str | None:
     if len(input_shape) != 2:
         return (
             f"rnn models take sequences, rows shaped (steps, features); this data's rows are "
