@@ -22,7 +22,8 @@ the earlier line), so the matrix can be filled over several sessions:
     .venv/bin/python benchmarks/search_quality.py                  # all: 7 tools x 3 x 5 seeds
     .venv/bin/python benchmarks/search_quality.py --report-only
 Writes benchmarks/results/search_quality.md and search_quality_<dataset>.png (best-so-far
-against epochs and seconds: median over seeds, band from the lowest to the highest seed).
+against epochs and seconds: median over seeds, band from the lowest to the highest seed);
+for a budget other than 300, search_quality_<budget>.md and search_quality_<dataset>_<budget>.png.
 """
 
 from __future__ import annotations
@@ -342,6 +343,11 @@ def report(budget: int) -> str:
     return "\n".join(lines)
 
 
+def suffix(budget: int) -> str:
+    """Report files of the default budget have plain names; others carry their budget."""
+    return "" if budget == 300 else f"_{budget}"
+
+
 def plot(budget: int) -> list[Path]:
     import matplotlib
 
@@ -382,7 +388,7 @@ def plot(budget: int) -> list[Path]:
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{dataset}: best-so-far val_loss, median over seeds (band: min-max)")
         fig.tight_layout()
-        path = RESULTS / f"search_quality_{dataset}.png"
+        path = RESULTS / f"search_quality_{dataset}{suffix(budget)}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
@@ -423,7 +429,7 @@ def main() -> None:
                     brief = {k: v for k, v in run.items() if k != "curve"}
                     print(json.dumps(brief), file=sys.stderr, flush=True)
     table = report(args.budget)
-    (RESULTS / "search_quality.md").write_text(table + "\n")
+    (RESULTS / f"search_quality{suffix(args.budget)}.md").write_text(table + "\n")
     print(table)
     for path in plot(args.budget):
         print(f"wrote {path.relative_to(ROOT)}")

@@ -1,0 +1,113 @@
+"""The search-quality benchmark's default tool with one setting changed: what moves the numbers.
+
+Each lever replaces the service's sampler or pruner (dlboost_search.study.make_sampler /
+make_pruner) and runs benchmarks/search_quality.py's default tool (`tpe+sha`) unchanged
+otherwise: same space, data, splits, seeds and 300-epoch budget. Levers:
+  rung3     successive halving's first rung at 3 epochs instead of 1 (rungs 3, 9, 27)
+  startup5  TPE's first 5 trials random instead of 10
+  rf2       successive halving keeps the best half at each rung instead of the best third
+            (rungs 1, 2, 4, 8, 16)
+Each run is a fresh process appended to benchmarks/results/search_quality_levers.jsonl; the
+report compares every lever with the default and random search from search_quality.jsonl:
+    .venv/bin/python benchmarks/search_quality_levers.py --levers rf2 --datasets diabetes
+    .venv/bin/python benchmarks/search_quality_levers.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import search_quality  # noqa: E402
+
+LINES = search_quality.RESULTS / "search_quality_levers.jsonl"
+LEVERS = ("rung3", "startup5", "rf2")
+
+
+def install(lever: str) -> None:
+    """Swap the service's sampler or pruner for the lever's."""
+    import optuna
+
+    import dlboost_search.study as study
+
+    if lever == "startup5":
+        study.make_sampler = lambda space, trials_so_far, stream=0: optuna.samplers.TPESampler(
+            seed=space.search.seed, multivariate=True, constant_liar=True, n_startup_trials=5
+        )
+    else:
+        options = {"rung3": {"reduction_factor": 3, "min_early_stopping_rate": 1},
+                   "rf2": {"reduction_factor": 2}}[lever]  # fmt: skip
+        study.make_pruner = lambda space: optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, **options
+        )
+
+
+def report() -> str:
+    runs = search_quality.merged(300)
+    if LINES.exists():
+        for line in LINES.read_text().splitlines():
+            run = json.loads(line)
+            runs[(run["tool"], run["dataset"], run["seed"])] = run
+    lines = [
+        "| dataset | setting | n | best val_loss | test loss | epochs to random's final "
+        "(per seed) | models built |",
+        "|---|---|---:|---:|---:|---|---:|",
+    ]
+    for dataset in search_quality.DATASETS:
+        for tool in (search_quality.DEFAULT, *LEVERS):
+            mine = [r for (t, d, _), r in sorted(runs.items()) if t == tool and d == dataset]
+            if not mine:
+                continue
+            reach = [search_quality.reached(r, runs[("random", dataset, r["seed"])]["best_val"])[0]
+                     for r in mine]  # fmt: skip
+            name = "default" if tool == search_quality.DEFAULT else tool
+            per_seed = ", ".join("never" if math.isinf(e) else str(int(e)) for e in reach)
+            lines.append(
+                f"| {dataset} | {name} | {len(mine)} "
+                f"| {statistics.median(r['best_val'] for r in mine):.4f} "
+                f"| {statistics.median(r['test_loss'] for r in mine):.4f} "
+                f"| {statistics.median(reach):g} ({per_seed}) "
+                f"| {statistics.median(r['models'] for r in mine):g} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levers", nargs="+", default=list(LEVERS), choices=LEVERS)
+    parser.add_argument("--datasets", nargs="+", default=list(search_quality.DATASETS),
+                        choices=search_quality.DATASETS)  # fmt: skip
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--one", nargs=3, metavar=("LEVER", "DATASET", "SEED"),
+                        help=argparse.SUPPRESS)  # fmt: skip
+    args = parser.parse_args()
+    if args.one:
+        lever, dataset, seed = args.one
+        install(lever)
+        run = search_quality.run_one(search_quality.DEFAULT, dataset, int(seed), 300)
+        print(json.dumps({**run, "tool": lever}))
+        return
+    if not args.report_only:
+        for lever in args.levers:
+            for dataset in args.datasets:
+                for seed in args.seeds:
+                    done = subprocess.run([sys.executable, __file__, "--one", lever, dataset,
+                                           str(seed)], capture_output=True, text=True)  # fmt: skip
+                    if done.returncode != 0:
+                        print(f"{lever} {dataset} {seed}: FAILED\n{done.stderr[-3000:]}",
+                              file=sys.stderr)  # fmt: skip
+                        continue
+                    with open(LINES, "a") as out:
+                        out.write(done.stdout.strip().splitlines()[-1] + "\n")
+    print(report())
+
+
+if __name__ == "__main__":
+    main()
