@@ -5,9 +5,12 @@ Measures, in one warm process, on search_spaces/diabetes_mlp.yaml:
   - per model, for 12 parameter sets drawn at random from the space: the fixed cost (build,
     compile, tracing, clean-up) and the cost per epoch, from timing 1 and 6 epochs (no early
     stop, no pruning), for dlboost_search.training.train (the service) and for
-    keras.Sequential + model.fit(validation_split=0.2) (the tutorial);
+    keras.Sequential + model.fit(validation_split=0.2) (the tutorial), and the service's fixed
+    cost step by step (build and compile, variables, tracing, first call, clean-up);
   - storage: one trial's writes (ask, 10 reports with should_prune, 6 user attributes, tell)
-    on the service's SQLite settings (WAL, synchronous=NORMAL) and on Optuna's defaults.
+    on the service's SQLite settings (WAL, synchronous=NORMAL) and on Optuna's defaults, and
+    the same with the service's TPE sampler drawing the space's parameters after 100 trials:
+    what a trial costs before any training.
 Prints a Markdown table and writes benchmarks/results/profile_trial.json.
 
 Run from the repository root (about 3 minutes):
@@ -38,6 +41,38 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
+def fixed_cost_parts(build, p: dict, data) -> dict[str, float]:
+    """The epoch loop's fixed cost for one model, step by step (training.train's own steps)."""
+    import keras
+    import tensorflow as tf
+
+    from dlboost_search import training
+
+    x, y, x_val, y_val = training._as_tensors(data)
+    seed = tf.constant([0, 0])
+    parts, started = {}, time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal started
+        parts[name] = time.perf_counter() - started
+        started = time.perf_counter()
+
+    model = build(p, data.input_shape, data.task, data.n_outputs)
+    training.compile_model(model, p, data.task)
+    lap("build + compile")
+    model.optimizer.build(model.trainable_variables)
+    model.test_step((x_val[:2], y_val[:2]))
+    epoch = training._epoch_function(model, len(x), len(x_val), int(p["batch_size"]))
+    lap("optimizer and metric variables")
+    epoch.get_concrete_function(x, y, x_val, y_val, seed)
+    lap("tracing Keras' train and test steps")
+    epoch(x, y, x_val, y_val, seed)
+    lap("first call (graph set-up + one epoch)")
+    keras.backend.clear_session(free_memory=False)
+    lap("clear_session")
+    return parts
+
+
 def main() -> None:
     cold = statistics.median(
         timed(
@@ -55,6 +90,7 @@ def main() -> None:
     from dlboost_search.models import build_function
     from dlboost_search.spaces import load_space, suggest
     from dlboost_search.storage import open_storage
+    from dlboost_search.study import make_pruner, make_sampler
     from dlboost_search.training import TrainingRecord, train
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -88,6 +124,9 @@ def main() -> None:
             "one_epoch_trial_s": statistics.median(one),
         }
 
+    parts = [fixed_cost_parts(build, p, data) for p in params]
+    fixed_parts = {k: statistics.median(part[k] for part in parts) for k in parts[0]}
+
     storage = {}
     with tempfile.TemporaryDirectory() as tmp:
         # Defaults first: open_storage's pragmas apply to every SQLite connection made after it.
@@ -110,6 +149,29 @@ def main() -> None:
 
             storage[label] = statistics.median(timed(one_trial) for _ in range(30))
 
+        # What a trial costs the service with no training at all: its sampler drawing the
+        # space's parameters from 100 earlier trials, plus the writes above.
+        study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp}/tpe.db"),
+                                    sampler=make_sampler(space, 0), pruner=make_pruner(space))  # fmt: skip
+
+        def sampled_trial() -> None:
+            trial = study.ask()
+            p = space.resolve(suggest(trial, space))
+            for epoch in range(10):
+                trial.report(p["learning_rate"] + 1.0 / (epoch + 1), epoch)
+                if trial.should_prune():
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    return
+            for key in ("worker", "epochs_trained", "best_epoch", "n_params",
+                        "train_seconds", "worker_rss_mb"):  # fmt: skip
+                trial.set_user_attr(key, 1)
+            study.tell(trial, p["learning_rate"])
+
+        for _ in range(100):
+            sampled_trial()
+        label = "service with its TPE sampler after 100 trials (sampling + writes)"
+        storage[label] = statistics.median(timed(sampled_trial) for _ in range(30))
+
     lines = [
         f"src/ fingerprint {src_fingerprint()}; medians over {MODELS} random parameter sets.",
         "",
@@ -122,13 +184,18 @@ def main() -> None:
             for k, v in rows.items()
         ),  # fmt: skip
         "",
-        "| storage | one trial's writes: ask + 10 reports + 6 user attrs + tell (s) |",
+        "| epoch loop's fixed cost, step by step | s |",
+        "|---|---:|",
+        *(f"| {k} | {v:.3f} |" for k, v in fixed_parts.items()),
+        "",
+        "| storage | one trial without training: ask + 10 reports + 6 user attrs + tell (s) |",
         "|---|---:|",
         *(f"| {k} | {v:.3f} |" for k, v in storage.items()),
     ]
     print("\n".join(lines))
     out = ROOT / "benchmarks" / "results" / "profile_trial.json"
-    out.write_text(json.dumps({"cold_import_s": cold, "training": rows, "storage_s": storage,
+    out.write_text(json.dumps({"cold_import_s": cold, "training": rows,
+                               "fixed_parts_s": fixed_parts, "storage_s": storage,
                                "table_markdown": "\n".join(lines)}, indent=2) + "\n")  # fmt: skip
 
 

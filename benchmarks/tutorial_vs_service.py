@@ -149,7 +149,7 @@ def run_once(approach: str, budget: float, workdir: Path, space_path: Path = SPA
     """Launch one approach on a fresh SQLite file, SIGTERM it at the deadline, read the trials.
 
     `approach`: "tutorial", "service", or "service:ENGINE" (the space with training.engine
-    set to ENGINE)."""
+    set to ENGINE). The service's copy of the space uses the tutorial's Hyperband pruner."""
     import optuna
     import yaml
 
@@ -163,11 +163,14 @@ def run_once(approach: str, budget: float, workdir: Path, space_path: Path = SPA
     deadline = started + budget
     space = load_space(space_path)
     if approach.startswith("service"):
+        # The tutorial's pruner (the shipped spaces default to successive halving since the
+        # search-quality benchmark), so that only the training loops differ.
+        raw = yaml.safe_load(space_path.read_text())
+        raw.setdefault("search", {})["pruner"] = "hyperband"
         if ":" in approach:
-            raw = yaml.safe_load(space_path.read_text())
             raw.setdefault("training", {})["engine"] = approach.split(":")[1]
-            space_path = workdir / space_path.name
-            space_path.write_text(yaml.safe_dump(raw))
+        space_path = workdir / space_path.name
+        space_path.write_text(yaml.safe_dump(raw))
         cmd = [str(ROOT / ".venv/bin/dlboost-search"), "start", str(space_path),
                "--trials", "1000000", "--storage", url, "--quiet"]  # fmt: skip
     else:
