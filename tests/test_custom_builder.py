@@ -26,6 +26,24 @@ def build(params, input_shape, task, n_outputs):
 
 def not_a_model(params, input_shape, task, n_outputs):
     return {"layers": 2}
+
+
+def needs_width_over_8(params, input_shape, task, n_outputs):
+    if params["width"] <= 8:
+        raise ValueError("width must be over 8")
+    return build(params, input_shape, task, n_outputs)
+
+
+calls = 0
+
+
+def refuses_second(params, input_shape, task, n_outputs):
+    # The first model is the check before any trial; the second is the first trial's.
+    global calls
+    calls += 1
+    if calls == 2:
+        raise ValueError("no model today")
+    return build(params, input_shape, task, n_outputs)
 """
 CUSTOM = {
     "model": {"family": "custom", "builder": "my_models:build"},
@@ -75,8 +93,16 @@ def test_bad_builder_settings_are_explained(model, params, fragment):
     ("builder", "fragment"),
     [
         ("no_such_module:build", "cannot import module 'no_such_module'"),
-        ("my_models:nope", "has no function 'nope'. Its functions: build, not_a_model"),
+        (
+            "my_models:nope",
+            "has no function 'nope'. Its functions: build, needs_width_over_8, "
+            "not_a_model, refuses_second",
+        ),
         ("my_models:not_a_model", "returned dict, not a keras.Model"),
+        (
+            "my_models:needs_width_over_8",
+            "raised ValueError: width must be over 8 (on the space's lowest values: {'width': 8",
+        ),
     ],
 )
 def test_a_builder_that_cannot_work_stops_before_any_trial(
@@ -113,3 +139,27 @@ def test_a_custom_model_searches_its_own_hyperparameters(
         width = t.params["width"]
         expected = 10 * width + width + width * (width // 2) + width // 2 + width // 2 + 1
         assert t.user_attrs["n_params"] == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "search",
+    [{"trials": 3}, {"backend": "hyperband", "factor": 3}],
+    ids=["optuna", "hyperband"],
+)
+def test_a_builder_that_raises_fails_its_trial_and_the_search_goes_on(
+    builder_module, write_space, storage, run_cli, search
+):
+    changes = {"model": {"builder": "my_models:refuses_second"}, "search": search,
+               "training": {"max_epochs": 3}}  # fmt: skip
+    space = write_space(**deep_update(CUSTOM, changes))
+    done = run_cli("start", str(space), "--storage", storage)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    first, *others = load(storage).get_trials(deepcopy=False)
+    assert first.state.name == "FAIL"
+    assert first.user_attrs["fail_reason"] == (
+        "model.builder: my_models:refuses_second raised ValueError: no model today"
+    )
+    assert others and all(t.state.name in ("COMPLETE", "PRUNED") for t in others)
+    assert len({t.user_attrs["worker"] for t in [first, *others]}) == 1  # no worker restart

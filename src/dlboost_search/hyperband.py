@@ -16,6 +16,7 @@ trial is never copied twice, and one finished just before a crash is copied on t
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,11 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
 
     import_tensorflow_quietly(threads=None)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # keras-tuner prints every failed trial's traceback (its config.DEBUG is on by default);
+    # our progress line already says why the trial failed.
+    kt_config = sys.modules.get("keras_tuner.src.config")
+    if kt_config is not None:
+        kt_config.DEBUG = False
     source = f"study {study_name!r}"
     study = load_study(study_name, url)
     seed = space.search.seed or 0
@@ -130,7 +136,10 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
 
     class Model(kt.HyperModel):
         def build(self, hp: Any) -> Any:
-            return build(params_of(hp))
+            try:
+                return build(params_of(hp))
+            except TrialFailed as exc:  # a custom builder's error: this trial's only
+                raise kt.errors.FailedTrialError(str(exc)) from None
 
         def fit(self, hp: Any, model: Any, *args: Any, trial_id: str = "", **kwargs: Any) -> Any:
             params = params_of(hp)
@@ -166,6 +175,11 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
             return {space.objective.metric: value}
 
     class Tuner(kt.Hyperband):
+        def _populate_initial_space(self) -> None:
+            # The space is declared in full (hyperparameters=, no new entries): keras-tuner's
+            # own would build a model, a backbone load included, only to discover it.
+            pass
+
         def _try_build(self, hp: Any) -> Any:
             # keras-tuner's own clears the session with two full garbage collections per
             # trial, 0.6 s here: more than the rest of a small model's fixed cost. The

@@ -225,10 +225,12 @@ def _run(
         except (TrialFailed, SearchAborted) as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise
-        except (KeyboardInterrupt, Exception):
+        except (KeyboardInterrupt, Exception) as exc:
             if stop_requested() or os.getppid() != parent:
                 trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
                 raise KeyboardInterrupt from None
+            if isinstance(exc, Exception):  # unforeseen: the worker stops, the trial says why
+                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             raise
         finally:
             for key, value in record.as_attrs().items():

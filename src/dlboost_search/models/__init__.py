@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dlboost_search.errors import SpaceError
+from dlboost_search.errors import SpaceError, TrialFailed
 from dlboost_search.hyperparams import ParamRule
 
 _FAMILY_MODULES = {
@@ -91,17 +91,32 @@ def load_builder(path: str, source: str) -> Callable[..., Any]:
 def model_builder(space: Any, prepared: Any, source: str) -> Callable[[dict[str, Any]], Any]:
     """`build(params)` for this space and data. A custom builder or a backbone is tried once
     first, so one that returns something else or cannot load stops the search before any
-    trial."""
+    trial. Later, a custom builder that raises fails that trial only (TrialFailed)."""
     build = build_function(space.model, source)
+    custom = space.model.family == "custom"
 
     def build_for(params: dict[str, Any]) -> Any:
-        return build(params, prepared.input_shape, prepared.task, prepared.n_outputs)
+        try:
+            return build(params, prepared.input_shape, prepared.task, prepared.n_outputs)
+        except Exception as exc:
+            if not custom:
+                raise
+            # The user's code: its error is the trial's, not the worker's.
+            message = f"model.builder: {space.model.builder} raised {type(exc).__name__}: {exc}"
+            raise TrialFailed(message) from exc
 
-    if space.model.family in ("custom", "pretrained"):
+    if custom or space.model.family == "pretrained":
         import keras
 
+        example = space.example_params()
         try:
-            model = build_for(space.example_params())
+            model = build_for(example)
+        except TrialFailed as exc:
+            raise SpaceError(
+                f"{source}: {exc} (on the space's lowest values: "
+                f"{ {k: example[k] for k in space.searched()} }). The builder must build a model "
+                f"for every parameter set the space allows: fix it, or narrow params."
+            ) from None
         except ValueError as exc:  # the backbone file cannot be loaded
             raise SpaceError(f"{source}: model.backbone: {exc}.") from None
         if space.model.family == "custom":
