@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dlboost_search.errors import DataError, StudyError
+from dlboost_search.errors import DataError, StudyError, TrialFailed
 
 MODEL_FILE = "model.keras"
 META_FILE = "dlboost_model.json"
@@ -97,18 +97,29 @@ def export_model(
             f"{len(fit_on.x_train)} rows"
         )
         keras.utils.set_random_seed(seed + trial.number)
-        model = build(params)
-        model.name = f"trial_{trial.number}"  # unique inside an ensemble
-        train(
-            model, params, fit_on,
-            # No early stopping: the trial already told how many epochs pay off. With
-            # refit_all the validation rows are training rows, so training loss decides.
-            max_epochs=epochs, patience=epochs, min_delta=0.0,
-            monitor="loss" if refit_all else metric,
-            direction="minimize" if refit_all else space.direction,
-            seed=seed + trial.number, record=TrainingRecord(),
-            engine=resolve_engine(space.training.engine),
-        )  # fmt: skip
+        try:
+            model = build(params)
+            model.name = f"trial_{trial.number}"  # unique inside an ensemble
+            train(
+                model, params, fit_on,
+                # No early stopping: the trial already told how many epochs pay off. With
+                # refit_all the validation rows are training rows, so training loss decides.
+                max_epochs=epochs, patience=epochs, min_delta=0.0,
+                monitor="loss" if refit_all else metric,
+                direction="minimize" if refit_all else space.direction,
+                seed=seed + trial.number, record=TrainingRecord(),
+                engine=resolve_engine(space.training.engine),
+            )  # fmt: skip
+        except TrialFailed as exc:
+            hint = (
+                " With --refit-all the extra rows can make it diverge: try without."
+                if refit_all
+                else ""
+            )
+            raise StudyError(
+                f"retraining trial {trial.number} of study {name!r} failed: {exc}. Nothing was "
+                f"written.{hint}"
+            ) from None
         predicted = model.predict(prepared.x_val, batch_size=4096, verbose=0)
         described.append(
             {
