@@ -33,6 +33,9 @@ from tutorial_vs_service import src_fingerprint, tutorial_model  # noqa: E402
 
 SPACE = ROOT / "search_spaces" / "diabetes_mlp.yaml"
 MODELS = 12
+# The user attributes a service trial writes.
+TRIAL_ATTRS = ("worker", "epochs_trained", "best_epoch", "n_params", "train_seconds",
+               "worker_rss_mb")  # fmt: skip
 
 
 def timed(fn) -> float:
@@ -142,8 +145,7 @@ def main() -> None:
                 for epoch in range(10):
                     trial.report(1.0 / (epoch + 1), epoch)
                     trial.should_prune()
-                for key in ("worker", "epochs_trained", "best_epoch", "n_params",
-                            "train_seconds", "worker_rss_mb"):  # fmt: skip
+                for key in TRIAL_ATTRS:
                     trial.set_user_attr(key, 1)
                 study.tell(trial, 0.5)
 
@@ -162,8 +164,7 @@ def main() -> None:
                 if trial.should_prune():
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                     return
-            for key in ("worker", "epochs_trained", "best_epoch", "n_params",
-                        "train_seconds", "worker_rss_mb"):  # fmt: skip
+            for key in TRIAL_ATTRS:
                 trial.set_user_attr(key, 1)
             study.tell(trial, p["learning_rate"])
 

@@ -55,6 +55,11 @@ CUSTOM = {
 }
 
 
+BOTH_BACKENDS = pytest.mark.parametrize(
+    "search", [{"trials": 3}, {"backend": "hyperband", "factor": 3}], ids=["optuna", "hyperband"]
+)
+
+
 @pytest.fixture
 def builder_module(tmp_path: Path) -> Path:
     (tmp_path / "my_models.py").write_text(textwrap.dedent(BUILDER))
@@ -120,11 +125,7 @@ def test_a_builder_that_cannot_work_stops_before_any_trial(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "search",
-    [{"trials": 3}, {"backend": "hyperband", "factor": 3}],
-    ids=["optuna", "hyperband"],
-)
+@BOTH_BACKENDS
 def test_a_custom_model_searches_its_own_hyperparameters(
     builder_module, write_space, storage, run_cli, search
 ):
@@ -142,11 +143,7 @@ def test_a_custom_model_searches_its_own_hyperparameters(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "search",
-    [{"trials": 3}, {"backend": "hyperband", "factor": 3}],
-    ids=["optuna", "hyperband"],
-)
+@BOTH_BACKENDS
 def test_a_builder_that_raises_fails_its_trial_and_the_search_goes_on(
     builder_module, write_space, storage, run_cli, search
 ):

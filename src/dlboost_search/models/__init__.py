@@ -44,11 +44,24 @@ def family_params(family: str) -> dict[str, ParamRule]:
 def build_function(model: Any, source: str = "search space") -> Callable[..., Any]:
     """`build(params, input_shape, task, n_outputs)` for a space's `model` section."""
     if model.family == "custom":
-        return load_builder(model.builder, source)
+        return _failing_its_trial(load_builder(model.builder, source), model.builder)
     module = importlib.import_module(_FAMILY_MODULES[model.family])
     if model.family == "pretrained":
         return module.builder(model)
     return module.build
+
+
+def _failing_its_trial(build: Callable[..., Any], builder: str) -> Callable[..., Any]:
+    """The user's builder, its errors turned into TrialFailed: the trial's, not the worker's."""
+
+    def build_or_fail(*args: Any) -> Any:
+        try:
+            return build(*args)
+        except Exception as exc:
+            reason = f"model.builder: {builder} raised {type(exc).__name__}: {exc}"
+            raise TrialFailed(reason) from exc
+
+    return build_or_fail
 
 
 def check_input(model: Any, input_shape: tuple[int, ...], source: str) -> None:
@@ -93,25 +106,17 @@ def model_builder(space: Any, prepared: Any, source: str) -> Callable[[dict[str,
     first, so one that returns something else or cannot load stops the search before any
     trial. Later, a custom builder that raises fails that trial only (TrialFailed)."""
     build = build_function(space.model, source)
-    custom = space.model.family == "custom"
 
     def build_for(params: dict[str, Any]) -> Any:
-        try:
-            return build(params, prepared.input_shape, prepared.task, prepared.n_outputs)
-        except Exception as exc:
-            if not custom:
-                raise
-            # The user's code: its error is the trial's, not the worker's.
-            message = f"model.builder: {space.model.builder} raised {type(exc).__name__}: {exc}"
-            raise TrialFailed(message) from exc
+        return build(params, prepared.input_shape, prepared.task, prepared.n_outputs)
 
-    if custom or space.model.family == "pretrained":
+    if space.model.family in ("custom", "pretrained"):
         import keras
 
         example = space.example_params()
         try:
             model = build_for(example)
-        except TrialFailed as exc:
+        except TrialFailed as exc:  # the custom builder raised
             raise SpaceError(
                 f"{source}: {exc} (on the space's lowest values: "
                 f"{ {k: example[k] for k in space.searched()} }). The builder must build a model "
