@@ -130,6 +130,19 @@ def test_an_interrupted_schedule_resumes_where_it_stopped(write_space, storage, 
 
 
 @pytest.mark.slow
+def test_seed_0_gives_the_same_schedule_every_time(write_space, tmp_path, run_cli):
+    space = write_space(**deep_update(HYPERBAND, {"search": {"seed": 0}}))
+    runs = []
+    for name in ("first", "second"):  # apart: keras-tuner's state lives beside the database
+        (tmp_path / name).mkdir()
+        storage = f"sqlite:///{tmp_path / name / 'studies.db'}"
+        assert run_cli("start", str(space), "--storage", storage, "-q").returncode == 0
+        trials = load(storage).get_trials(deepcopy=False)
+        runs.append([(t.params, t.state.name, t.value) for t in trials])
+    assert len(runs[0]) == SCHEDULE and runs[0] == runs[1]
+
+
+@pytest.mark.slow
 def test_a_nan_trial_fails_and_the_schedule_goes_on(write_space, storage, run_cli):
     space = write_space(**deep_update(HYPERBAND, {
         "search": {"max_consecutive_failures": 10},

@@ -158,7 +158,6 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
                 for callback in callbacks:  # keras-tuner's: the best epoch's checkpoint
                     callback.on_epoch_end(initial + epoch, {space.objective.metric: value})
 
-            keras.utils.set_random_seed(seed + int(trial_id or 0))
             try:
                 value = train(
                     model, params, prepared,
@@ -192,6 +191,8 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
             super().on_trial_begin(trial)
 
         def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
+            # Seeded before keras-tuner builds the model, so its initial weights are too.
+            keras.utils.set_random_seed(seed + int(trial.trial_id))
             return super().run_trial(trial, *args, trial_id=trial.trial_id, **kwargs)
 
         def on_trial_end(self, trial: Any) -> None:
@@ -249,7 +250,9 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
         max_epochs=space.training.max_epochs,
         factor=space.search.factor,
         hyperband_iterations=space.search.hyperband_iterations,
-        seed=seed,
+        # keras-tuner takes a seed of 0 for none (`seed or random.randint(...)`), and 0 is
+        # what the shipped spaces use: shift by one so that every seed fixes the schedule.
+        seed=None if space.search.seed is None else space.search.seed + 1,
         hyperparameters=hyperparameters(space),
         tune_new_entries=False,
         allow_new_entries=False,
