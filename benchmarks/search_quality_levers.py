@@ -7,10 +7,13 @@ otherwise: same space, data, splits, seeds and 300-epoch budget. Levers:
   startup5  TPE's first 5 trials random instead of 10
   rf2       successive halving keeps the best half at each rung instead of the best third
             (rungs 1, 2, 4, 8, 16)
+  startup20 TPE's first 20 trials random instead of 10
+  indep     TPE samples each parameter on its own (multivariate=False)
+  rung2     successive halving's first rung at 2 epochs (rungs 2, 6, 18)
 Each run is a fresh process appended to benchmarks/results/search_quality_levers.jsonl; the
 report compares every lever with the default and random search from search_quality.jsonl:
     .venv/bin/python benchmarks/search_quality_levers.py --levers rf2 --datasets diabetes
-    .venv/bin/python benchmarks/search_quality_levers.py --report-only
+    .venv/bin/python benchmarks/search_quality_levers.py --report-only --seeds 0 1 2 3 4
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_quality  # noqa: E402
 
 LINES = search_quality.RESULTS / "search_quality_levers.jsonl"
-LEVERS = ("rung3", "startup5", "rf2")
+LEVERS = ("rung3", "startup5", "rf2", "startup20", "indep", "rung2")
 
 
 def install(lever: str) -> None:
@@ -36,19 +39,23 @@ def install(lever: str) -> None:
 
     import dlboost_search.study as study
 
-    if lever == "startup5":
+    samplers = {"startup5": {"n_startup_trials": 5}, "startup20": {"n_startup_trials": 20},
+                "indep": {"multivariate": False}}  # fmt: skip
+    pruners = {"rung3": {"min_resource": 1, "min_early_stopping_rate": 1},
+               "rf2": {"min_resource": 1, "reduction_factor": 2},
+               "rung2": {"min_resource": 2}}  # fmt: skip
+    if lever in samplers:
+        options = {"multivariate": True, "constant_liar": True, **samplers[lever]}
         study.make_sampler = lambda space, trials_so_far, stream=0: optuna.samplers.TPESampler(
-            seed=space.search.seed, multivariate=True, constant_liar=True, n_startup_trials=5
+            seed=space.search.seed, **options
         )
     else:
-        options = {"rung3": {"reduction_factor": 3, "min_early_stopping_rate": 1},
-                   "rf2": {"reduction_factor": 2}}[lever]  # fmt: skip
-        study.make_pruner = lambda space: optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=1, **options
-        )
+        options = {"reduction_factor": 3, **pruners[lever]}
+        study.make_pruner = lambda space: optuna.pruners.SuccessiveHalvingPruner(**options)
 
 
-def report() -> str:
+def report(seeds: list[int]) -> str:
+    """Each setting against the default, over `seeds` only, so every row compares one set."""
     runs = search_quality.merged(300)
     if LINES.exists():
         for line in LINES.read_text().splitlines():
@@ -61,7 +68,8 @@ def report() -> str:
     ]
     for dataset in search_quality.DATASETS:
         for tool in (search_quality.DEFAULT, *LEVERS):
-            mine = [r for (t, d, _), r in sorted(runs.items()) if t == tool and d == dataset]
+            mine = [r for (t, d, s), r in sorted(runs.items())
+                    if t == tool and d == dataset and s in seeds]  # fmt: skip
             if not mine:
                 continue
             reach = [search_quality.reached(r, runs[("random", dataset, r["seed"])]["best_val"])[0]
@@ -106,7 +114,7 @@ def main() -> None:
                         continue
                     with open(LINES, "a") as out:
                         out.write(done.stdout.strip().splitlines()[-1] + "\n")
-    print(report())
+    print(report(args.seeds))
 
 
 if __name__ == "__main__":
