@@ -16,11 +16,11 @@ split once (fixed seed) into train / validation / test; searches see train and v
 the test split scores each search's best model (its best epoch's weights).
 
 Each run (tool, dataset, seed, budget) is a fresh process, appended as one JSON line to
-benchmarks/results/search_quality.jsonl; the report merges every line there (a rerun replaces
-the earlier line), so the matrix can be filled over several sessions:
+benchmarks/results/search_quality.jsonl; the report merges every line there on the seeds it is
+given (a rerun replaces the earlier line), so the matrix can be filled over several sessions:
     .venv/bin/python benchmarks/search_quality.py --datasets diabetes --seeds 0 1 2 3 4
     .venv/bin/python benchmarks/search_quality.py                  # all: 7 tools x 3 x 5 seeds
-    .venv/bin/python benchmarks/search_quality.py --report-only
+    .venv/bin/python benchmarks/search_quality.py --report-only --seeds 0 1 2 3 4
 Writes benchmarks/results/search_quality.md and search_quality_<dataset>.png (best-so-far
 against epochs and seconds: median over seeds, band from the lowest to the highest seed);
 for a budget other than 300, search_quality_<budget>.md and search_quality_<dataset>_<budget>.png.
@@ -287,13 +287,14 @@ def run_one(tool: str, dataset: str, seed: int, epochs: int) -> dict[str, Any]:
         }  # fmt: skip
 
 
-def merged(budget: int) -> dict[tuple[str, str, int], dict]:
-    """Every recorded run at this budget; a later line replaces an earlier one."""
+def merged(budget: int, seeds: list[int]) -> dict[tuple[str, str, int], dict]:
+    """Every recorded run at this budget on these seeds; a later line replaces an earlier one.
+    Reports take one set of seeds, so that every tool's medians are over the same seeds."""
     runs: dict[tuple[str, str, int], dict] = {}
     if LINES.exists():
         for line in LINES.read_text().splitlines():
             run = json.loads(line)
-            if run["budget"] == budget:
+            if run["budget"] == budget and run["seed"] in seeds:
                 runs[(run["tool"], run["dataset"], run["seed"])] = run
     return runs
 
@@ -306,11 +307,11 @@ def reached(run: dict, target: float) -> tuple[float, float]:
     return math.inf, math.inf
 
 
-def report(budget: int) -> str:
-    runs = merged(budget)
+def report(budget: int, seeds: list[int]) -> str:
+    runs = merged(budget, seeds)
     lines = [
         f"Budget {budget} epochs per search, at most {MAX_EPOCHS} per trial; medians over the "
-        f"seeds run (n). 'to random's final': epochs / seconds until the tool's best-so-far "
+        f"seeds run (n) of {' '.join(map(str, seeds))}. 'to random's final': epochs / seconds until the tool's best-so-far "
         f"val_loss reached random search's final value on the same seed (inf: never).",
         "",
         "| dataset | tool | n | best val_loss | test loss | test acc. | epochs to random's final "
@@ -348,14 +349,14 @@ def suffix(budget: int) -> str:
     return "" if budget == 300 else f"_{budget}"
 
 
-def plot(budget: int) -> list[Path]:
+def plot(budget: int, seeds: list[int]) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    runs = merged(budget)
+    runs = merged(budget, seeds)
     warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before a curve starts
     written = []
     for dataset in DATASETS:
@@ -428,10 +429,10 @@ def main() -> None:
                         out.write(json.dumps(run) + "\n")
                     brief = {k: v for k, v in run.items() if k != "curve"}
                     print(json.dumps(brief), file=sys.stderr, flush=True)
-    table = report(args.budget)
+    table = report(args.budget, args.seeds)
     (RESULTS / f"search_quality{suffix(args.budget)}.md").write_text(table + "\n")
     print(table)
-    for path in plot(args.budget):
+    for path in plot(args.budget, args.seeds):
         print(f"wrote {path.relative_to(ROOT)}")
 
 
