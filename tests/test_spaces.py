@@ -343,6 +343,11 @@ BAD_SPACES = [
         id="unknown-sampler",
     ),
     pytest.param(
+        make(search={"startup_trials": -1}),
+        ["search.startup_trials: Input should be greater than or equal to 0; got -1."],
+        id="negative-start-up-trials",
+    ),
+    pytest.param(
         make(search={"pruner": "asha"}),
         [
             "search.pruner: Input should be 'hyperband', 'median', 'successive_halving', "

@@ -40,7 +40,12 @@ def make_sampler(
         return optuna.samplers.RandomSampler(seed=seed)
     if space.search.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=space.search.seed, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        multivariate=True,
+        constant_liar=True,
+        n_startup_trials=space.search.startup_trials,
+    )
 
 
 def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
