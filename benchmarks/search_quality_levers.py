@@ -1,17 +1,20 @@
 """The search-quality benchmark's default tool with one setting changed: what moves the numbers.
 
-Each lever replaces the service's sampler or pruner (dlboost_search.study.make_sampler /
-make_pruner) and runs benchmarks/search_quality.py's default tool (`tpe+sha`) unchanged
-otherwise: same space, data, splits, seeds and 300-epoch budget. Levers:
+Every setting is the default these levers were measured against (`before`: multivariate TPE
+with Optuna's 10 random start-up trials, successive halving with rungs at 1, 3, 9, 27 epochs)
+with one change, run through benchmarks/search_quality.py's default tool (`tpe+sha`) in place
+of the service's sampler and pruner: same space, data, splits, seeds and 300-epoch budget.
+  before    the default until the levers below were run at ten seeds
   rung3     successive halving's first rung at 3 epochs instead of 1 (rungs 3, 9, 27)
   startup5  TPE's first 5 trials random instead of 10
   rf2       successive halving keeps the best half at each rung instead of the best third
             (rungs 1, 2, 4, 8, 16)
-  startup20 TPE's first 20 trials random instead of 10
+  startup20 TPE's first 20 trials random instead of 10: the default now (search.startup_trials)
   indep     TPE samples each parameter on its own (multivariate=False)
   rung2     successive halving's first rung at 2 epochs (rungs 2, 6, 18)
 Each run is a fresh process appended to benchmarks/results/search_quality_levers.jsonl; the
-report compares every lever with the default and random search from search_quality.jsonl:
+report compares every setting over one set of seeds, with random search's final value from
+search_quality.jsonl as the mark to reach:
     .venv/bin/python benchmarks/search_quality_levers.py --levers rf2 --datasets diabetes
     .venv/bin/python benchmarks/search_quality_levers.py --report-only --seeds 0 1 2 3 4
 """
@@ -30,37 +33,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search_quality  # noqa: E402
 
 LINES = search_quality.RESULTS / "search_quality_levers.jsonl"
-LEVERS = ("rung3", "startup5", "rf2", "startup20", "indep", "rung2")
+BEFORE_SAMPLER = {"multivariate": True, "constant_liar": True, "n_startup_trials": 10}
+BEFORE_PRUNER = {"min_resource": 1, "reduction_factor": 3}
+LEVERS = {  # lever: (sampler changes, pruner changes)
+    "before": ({}, {}),
+    "rung3": ({}, {"min_early_stopping_rate": 1}),
+    "startup5": ({"n_startup_trials": 5}, {}),
+    "rf2": ({}, {"reduction_factor": 2}),
+    "startup20": ({"n_startup_trials": 20}, {}),
+    "indep": ({"multivariate": False}, {}),
+    "rung2": ({}, {"min_resource": 2}),
+}
+NOW_DEFAULT = "startup20"
 
 
 def install(lever: str) -> None:
-    """Swap the service's sampler or pruner for the lever's."""
+    """Put the lever's TPE sampler and successive-halving pruner in place of the service's."""
     import optuna
 
     import dlboost_search.study as study
 
-    samplers = {"startup5": {"n_startup_trials": 5}, "startup20": {"n_startup_trials": 20},
-                "indep": {"multivariate": False}}  # fmt: skip
-    pruners = {"rung3": {"min_resource": 1, "min_early_stopping_rate": 1},
-               "rf2": {"min_resource": 1, "reduction_factor": 2},
-               "rung2": {"min_resource": 2}}  # fmt: skip
-    if lever in samplers:
-        options = {"multivariate": True, "constant_liar": True, **samplers[lever]}
-        study.make_sampler = lambda space, trials_so_far, stream=0: optuna.samplers.TPESampler(
-            seed=space.search.seed, **options
-        )
-    else:
-        options = {"reduction_factor": 3, **pruners[lever]}
-        study.make_pruner = lambda space: optuna.pruners.SuccessiveHalvingPruner(**options)
+    sampler_changes, pruner_changes = LEVERS[lever]
+    sampler = {**BEFORE_SAMPLER, **sampler_changes}
+    pruner = {**BEFORE_PRUNER, **pruner_changes}
+    study.make_sampler = lambda space, trials_so_far, stream=0: optuna.samplers.TPESampler(
+        seed=space.search.seed, **sampler
+    )
+    study.make_pruner = lambda space: optuna.pruners.SuccessiveHalvingPruner(**pruner)
 
 
 def report(seeds: list[int]) -> str:
-    """Each setting against the default, over `seeds` only, so every row compares one set."""
-    runs = search_quality.merged(300, seeds)
+    """Every setting over `seeds` only, so that each row's medians are over the same seeds."""
+    runs = search_quality.merged(300, seeds)  # random search's runs, the mark to reach
     if LINES.exists():
         for line in LINES.read_text().splitlines():
             run = json.loads(line)
-            if run["seed"] in seeds:
+            if run["budget"] == 300 and run["seed"] in seeds:
                 runs[(run["tool"], run["dataset"], run["seed"])] = run
     lines = [
         "| dataset | setting | n | best val_loss | test loss | epochs to random's final "
@@ -68,19 +76,22 @@ def report(seeds: list[int]) -> str:
         "|---|---|---:|---:|---:|---|---:|",
     ]
     for dataset in search_quality.DATASETS:
-        for tool in (search_quality.DEFAULT, *LEVERS):
+        for tool in (*LEVERS, "random"):
             mine = [r for (t, d, _), r in sorted(runs.items()) if t == tool and d == dataset]
             if not mine:
                 continue
             reach = [search_quality.reached(r, runs[("random", dataset, r["seed"])]["best_val"])[0]
-                     for r in mine]  # fmt: skip
-            name = "default" if tool == search_quality.DEFAULT else tool
+                     for r in mine if ("random", dataset, r["seed"]) in runs]  # fmt: skip
+            name = f"{tool} (the default now)" if tool == NOW_DEFAULT else tool
             per_seed = ", ".join("never" if math.isinf(e) else str(int(e)) for e in reach)
+            to_random = f"{statistics.median(reach):g} ({per_seed})" if reach else "-"
+            if tool == "random":
+                to_random = "-"  # the mark itself
             lines.append(
                 f"| {dataset} | {name} | {len(mine)} "
                 f"| {statistics.median(r['best_val'] for r in mine):.4f} "
                 f"| {statistics.median(r['test_loss'] for r in mine):.4f} "
-                f"| {statistics.median(reach):g} ({per_seed}) "
+                f"| {to_random} "
                 f"| {statistics.median(r['models'] for r in mine):g} |"
             )
     return "\n".join(lines)
