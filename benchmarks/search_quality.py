@@ -315,8 +315,9 @@ def report(budget: int, seeds: list[int]) -> str:
     runs = merged(budget, seeds)
     lines = [
         f"Budget {budget} epochs per search, at most {MAX_EPOCHS} per trial; medians over the "
-        f"seeds run (n) of {' '.join(map(str, seeds))}. 'to random's final': epochs / seconds until the tool's best-so-far "
-        f"val_loss reached random search's final value on the same seed (inf: never).",
+        f"seeds run (n) of {' '.join(map(str, seeds))}. 'to random's final': epochs / seconds "
+        f"until the tool's best-so-far val_loss reached random search's final value on the same "
+        f"seed (inf: never).",
         "",
         "| dataset | tool | n | best val_loss | test loss | test acc. | epochs to random's final "
         "| s to random's final | models built | models/min |",
