@@ -25,7 +25,8 @@ given (a rerun replaces the earlier line), so the matrix can be filled over seve
     .venv/bin/python benchmarks/search_quality.py --report-only --seeds 0 1 2 3 4
 Writes benchmarks/results/search_quality.md and search_quality_<dataset>.png (best-so-far
 against epochs and seconds: median over seeds, band from the lowest to the highest seed);
-for a budget other than 300, search_quality_<budget>.md and search_quality_<dataset>_<budget>.png.
+for a budget other than 300 or seeds other than 0-4, the names carry them
+(search_quality_600.md, search_quality_digits_seeds0-9.png).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ TOOLS = ("tpe+sha", "tpe+hyperband", "tpe+median", "service-hyperband", "kt-hype
          "kt-bayesian", "random")  # fmt: skip
 DEFAULT = "tpe+sha"  # what `dlboost-search start` runs unless told otherwise
 DATASETS = ("diabetes", "breast_cancer", "digits")
+SEEDS = [0, 1, 2, 3, 4]  # every tool ran these
 MAX_EPOCHS, PATIENCE = 27, 5
 PARAMS = {
     "units": {"type": "int", "low": 16, "high": 256, "log": True},
@@ -349,9 +351,14 @@ def report(budget: int, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def suffix(budget: int) -> str:
-    """Report files of the default budget have plain names; others carry their budget."""
-    return "" if budget == 300 else f"_{budget}"
+def suffix(budget: int, seeds: list[int]) -> str:
+    """Report files of the default budget and seeds have plain names; others carry theirs."""
+    label = "" if budget == 300 else f"_{budget}"
+    if sorted(seeds) != SEEDS:
+        low, high = min(seeds), max(seeds)
+        contiguous = sorted(seeds) == list(range(low, high + 1))
+        label += f"_seeds{low}-{high}" if contiguous else "_seeds" + "_".join(map(str, seeds))
+    return label
 
 
 def plot(budget: int, seeds: list[int]) -> list[Path]:
@@ -394,7 +401,7 @@ def plot(budget: int, seeds: list[int]) -> list[Path]:
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{dataset}: best-so-far val_loss, median over seeds (band: min-max)")
         fig.tight_layout()
-        path = RESULTS / f"search_quality_{dataset}{suffix(budget)}.png"
+        path = RESULTS / f"search_quality_{dataset}{suffix(budget, seeds)}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
@@ -405,7 +412,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
     parser.add_argument("--budget", type=int, default=300, help="epochs per search (300)")
     parser.add_argument("--report-only", action="store_true", help="merge, tabulate and plot")
     parser.add_argument("--one", nargs=3, metavar=("TOOL", "DATASET", "SEED"),
@@ -435,7 +442,7 @@ def main() -> None:
                     brief = {k: v for k, v in run.items() if k != "curve"}
                     print(json.dumps(brief), file=sys.stderr, flush=True)
     table = report(args.budget, args.seeds)
-    (RESULTS / f"search_quality{suffix(args.budget)}.md").write_text(table + "\n")
+    (RESULTS / f"search_quality{suffix(args.budget, args.seeds)}.md").write_text(table + "\n")
     print(table)
     for path in plot(args.budget, args.seeds):
         print(f"wrote {path.relative_to(ROOT)}")

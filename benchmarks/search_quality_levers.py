@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--levers", nargs="+", default=list(LEVERS), choices=LEVERS)
     parser.add_argument("--datasets", nargs="+", default=list(search_quality.DATASETS),
                         choices=search_quality.DATASETS)  # fmt: skip
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", nargs="+", type=int, default=search_quality.SEEDS)
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--one", nargs=3, metavar=("LEVER", "DATASET", "SEED"),
                         help=argparse.SUPPRESS)  # fmt: skip
