@@ -293,12 +293,12 @@ def run_one(tool: str, dataset: str, seed: int, epochs: int) -> dict[str, Any]:
         }  # fmt: skip
 
 
-def merged(budget: int, seeds: list[int]) -> dict[tuple[str, str, int], dict]:
-    """Every recorded run at this budget on these seeds; a later line replaces an earlier one.
-    Reports take one set of seeds, so that every tool's medians are over the same seeds."""
+def merged(budget: int, seeds: list[int], lines: Path = LINES) -> dict[tuple[str, str, int], dict]:
+    """Every run recorded in `lines` at this budget on these seeds; a later line replaces an
+    earlier one. Reports take one set of seeds, so every tool's medians are over the same seeds."""
     runs: dict[tuple[str, str, int], dict] = {}
-    if LINES.exists():
-        for line in LINES.read_text().splitlines():
+    if lines.exists():
+        for line in lines.read_text().splitlines():
             run = json.loads(line)
             if run["budget"] == budget and run["seed"] in seeds:
                 runs[(run["tool"], run["dataset"], run["seed"])] = run
