@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dlboost_search.data import BUILTIN_TASKS, prepare
+from dlboost_search.data import BUILTIN_TASKS, prepare, read_for_prediction
 from dlboost_search.errors import DataError
 from dlboost_search.spaces import DataSpec, space_from_dict
 
@@ -593,3 +593,338 @@ def test_missing_validation_file_points_to_validation_path(tmp_path: Path):
     message = data_error(file_spec(train, validation_path=str(val)))
     assert message.startswith(f"{val}: data file not found.")
     assert "data.validation_path" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input from an adversarial review: each ends in a DataError naming the file, the column or
+# array, and the fix (or, for one-hot targets and number-like column names, simply works)
+
+
+def prediction_error(recipe: dict[str, Any], path: Path) -> str:
+    with pytest.raises(DataError) as info:
+        read_for_prediction(recipe, path)
+    return str(info.value)
+
+
+def npz_split(path: Path, x_train, y_train, x_val, y_val) -> Path:
+    np.savez(path, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
+    return path
+
+
+def test_npz_with_a_zero_dimensional_x(tmp_path: Path):
+    path = tmp_path / "scalar.npz"
+    np.savez(path, x=np.array(5.0), y=np.arange(10.0))
+    assert data_error(file_spec(path, target=None)) == (
+        f"{path}: array x is a single value (5.0, shape ()); it must hold one row per example, "
+        f"shaped (rows,) or (rows, features, ...)."
+    )
+
+
+@pytest.mark.parametrize(("classes", "task"), [(2, "binary"), (3, "multiclass")])
+def test_npz_one_hot_y_is_class_labels(tmp_path: Path, classes: int, task: str):
+    rng = np.random.default_rng(29)
+    labels_train, labels_val = np.arange(30) % classes, np.arange(12) % classes
+    path = npz_split(
+        tmp_path / "one_hot.npz",
+        rng.normal(size=(30, 2)),
+        np.eye(classes)[labels_train],
+        rng.normal(size=(12, 2)),
+        np.eye(classes)[labels_val],
+    )
+    data = prepare(file_spec(path, target=None), 0)
+    assert data.task == task
+    assert data.class_labels == list(range(classes))
+    assert data.n_outputs == (classes if task == "multiclass" else 1)
+    np.testing.assert_array_equal(data.y_train, labels_train.astype("float32"))
+    np.testing.assert_array_equal(data.y_val, labels_val.astype("float32"))
+
+
+def test_npz_one_hot_y_is_split_by_class(tmp_path: Path):
+    rng = np.random.default_rng(30)
+    path = tmp_path / "one_hot_xy.npz"
+    np.savez(path, x=rng.normal(size=(40, 2)), y=np.eye(4, dtype="int8")[np.arange(40) % 4])
+    data = prepare(file_spec(path, target=None), 0)
+    assert (data.task, data.n_outputs, data.class_labels) == ("multiclass", 4, [0, 1, 2, 3])
+    assert set(np.unique(data.y_train)) == set(np.unique(data.y_val)) == {0.0, 1.0, 2.0, 3.0}
+
+
+def test_npz_y_with_several_targets_per_row(tmp_path: Path):
+    path = tmp_path / "targets.npz"
+    y = np.eye(3)[np.arange(30) % 3]
+    y[4] = [0.5, 2.0, 0.0]
+    np.savez(path, x=np.arange(60.0).reshape(30, 2), y=y)
+    assert data_error(file_spec(path, target=None)) == (
+        f"{path}: array y has shape (30, 3); it must hold one value per row (shape (30,)) or "
+        f"one-hot rows (shape (30, classes): a single 1 per row, 0 elsewhere), but row 4 is "
+        f"[0.5, 2.0, 0.0]. Several targets per row are not supported."
+    )
+
+
+def test_npz_with_zero_features(tmp_path: Path):
+    path = tmp_path / "empty_rows.npz"
+    np.savez(path, x=np.zeros((30, 0)), y=np.arange(30.0))
+    assert data_error(file_spec(path, target=None)) == (
+        f"{path}: array x has shape (30, 0): its rows hold no values. Each row needs at least "
+        f"one feature, e.g. shape (30, features)."
+    )
+
+
+def test_npz_split_with_zero_features(tmp_path: Path):
+    rng = np.random.default_rng(31)
+    path = npz_split(
+        tmp_path / "empty_split.npz",
+        np.zeros((30, 0)),
+        rng.normal(size=30),
+        np.zeros((10, 0)),
+        rng.normal(size=10),
+    )
+    message = data_error(file_spec(path, target=None))
+    assert message.startswith(f"{path}: array x_train has shape (30, 0): its rows hold no values.")
+
+
+def test_parquet_column_of_lists(tmp_path: Path):
+    path = tmp_path / "lists.parquet"
+    frame = pd.DataFrame({"a": np.arange(20.0), "tags": [[1, 2]] * 20, "y": np.arange(20.0)})
+    frame.to_parquet(path)
+    assert data_error(file_spec(path)) == (
+        f"{path}: column 'tags' holds ndarray cells (row 0: array([1, 2])); a column must hold "
+        f"one number or one text value per row. Split it into columns of their own, or remove it."
+    )
+
+
+@pytest.mark.parametrize("stray", ["12a", "n/a?"])
+def test_numeric_column_with_a_stray_text_cell(tmp_path: Path, stray: str):
+    columns = regression_columns()
+    columns["a"] = columns["a"].astype(object)
+    columns["a"][6] = stray
+    path = write_csv(tmp_path / "typo.csv", columns)
+    assert data_error(file_spec(path)) == (
+        f"{path}: column 'a' holds numbers except in 1 row: row 6 {stray!r} (row numbers count "
+        f"from 0, header excluded). Read as text, the column would be encoded as categories, one "
+        f"per distinct value. Fix those cells, or remove the column."
+    )
+
+
+def test_stray_text_cells_are_listed_five_at_most_and_shortened(tmp_path: Path):
+    columns = regression_columns(80)
+    columns["b"] = columns["b"].astype(object)
+    for row in (1, 3, 5, 7, 9, 11):
+        columns["b"][row] = f"oops{row}"
+    columns["b"][1] = "z" * 1000
+    path = write_csv(tmp_path / "typos.csv", columns)
+    message = data_error(file_spec(path))
+    assert message.startswith(
+        f"{path}: column 'b' holds numbers except in 6 rows: row 1 '{'z' * 36}..., row 3 "
+        f"'oops3', row 5 'oops5', row 7 'oops7', row 9 'oops9'... (row numbers"
+    )
+
+
+def test_stray_text_in_the_target_and_in_the_validation_file(tmp_path: Path):
+    train = write_csv(tmp_path / "train.csv", regression_columns(seed=32))
+    val_columns = regression_columns(20, seed=33)
+    val_columns["y"] = val_columns["y"].astype(object)
+    val_columns["y"][2] = "?"
+    val = write_csv(tmp_path / "val.csv", val_columns)
+    message = data_error(file_spec(train, validation_path=str(val)))
+    assert message.startswith(f"{val}: column 'y' holds numbers except in 1 row: row 2 '?'")
+    assert message.endswith("Fix those cells, or drop those rows.")
+
+
+def test_text_columns_that_are_not_numbers_with_typos_still_work(tmp_path: Path):
+    n = 40
+    rng = np.random.default_rng(34)
+    # Mostly text, a few numbers: categories as before.
+    path = write_csv(
+        tmp_path / "mixed.csv",
+        {"a": ["red", "green", "blue", "7"] * 10, "y": rng.normal(size=n)},
+    )
+    data = prepare(file_spec(path), 0)
+    assert data.feature_names == ["a_7", "a_blue", "a_green", "a_red"]
+    # Numbers stored as text (a Parquet string column): categories as before, too.
+    path = tmp_path / "digits_as_text.parquet"
+    pd.DataFrame({"a": [str(i % 3) for i in range(n)], "y": rng.normal(size=n)}).to_parquet(path)
+    assert prepare(file_spec(path), 0).feature_names == ["a_0", "a_1", "a_2"]
+
+
+def test_validation_file_with_text_where_training_has_numbers(tmp_path: Path):
+    train = write_csv(tmp_path / "train.csv", regression_columns(seed=35))
+    val_columns = regression_columns(12, seed=36)
+    val_columns["b"] = ["few", "many"] * 6
+    val = write_csv(tmp_path / "val.csv", val_columns)
+    assert data_error(file_spec(train, validation_path=str(val))) == (
+        f"{val}: column 'b' holds numbers in the training rows but text here; a column must "
+        f"hold the same kind of values in both files. Fix those values."
+    )
+
+
+TOO_LARGE = (
+    "Training uses float32, which holds at most about 3.4e38: rescale the values before the "
+    "search (take a log, or divide them by a power of ten)."
+)
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e300])
+def test_column_too_large_to_standardize(tmp_path: Path, scale: float):
+    columns = regression_columns()
+    columns["a"] = np.linspace(-1.0, 2.0, 40) * scale
+    path = write_csv(tmp_path / "huge.csv", columns)
+    assert data_error(file_spec(path)) == (
+        f"{path}: column 'a' holds values too large to train on (largest magnitude "
+        f"{2 * scale:.3g}; their mean and spread overflow). {TOO_LARGE}"
+    )
+
+
+def test_regression_target_too_large(tmp_path: Path):
+    columns = regression_columns()
+    columns["y"] = columns["y"] * 1e300
+    path = write_csv(tmp_path / "huge_target.csv", columns)
+    message = data_error(file_spec(path))
+    assert message.startswith(f"{path}: target 'y' holds values too large to train on")
+    assert message.endswith(TOO_LARGE)
+
+
+def test_npz_feature_too_large(tmp_path: Path):
+    rng = np.random.default_rng(37)
+    path = tmp_path / "huge.npz"
+    np.savez(path, x=rng.normal(size=(40, 3)) * [1.0, 1.0, 1e300], y=rng.normal(size=40))
+    message = data_error(file_spec(path, target=None))
+    assert message.startswith(f"{path}: array x, feature 2 holds values too large to train on")
+    assert message.endswith(TOO_LARGE)
+
+
+def test_validation_value_that_standardizes_beyond_float32(tmp_path: Path):
+    # The training rows' spread is tiny: a moderate validation value lands beyond float32.
+    train_columns = regression_columns(seed=38)
+    train_columns["a"] = train_columns["a"] * 1e-36
+    train = write_csv(tmp_path / "train.csv", train_columns)
+    val_columns = regression_columns(12, seed=39)
+    val_columns["a"][3] = 1e5
+    val = write_csv(tmp_path / "val.csv", val_columns)
+    message = data_error(file_spec(train, validation_path=str(val)))
+    assert message.startswith(
+        f"{val}: column 'a' holds values too large to train on (largest magnitude 1e+05; "
+    )
+    assert "standard deviations of the training rows from their mean" in message
+
+
+def test_large_values_that_standardize_well_are_kept(tmp_path: Path):
+    rng = np.random.default_rng(40)
+    path = tmp_path / "large.npz"
+    np.savez(path, x=rng.normal(size=(40, 2)) * 1e100, y=rng.normal(size=40) * 1e100)
+    data = prepare(file_spec(path, target=None), 0)
+    for array in (data.x_train, data.x_val, data.y_train, data.y_val):
+        assert np.isfinite(array).all()
+    assert_standardized(data.x_train)
+
+
+def test_validation_split_smaller_than_the_classes(tmp_path: Path):
+    rng = np.random.default_rng(41)
+    path = write_csv(tmp_path / "t.csv", {"a": rng.normal(size=12), "y": [0, 1, 2, 3] * 3})
+    assert data_error(file_spec(path)) == (
+        f"{path}: the validation split holds 3 of the 12 rows (`data.validation_split: 0.2`) "
+        f"but there are 4 classes, and each side needs a row of every class. Set "
+        f"`data.validation_split: 0.3`, or give `data.validation_path`."
+    )
+
+
+def test_no_validation_split_can_hold_every_class(tmp_path: Path):
+    rng = np.random.default_rng(42)
+    path = write_csv(tmp_path / "t.csv", {"a": rng.normal(size=10), "y": [0, 1, 2, 3, 4] * 2})
+    message = data_error(file_spec(path))
+    assert message.startswith(f"{path}: the validation split holds 2 of the 10 rows")
+    assert message.endswith("No split of 10 rows can; add rows, or give `data.validation_path`.")
+    assert "at least 2 rows" not in message
+
+
+def test_training_split_smaller_than_the_classes(tmp_path: Path):
+    rng = np.random.default_rng(43)
+    path = write_csv(tmp_path / "t.csv", {"a": rng.normal(size=20), "y": list(range(10)) * 2})
+    message = data_error(file_spec(path, validation_split=0.6))
+    assert message.startswith(
+        f"{path}: the training split holds 8 of the 20 rows (`data.validation_split: 0.6`) but "
+        f"there are 10 classes"
+    )
+    assert message.endswith("Set `data.validation_split: 0.5`, or give `data.validation_path`.")
+
+
+def test_classes_with_a_single_row_are_named(tmp_path: Path):
+    rng = np.random.default_rng(44)
+    target = ["a"] * 15 + ["b"] * 15 + ["c", "d"]
+    path = write_csv(tmp_path / "t.csv", {"a": rng.normal(size=32), "y": target})
+    assert data_error(file_spec(path)) == (
+        f"{path}: cannot split into training and validation rows with every class on both "
+        f"sides: classes 'c', 'd' have a single row. Every class needs at least 2 rows. Add rows "
+        f"of those classes, drop their rows, or give `data.validation_path`."
+    )
+
+
+def test_prediction_of_a_table_model_refuses_an_npz(tmp_path: Path):
+    recipe = prepare(file_spec(write_csv(tmp_path / "t.csv", regression_columns()))).preprocessing
+    path = tmp_path / "rows.npz"
+    np.savez(path, x=np.zeros((3, 2)))
+    assert prediction_error(recipe, path) == (
+        f"{path}: this model was trained on a table and takes a CSV or Parquet file (.csv, "
+        f".parquet or .pq) with the same columns, not a '.npz' file."
+    )
+
+
+def test_prediction_nan_message_speaks_of_predicting(tmp_path: Path):
+    recipe = prepare(file_spec(write_csv(tmp_path / "t.csv", regression_columns()))).preprocessing
+    rows = regression_columns(5, seed=45)
+    rows["a"][1] = np.nan
+    path = write_csv(tmp_path / "new.csv", rows)
+    assert prediction_error(recipe, path) == (
+        f"{path}: column 'a' has 1 rows with NaN or inf (rows 1...). Drop or fill those rows "
+        f"before predicting (row numbers count from 0, header excluded)."
+    )
+
+
+def test_prediction_refuses_values_beyond_float32(tmp_path: Path):
+    recipe = prepare(file_spec(write_csv(tmp_path / "t.csv", regression_columns()))).preprocessing
+    rows = regression_columns(5, seed=46)
+    rows["b"] = np.array([1.0, 2.0, 1e300, 3.0, 4.0])
+    message = prediction_error(recipe, write_csv(tmp_path / "new.csv", rows))
+    assert message.startswith(f"{tmp_path / 'new.csv'}: column 'b' holds values too large")
+
+
+@pytest.mark.parametrize(
+    ("x", "fragment"),
+    [
+        (np.array(5.0), "array x is a single value (5.0, shape ())"),
+        (np.zeros((0, 3)), "array x has no rows (shape (0, 3))."),
+        (np.zeros((4, 3, 1)), "array x holds float64 rows shaped (3, 1); this model takes"),
+    ],
+    ids=["0-d", "no-rows", "wrong-shape"],
+)
+def test_prediction_npz_with_an_unusable_x(tmp_path: Path, x: np.ndarray, fragment: str):
+    rng = np.random.default_rng(47)
+    train = tmp_path / "train.npz"
+    np.savez(train, x=rng.normal(size=(40, 3)), y=rng.normal(size=40))
+    recipe = prepare(file_spec(train, target=None)).preprocessing
+    path = tmp_path / "new.npz"
+    np.savez(path, x=x)
+    assert prediction_error(recipe, path).startswith(f"{path}: {fragment}")
+
+
+def test_number_like_column_names_are_found_as_text(tmp_path: Path):
+    rng = np.random.default_rng(48)
+    path = tmp_path / "numbered.parquet"
+    pd.DataFrame(
+        {0: rng.normal(size=20), 1: rng.normal(size=20), 2: rng.normal(size=20)}
+    ).to_parquet(path)
+    data = prepare(file_spec(path, target="2"), 0)
+    assert data.feature_names == ["0", "1"]
+    assert data.preprocessing["target"] == "2"
+    x, _ = read_for_prediction(data.preprocessing, path)  # the target column is ignored
+    assert x.shape == (20, 2)
+
+
+def test_huge_values_are_shortened_in_messages(tmp_path: Path):
+    big = "x" * 1_000_000
+    path = write_csv(tmp_path / "big.csv", {"a": np.arange(20.0), "y": [big] * 20})
+    message = data_error(file_spec(path))
+    assert message.startswith(f"{path}: target 'y' has a single value ('xxxx")
+    assert len(message) < len(str(path)) + 200
+    message = data_error(file_spec(path, target=big))
+    assert message.startswith(f"{path}: unknown target column 'xxxx")
+    assert len(message) < len(str(path)) + 300

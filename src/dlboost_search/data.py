@@ -43,6 +43,11 @@ MIN_TRAIN_ROWS = 8
 MIN_VALIDATION_ROWS = 2
 # An integer target with at most this many distinct values is taken for classes.
 MAX_INFERRED_CLASSES = 20
+# A text column whose values read as numbers at least this often, but not always, is a numeric
+# column with a few typos: encoded as categories, it would become one column per distinct value.
+NUMERIC_TEXT_SHARE = 0.9
+# What a message quotes of a value: a cell or a column name can be megabytes long.
+QUOTE_LIMIT = 80
 
 
 @dataclass(frozen=True)
@@ -95,16 +100,18 @@ def prepare(spec: DataSpec, seed: int = 0) -> PreparedData:
             return _prepare_npz(path, spec, seed)
         frame = _read_table(path, "data.path")
         target = _check_target(frame, spec.target, source)
+        _check_values(frame, source, target)
         validation = None
         if spec.validation_path:
             validation = _read_table(Path(spec.validation_path), "data.validation_path")
-        if validation is not None:
             _check_same_columns(frame, validation, spec.validation_path)
+            _check_values(validation, spec.validation_path, target)
+        # Inferred only now: a list cell or a typo in the target would mislead the inference.
         task = spec.task or _infer_task(frame[target])
-    _check_finite(frame, source)
-    if validation is not None:
-        _check_finite(validation, spec.validation_path)
-    return _prepare_frame(frame, validation, target, task, spec.validation_split, seed, source)
+    return _prepare_frame(
+        frame, validation, target, task, spec.validation_split, seed, source,
+        spec.validation_path or source,
+    )  # fmt: skip
 
 
 def task_and_shape(spec: DataSpec, seed: int = 0) -> tuple[str, tuple[int, ...]]:
@@ -145,33 +152,58 @@ def _read_table(path: Path, key: str) -> pd.DataFrame:
         raise DataError(f"{path}: cannot be read as {path.suffix[1:]}: {exc}") from None
     if frame.empty:
         raise DataError(f"{path}: the file has no rows.")
+    # Parquet keeps column names that are not text (0, 1, ...), but the search space names
+    # columns with text: `target: "2"` must find column 2.
+    names = [str(c) for c in frame.columns]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(
+            f"{path}: columns {_listed(twice)} appear more than once (as text); every column "
+            f"needs a name of its own. Rename them."
+        )
+    frame.columns = names
     return frame
+
+
+def _short(text: str, limit: int = QUOTE_LIMIT) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    return _short(repr(value), limit)
+
+
+def _listed(names: list[Any], limit: int = 30) -> str:
+    shown = ", ".join(_short(str(n)) for n in names[:limit])
+    return shown + (" ..." if len(names) > limit else "")
 
 
 def _check_target(frame: pd.DataFrame, target: str, source: str) -> str:
     if target in frame.columns:
         return target
-    columns = [str(c) for c in frame.columns]
+    columns = list(frame.columns)
     close = difflib.get_close_matches(target, columns, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = f" Did you mean {_quote(close[0])}?" if close else ""
     raise DataError(
-        f"{source}: unknown target column {target!r}.{hint} "
-        f"Columns: {', '.join(columns[:30])}{' ...' if len(columns) > 30 else ''}. "
-        f"Fix `data.target` in the search space."
+        f"{source}: unknown target column {_quote(target)}.{hint} "
+        f"Columns: {_listed(columns)}. Fix `data.target` in the search space."
     )
 
 
 def _check_same_columns(train: pd.DataFrame, validation: pd.DataFrame, source: str) -> None:
-    missing = [c for c in train.columns if c not in validation.columns]
-    extra = [c for c in validation.columns if c not in train.columns]
+    missing = [repr(c) for c in train.columns if c not in validation.columns]
+    extra = [repr(c) for c in validation.columns if c not in train.columns]
     if missing or extra:
         raise DataError(
             f"{source}: the validation file must have the training file's columns; "
-            f"missing: {missing or 'none'}, extra: {extra or 'none'}."
+            f"missing: {f'[{_listed(missing)}]' if missing else 'none'}, "
+            f"extra: {f'[{_listed(extra)}]' if extra else 'none'}."
         )
 
 
-def _check_finite(frame: pd.DataFrame, source: str) -> None:
+def _check_finite(
+    frame: pd.DataFrame, source: str, fix: str = "Drop or fill those rows before the search"
+) -> None:
     problems = []
     for column in frame.columns:
         values = frame[column]
@@ -181,12 +213,54 @@ def _check_finite(frame: pd.DataFrame, source: str) -> None:
         count = int(bad.sum())
         if count:
             rows = ", ".join(str(i) for i in np.flatnonzero(bad.to_numpy())[:5])
-            problems.append(f"column {column!r} has {count} rows with NaN or inf (rows {rows}...)")
+            problems.append(
+                f"column {_quote(column)} has {count} rows with NaN or inf (rows {rows}...)"
+            )
     if problems:
         raise DataError(
-            f"{source}: {'; '.join(problems)}. Drop or fill those rows before the search "
-            f"(row numbers count from 0, header excluded)."
+            f"{source}: {'; '.join(problems)}. {fix} (row numbers count from 0, header excluded)."
         )
+
+
+def _check_cells(frame: pd.DataFrame, source: str) -> None:
+    """Refuse cells that hold several values (Parquet lists, structs, maps)."""
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype != object:  # text columns hold text only
+            continue
+        nested = values.map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray)))
+        if nested.any():
+            row = int(np.flatnonzero(nested.to_numpy())[0])
+            raise DataError(
+                f"{source}: column {_quote(column)} holds {type(values.iloc[row]).__name__} "
+                f"cells (row {row}: {_quote(values.iloc[row], 40)}); a column must hold one "
+                f"number or one text value per row. Split it into columns of their own, or "
+                f"remove it."
+            )
+
+
+def _check_values(frame: pd.DataFrame, source: str, target: str) -> None:
+    """Every cell usable: no NaN or inf, no nested values, no stray text in a numeric column."""
+    import pandas as pd
+
+    _check_finite(frame, source)
+    _check_cells(frame, source)
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype.kind != "O":
+            continue
+        text = ~pd.to_numeric(values, errors="coerce").notna()
+        if text.any() and 1 - text.mean() >= NUMERIC_TEXT_SHARE:
+            rows = np.flatnonzero(text.to_numpy())
+            cells = ", ".join(f"row {i} {_quote(values.iloc[i], 40)}" for i in rows[:5])
+            cells += "..." if len(rows) > 5 else ""
+            fix = "drop those rows" if column == target else "remove the column"
+            raise DataError(
+                f"{source}: column {_quote(column)} holds numbers except in {len(rows)} "
+                f"row{'s' if len(rows) > 1 else ''}: {cells} (row numbers count from 0, "
+                f"header excluded). Read as text, the column would be encoded as categories, "
+                f"one per distinct value. Fix those cells, or {fix}."
+            )
 
 
 def _infer_task(target: pd.Series) -> str:
@@ -211,42 +285,90 @@ def _split(n_rows: int, y: np.ndarray | None, fraction: float, seed: int, source
             f"(need at least {MIN_TRAIN_ROWS} training and {MIN_VALIDATION_ROWS} validation "
             f"rows). Add rows, change `data.validation_split`, or give `data.validation_path`."
         )
+    if y is not None:
+        _check_stratifiable(y, n_rows, n_val, fraction, source)
     try:
         return train_test_split(np.arange(n_rows), test_size=n_val, random_state=seed, stratify=y)
-    except ValueError as exc:  # a class with a single row cannot be stratified
+    except ValueError as exc:  # whatever _check_stratifiable did not foresee
         raise DataError(
             f"{source}: cannot split into training and validation rows with every class "
-            f"on both sides ({exc}). Every class needs at least 2 rows."
+            f"on both sides ({exc})."
         ) from None
 
 
-def _encode_target(y_train, y_val, task: str, source: str, target: str):
+def _check_stratifiable(y: np.ndarray, n_rows: int, n_val: int, fraction: float, source: str):
+    """Each side of a stratified split needs a row of every class."""
+    import pandas as pd
+
+    counts = pd.Series(y).value_counts()
+    single = counts.index[counts < 2].tolist()
+    if single:
+        if len(single) == 1:
+            classes, fix = f"class {_quote(single[0])} has", "that class, drop its row"
+        else:
+            classes = f"classes {_listed([_quote(c) for c in single], 10)} have"
+            fix = "those classes, drop their rows"
+        raise DataError(
+            f"{source}: cannot split into training and validation rows with every class on "
+            f"both sides: {classes} a single row. Every class needs at least 2 rows. Add rows "
+            f"of {fix}, or give `data.validation_path`."
+        )
+    n_classes, n_train = len(counts), n_rows - n_val
+    if min(n_val, n_train) >= n_classes:
+        return
+    side, rows = ("validation", n_val) if n_val < n_classes else ("training", n_train)
+
+    def fits(f: float) -> bool:  # as _split counts rows
+        val = int(np.ceil(n_rows * f))
+        return min(val, n_rows - val) >= n_classes and val >= MIN_VALIDATION_ROWS and (
+            n_rows - val >= MIN_TRAIN_ROWS)  # fmt: skip
+
+    # Round splits first (0.25 rather than 0.21), any hundredth when none of them fits.
+    fractions = [f / 100 for f in range(5, 100, 5) if fits(f / 100)]
+    fractions = fractions or [f / 100 for f in range(1, 100) if fits(f / 100)]
+    if fractions:
+        closest = min(fractions, key=lambda f: abs(f - fraction))
+        fix = f"Set `data.validation_split: {closest:g}`, or give `data.validation_path`."
+    else:
+        fix = f"No split of {n_rows} rows can; add rows, or give `data.validation_path`."
+    raise DataError(
+        f"{source}: the {side} split holds {rows} of the {n_rows} rows "
+        f"(`data.validation_split: {fraction:g}`) but there are {n_classes} classes, and each "
+        f"side needs a row of every class. {fix}"
+    )
+
+
+def _encode_target(y_train, y_val, task: str, source: str, target: str, val_source=None):
     """Targets as float32 arrays, plus class labels or the regression scale."""
     if task == "regression":
         if y_train.dtype.kind not in "iuf":
             raise DataError(
-                f"{source}: target {target!r} is not numeric ({y_train.dtype}), so it cannot "
-                f"be regressed. Set `data.task: binary` or `multiclass` for a class label."
+                f"{source}: target {_quote(target)} is not numeric ({y_train.dtype}), so it "
+                f"cannot be regressed. Set `data.task: binary` or `multiclass` for a class label."
             )
-        mean, std = float(y_train.mean()), float(y_train.std())
+        what = f"target {_quote(target)}"
+        mean, std = _statistics(y_train[:, np.newaxis], source, [what])
+        mean, std = float(mean[0]), float(std[0])
         if std == 0:
             raise DataError(
-                f"{source}: target {target!r} has a single value ({mean:g}) in the training "
-                f"rows; there is nothing to learn. Check `data.target`."
+                f"{source}: target {_quote(target)} has a single value ({mean:g}) in the "
+                f"training rows; there is nothing to learn. Check `data.target`."
             )
-        scale = lambda y: ((y.astype("float64") - mean) / std).astype("float32")  # noqa: E731
-        return scale(y_train), scale(y_val), [], mean, std
+        scaled = []
+        for y, side in ((y_train, source), (y_val, val_source or source)):
+            scaled.append(_standardized(y[:, np.newaxis], [mean], [std], side, [what])[:, 0])
+        return *scaled, [], mean, std
     labels = set(y_train.tolist()) | set(y_val.tolist())
     numeric = all(isinstance(v, (int, float)) for v in labels)
     labels = sorted(labels, key=None if numeric else str)
     if len(labels) < 2:
         raise DataError(
-            f"{source}: target {target!r} has a single value ({labels[0]!r}); there is "
+            f"{source}: target {_quote(target)} has a single value ({_quote(labels[0])}); there is "
             f"nothing to learn. Check `data.target`."
         )
     if task == "binary" and len(labels) != 2:
         raise DataError(
-            f"{source}: a binary task needs exactly 2 classes in {target!r}, found "
+            f"{source}: a binary task needs exactly 2 classes in {_quote(target)}, found "
             f"{len(labels)}. Set `data.task: multiclass` or `regression`."
         )
     index = {label: i for i, label in enumerate(labels)}
@@ -254,11 +376,13 @@ def _encode_target(y_train, y_val, task: str, source: str, target: str):
     return encode(y_train), encode(y_val), labels, 0.0, 1.0
 
 
-def _prepare_frame(frame, validation, target, task, fraction, seed, source) -> PreparedData:
+def _prepare_frame(
+    frame, validation, target, task, fraction, seed, source, val_source=None
+) -> PreparedData:
     y_all = frame[target].to_numpy()
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
-        raise DataError(f"{source}: no feature columns besides the target {target!r}.")
+        raise DataError(f"{source}: no feature columns besides the target {_quote(target)}.")
     if validation is None:
         stratify = y_all if task != "regression" else None
         train_idx, val_idx = _split(len(frame), stratify, fraction, seed, source)
@@ -267,8 +391,11 @@ def _prepare_frame(frame, validation, target, task, fraction, seed, source) -> P
     else:
         x_train_df, y_train = features, y_all
         x_val_df, y_val = validation.drop(columns=[target]), validation[target].to_numpy()
-    x_train, x_val, names, recipe = _encode_features(x_train_df, x_val_df)
-    y_train, y_val, labels, mean, std = _encode_target(y_train, y_val, task, source, target)
+    val_source = val_source or source
+    x_train, x_val, names, recipe = _encode_features(x_train_df, x_val_df, source, val_source)
+    y_train, y_val, labels, mean, std = _encode_target(
+        y_train, y_val, task, source, target, val_source
+    )
     return PreparedData(
         x_train, y_train, x_val, y_val, task,
         n_outputs=len(labels) if task == "multiclass" else 1,
@@ -277,13 +404,24 @@ def _prepare_frame(frame, validation, target, task, fraction, seed, source) -> P
     )  # fmt: skip
 
 
-def _encode_features(train: pd.DataFrame, val: pd.DataFrame):
+def _encode_features(train: pd.DataFrame, val: pd.DataFrame, source: str, val_source: str):
     """Standardize numeric columns and one-hot encode the others, fitted on `train` only."""
     from sklearn.compose import ColumnTransformer
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     numeric = [c for c in train.columns if train[c].dtype.kind in "iuf"]
     categorical = [c for c in train.columns if c not in numeric]
+    for column in train.columns:
+        if (column in numeric) != (val[column].dtype.kind in "iuf"):
+            kinds = ("numbers", "text") if column in numeric else ("text", "numbers")
+            raise DataError(
+                f"{val_source}: column {_quote(column)} holds {kinds[0]} in the training rows "
+                f"but {kinds[1]} here; a column must hold the same kind of values in both "
+                f"files. Fix those values."
+            )
+    what = [f"column {_quote(c)}" for c in numeric]
+    if numeric:  # before the scaler, whose statistics would overflow unnamed
+        _statistics(train[numeric].to_numpy(dtype="float64"), source, what)
     transformer = ColumnTransformer(
         [
             ("numeric", StandardScaler(), numeric),
@@ -295,10 +433,17 @@ def _encode_features(train: pd.DataFrame, val: pd.DataFrame):
         ],
         verbose_feature_names_out=False,
     )
-    x_train = transformer.fit_transform(train).astype("float32")
-    x_val = transformer.transform(val).astype("float32")
+    with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+        x_train = transformer.fit_transform(train).astype("float32")
+        x_val = transformer.transform(val).astype("float32")
     scaler = transformer.named_transformers_["numeric"]
     encoder = transformer.named_transformers_["categorical"]
+    if numeric:
+        for x, raw, side in ((x_train, train, source), (x_val, val, val_source)):
+            _check_standardized(
+                x[:, : len(numeric)], raw[numeric].to_numpy(dtype="float64"),
+                scaler.mean_, scaler.scale_, side, what,
+            )  # fmt: skip
     recipe = {
         "kind": "table",
         "columns": [str(c) for c in train.columns],
@@ -313,45 +458,106 @@ def _encode_features(train: pd.DataFrame, val: pd.DataFrame):
     return x_train, x_val, [str(n) for n in transformer.get_feature_names_out()], recipe
 
 
+def _too_large(source: str, what: str, values: np.ndarray, how: str) -> DataError:
+    largest = float(np.max(np.abs(values)))
+    return DataError(
+        f"{source}: {what} holds values too large to train on (largest magnitude {largest:.3g}; "
+        f"{how}). Training uses float32, which holds at most about 3.4e38: rescale the values "
+        f"before the search (take a log, or divide them by a power of ten)."
+    )
+
+
+def _statistics(raw: np.ndarray, source: str, what: list[str]):
+    """Mean and standard deviation of each feature (the last axis), which must not overflow:
+    values near float64's limit have squares beyond it. `what` names each feature."""
+    flat = raw.reshape(-1, raw.shape[-1]).astype("float64")
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = flat.mean(axis=0), flat.std(axis=0)
+    bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))
+    if len(bad):
+        i = bad[0]
+        raise _too_large(source, what[i], flat[:, i], "their mean and spread overflow")
+    return mean, std
+
+
+def _check_standardized(x, raw, mean, std, source: str, what: list[str]) -> None:
+    """`x` (float32) is `raw` standardized: a value far enough from the training rows' mean,
+    in their standard deviations, overflows float32."""
+    bad = np.flatnonzero(~np.isfinite(x.reshape(-1, x.shape[-1])).all(axis=0))
+    if len(bad):
+        i = bad[0]
+        values = raw.reshape(-1, raw.shape[-1])[:, i].astype("float64")
+        with np.errstate(over="ignore"):
+            far = float(np.max(np.abs((values - mean[i]) / std[i])))
+        how = f"{far:.3g} standard deviations of the training rows from their mean"
+        raise _too_large(source, what[i], values, how)
+
+
+def _standardized(raw, mean, std, source: str, what: list[str]) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+        x = ((raw.astype("float64") - mean) / std).astype("float32")
+    _check_standardized(x, raw, np.asarray(mean), np.asarray(std), source, what)
+    return x
+
+
 def _prepare_npz(path: Path, spec: DataSpec, seed: int) -> PreparedData:
     arrays = _read_npz(path)
     if {"x", "y"} <= arrays.keys():
-        x, y = _checked_pair(path, arrays, "x", "y")
-        task = spec.task or _infer_task(_series(y))
+        x, y, classes = _checked_pair(path, arrays, "x", "y")
+        task = spec.task or _npz_task(y, classes)
         train_idx, val_idx = _split(
             len(x), y if task != "regression" else None, spec.validation_split, seed, str(path)
         )
         x_train, x_val, y_train, y_val = x[train_idx], x[val_idx], y[train_idx], y[val_idx]
+        names = ("x", "x")
     elif {"x_train", "y_train", "x_val", "y_val"} <= arrays.keys():
-        x_train, y_train = _checked_pair(path, arrays, "x_train", "y_train")
-        x_val, y_val = _checked_pair(path, arrays, "x_val", "y_val")
+        x_train, y_train, classes = _checked_pair(path, arrays, "x_train", "y_train")
+        x_val, y_val, val_classes = _checked_pair(path, arrays, "x_val", "y_val")
         if x_train.shape[1:] != x_val.shape[1:]:
             raise DataError(
                 f"{path}: x_train rows have shape {x_train.shape[1:]} but x_val rows have "
                 f"{x_val.shape[1:]}; both must have the same features."
             )
-        task = spec.task or _infer_task(_series(y_train))
+        if classes != val_classes:
+            held = lambda k: f"one-hot rows of {k} classes" if k else "one value per row"  # noqa: E731
+            raise DataError(
+                f"{path}: y_train holds {held(classes)} but y_val holds {held(val_classes)}; "
+                f"give both the same way."
+            )
+        task = spec.task or _npz_task(y_train, classes)
+        names = ("x_train", "x_val")
     else:
         raise DataError(
             f"{path}: an NPZ file holds arrays `x` and `y` (split by `data.validation_split`) "
-            f"or `x_train`, `y_train`, `x_val`, `y_val`; found: {', '.join(arrays) or 'none'}."
+            f"or `x_train`, `y_train`, `x_val`, `y_val`; found: "
+            f"{_listed(list(arrays)) or 'none'}."
         )
-    return _prepare_arrays(x_train, y_train, x_val, y_val, task, str(path))
+    return _prepare_arrays(x_train, y_train, x_val, y_val, task, str(path), names=names)
 
 
-def _prepare_arrays(x_train, y_train, x_val, y_val, task, source, scale=None) -> PreparedData:
+def _npz_task(y: np.ndarray, classes: int | None) -> str:
+    if classes:  # one-hot rows: classes, however many
+        return "binary" if classes == 2 else "multiclass"
+    return _infer_task(_series(y))
+
+
+def _prepare_arrays(
+    x_train, y_train, x_val, y_val, task, source, scale=None, names=("x_train", "x_val")
+) -> PreparedData:
     """Arrays of any row shape whose last axis is the features (or channels).
 
     Each feature is standardized with the training split's statistics, or divided by `scale`
-    (images: their pixel range) when given."""
+    (images: their pixel range) when given. `names`: the arrays of the file that x_train and
+    x_val come from, for messages."""
+    what = [f"array {names[0]}, feature {i}" for i in range(x_train.shape[-1])]
     if scale is None:
-        flat = x_train.reshape(-1, x_train.shape[-1]).astype("float64")
-        mean, std = flat.mean(axis=0), flat.std(axis=0)
+        mean, std = _statistics(x_train, source, what)
         std[std == 0] = 1.0
     else:
         mean, std = np.zeros(x_train.shape[-1]), np.full(x_train.shape[-1], float(scale))
-    x_train = ((x_train - mean) / std).astype("float32")
-    x_val = ((x_val - mean) / std).astype("float32")
+    x_train = _standardized(x_train, mean, std, source, what)
+    what = [f"array {names[1]}, feature {i}" for i in range(x_val.shape[-1])]
+    x_val = _standardized(x_val, mean, std, source, what)
     y_train, y_val, labels, t_mean, t_std = _encode_target(y_train, y_val, task, source, "y")
     recipe = {
         "kind": "array",
@@ -451,24 +657,71 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def _checked_pair(path: Path, arrays: dict[str, np.ndarray], xs: str, ys: str):
-    """Features and targets of one NPZ split, checked before anything uses them."""
-    x, y = arrays[xs], arrays[ys]
-    if x.ndim == 1:
-        x = x.reshape(-1, 1)  # one feature per row
+    """Features and targets of one NPZ split, checked before anything uses them. One-hot
+    targets become class indices; returns x, y and their number of classes (else None)."""
+    x, y = _rows(path, xs, arrays[xs]), arrays[ys]
+    if y.ndim == 0:
+        raise _single_value(path, ys, y)
     if len(x) != len(y):
         raise DataError(f"{path}: {xs} has {len(x)} rows but {ys} has {len(y)}; they must match.")
     if x.dtype.kind not in "iuf":
         raise DataError(f"{path}: array {xs} must be numeric, got dtype {x.dtype}.")
-    for name, values in ((xs, x), (ys, y)):
-        if values.dtype.kind not in "iuf":
-            continue
-        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-        if bad.any():
-            raise DataError(
-                f"{path}: array {name} has {int(bad.sum())} rows with NaN or inf "
-                f"(rows {', '.join(map(str, np.flatnonzero(bad)[:5]))}...). Drop or fill them."
-            )
-    return x, y
+    if 0 in x.shape[1:]:
+        raise DataError(
+            f"{path}: array {xs} has shape {x.shape}: its rows hold no values. Each row needs "
+            f"at least one feature, e.g. shape ({len(x)}, features)."
+        )
+    _check_rows_finite(path, xs, x)
+    _check_rows_finite(path, ys, y)
+    return x, *_class_indices(path, ys, y)
+
+
+def _single_value(path: Path, name: str, values: np.ndarray) -> DataError:
+    return DataError(
+        f"{path}: array {name} is a single value ({_quote(values.item())}, shape ()); it must "
+        f"hold one row per example, shaped (rows,) or (rows, features, ...)."
+    )
+
+
+def _rows(path: Path, name: str, x: np.ndarray) -> np.ndarray:
+    """Feature rows: a 1-D array is one feature per row."""
+    if x.ndim == 0:
+        raise _single_value(path, name, x)
+    if len(x) == 0:
+        raise DataError(f"{path}: array {name} has no rows (shape {x.shape}).")
+    return x.reshape(-1, 1) if x.ndim == 1 else x
+
+
+def _check_rows_finite(path: Path, name: str, values: np.ndarray) -> None:
+    if values.dtype.kind not in "iuf":
+        return
+    bad = ~np.isfinite(values).all(axis=tuple(range(1, values.ndim)))
+    if bad.any():
+        raise DataError(
+            f"{path}: array {name} has {int(bad.sum())} rows with NaN or inf "
+            f"(rows {', '.join(map(str, np.flatnonzero(bad)[:5]))}...). Drop or fill them."
+        )
+
+
+def _class_indices(path: Path, name: str, y: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """Targets as one value per row: one-hot rows become the index of their 1."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]  # a column of values
+    if y.ndim == 1:
+        return y, None
+    flat = y.reshape(len(y), -1)
+    one_hot = np.zeros(len(y), dtype=bool)
+    if y.ndim == 2 and y.dtype.kind in "iufb":
+        one_hot = ((flat == 0) | (flat == 1)).all(axis=1) & (flat.sum(axis=1) == 1)
+        if one_hot.all():
+            return y.argmax(axis=1), y.shape[1]
+    row = int(np.flatnonzero(~one_hot)[0])
+    raise DataError(
+        f"{path}: array {name} has shape {y.shape}; it must hold one value per row (shape "
+        f"({len(y)},)) or one-hot rows (shape ({len(y)}, classes): a single 1 per row, 0 "
+        f"elsewhere), but row {row} is {_quote(flat[row].tolist())}. Several targets per row "
+        f"are not supported."
+    )
 
 
 def _series(values: np.ndarray):
@@ -485,41 +738,47 @@ def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray,
         if "x" not in arrays:
             raise DataError(
                 f"{path}: this model takes an NPZ file with an array `x` of rows shaped "
-                f"{tuple(recipe['shape'])}; found arrays: {', '.join(arrays) or 'none'}."
+                f"{tuple(recipe['shape'])}; found arrays: {_listed(list(arrays)) or 'none'}."
             )
-        x = arrays["x"]
-        x = x.reshape(-1, 1) if x.ndim == 1 else x
+        x = _rows(path, "x", arrays["x"])
         if list(x.shape[1:]) != recipe["shape"] or x.dtype.kind not in "iuf":
             raise DataError(
                 f"{path}: array x holds {x.dtype} rows shaped {x.shape[1:]}; this model takes "
                 f"numeric rows shaped {tuple(recipe['shape'])}, as it was trained on."
             )
-        _checked_pair(path, {"x": x, "y": x}, "x", "y")  # NaN and inf checks
-        mean, std = np.asarray(recipe["mean"]), np.asarray(recipe["std"])
-        return ((x - mean) / std).astype("float32"), np.arange(len(x))
+        _check_rows_finite(path, "x", x)
+        what = [f"array x, feature {i}" for i in range(x.shape[-1])]
+        return _standardized(x, recipe["mean"], recipe["std"], str(path), what), np.arange(len(x))
+    if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise DataError(
+            f"{path}: this model was trained on a table and takes a CSV or Parquet file "
+            f"(.csv, .parquet or .pq) with the same columns, not a {_quote(path.suffix)} file."
+        )
     frame = _read_table(path, "the input file")
     columns, target = recipe["columns"], recipe["target"]
     missing = [c for c in columns if c not in frame.columns]
-    extra = [str(c) for c in frame.columns if c not in columns and c != target]
+    extra = [c for c in frame.columns if c not in columns and c != target]
     if missing or extra:
         raise DataError(
             f"{path}: the columns must be the {len(columns)} the model was trained on (listed "
-            f"in its dlboost_model.json; the target {target!r} may be present and is ignored). "
-            f"Missing: {', '.join(missing) or 'none'}; extra: {', '.join(extra) or 'none'}."
+            f"in its dlboost_model.json; the target {_quote(target)} may be present and is "
+            f"ignored). Missing: {_listed(missing) or 'none'}; extra: {_listed(extra) or 'none'}."
         )
     frame = frame[columns]
-    _check_finite(frame, str(path))
+    _check_finite(frame, str(path), fix="Drop or fill those rows before predicting")
+    _check_cells(frame, str(path))
     blocks = []
     if recipe["numeric"]:
         numeric = frame[recipe["numeric"]]
         wrong = [c for c in numeric.columns if numeric[c].dtype.kind not in "iuf"]
         if wrong:
             raise DataError(
-                f"{path}: columns {', '.join(wrong)} were numbers in the training data but "
+                f"{path}: columns {_listed(wrong)} were numbers in the training data but "
                 f"hold text here; fix those values."
             )
-        mean, scale = np.asarray(recipe["mean"]), np.asarray(recipe["scale"])
-        blocks.append((numeric.to_numpy(dtype="float64") - mean) / scale)
+        what = [f"column {_quote(c)}" for c in recipe["numeric"]]
+        raw = numeric.to_numpy(dtype="float64")
+        blocks.append(_standardized(raw, recipe["mean"], recipe["scale"], str(path), what))
     for column, categories in recipe["categorical"].items():
         values = frame[column].to_numpy()
         # A category the training data never had gets all zeros, as OneHotEncoder does.
