@@ -32,7 +32,7 @@ def served_study(storage):
     study = synthetic_study(space_from_dict(TINY_SPACE, "test"), storage, 30)
     report = reports.build_report(study)
     reports.publish(study, report, reports.figures(study, report))
-    process, url = serve(storage, "--token", "browser-token")
+    process, url = serve(storage, "--token", "browser-token-for-tests")
     yield url.split("/dashboard")[0], url, study._study_id, report
     stop(process)
 

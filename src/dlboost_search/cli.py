@@ -67,6 +67,8 @@ QuietOption = typer.Option(False, "--quiet", "-q", help="No progress display or 
 DashboardOption = typer.Option(
     None,
     "--dashboard",
+    min=0,
+    max=65535,
     help="Also serve optuna-dashboard on 127.0.0.1 at this port while the study runs.",
     show_default=False,
 )
@@ -639,23 +641,35 @@ def predict(
 def dashboard(
     storage: str | None = StorageOption,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
-    port: int = typer.Option(8080, "--port", help="Port to listen on (0: any free port)."),
+    port: int = typer.Option(
+        8080, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."
+    ),
     token: str | None = typer.Option(
         None,
         "--token",
         envvar="DLBOOST_DASHBOARD_TOKEN",
-        help="Require this token on every request. Needed to bind beyond loopback.",
+        help="Require this token (16 characters or more) on every request. Needed to bind "
+        "beyond loopback.",
         show_default=False,
     ),
     new_token: bool = typer.Option(
         False, "--new-token", help="Require a random token, printed once in the URL."
+    ),
+    allow_host: list[str] | None = typer.Option(
+        None,
+        "--allow-host",
+        help="Also answer requests addressed to this name (a DNS alias, a reverse proxy's "
+        "name); repeatable. Other names get 403: that keeps web pages from reaching the "
+        "dashboard through DNS rebinding.",
+        show_default=False,
     ),
 ) -> None:
     """Serve optuna-dashboard on the storage: studies, trials, plots, and the reports that
     `start` and `report --publish` write there. Ctrl-C stops it.
 
     Loopback only by default: the dashboard has no login and can delete studies, so any
-    other --host needs --token or --new-token.
+    other --host needs --token or --new-token. It answers only requests addressed to --host,
+    localhost or an --allow-host name.
 
     Example: `dlboost-search dashboard --port 8080` then open the URL it prints
     """
@@ -664,10 +678,9 @@ def dashboard(
     from dlboost_search import dashboard as dashboard_module
     from dlboost_search.storage import storage_url
 
-    if new_token:
-        token = dashboard_module.new_token()
+    token = dashboard_module.chosen_token(token, new_token)
     url = storage_url(storage)
-    server, address = dashboard_module.serve(url, host, port, token)
+    server, address = dashboard_module.serve(url, host, port, token, allow_host or ())
     out.print(dashboard_module.describe(url, address), soft_wrap=True)
     try:
         while True:
