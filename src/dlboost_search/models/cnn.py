@@ -49,6 +49,25 @@ def input_problem(input_shape: tuple[int, ...], model: Any) -> str | None:
     return None
 
 
+AUGMENTATIONS = ("rotation", "zoom", "translation", "contrast")
+
+
+def size(params: dict[str, Any], input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(weights, activations per row) of build()'s model, counted without building it."""
+    height, width, channels = input_shape
+    augmented = (params["flip"] != "none") + sum(bool(params[a]) for a in AUGMENTATIONS)
+    activations, weights = height * width * channels * augmented, 0
+    for block in range(params["blocks"]):
+        filters = params["filters"] * 2**block
+        weights += params["kernel_size"] ** 2 * channels * filters
+        activations += 3 * height * width * filters  # convolution, batch norm, activation
+        channels = filters
+        if min(height, width) >= 2:
+            height, width = height // 2, width // 2
+    weights += channels * params["units"] + params["units"]
+    return weights, activations + 2 * params["units"]
+
+
 def build(params: dict[str, Any], input_shape: tuple[int, ...], task: str, n_outputs: int):
     import keras
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dlboost_search.hyperparams import ParamRule
@@ -40,6 +41,13 @@ def build(params: dict[str, Any], input_shape: tuple[int, ...], task: str, n_out
         if params["dropout"] > 0:
             x = keras.layers.Dropout(params["dropout"])(x)
     return keras.Model(inputs, output_layer(task, n_outputs)(x), name="mlp")
+
+
+def size(params: dict[str, Any], input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(weights, activations per row) of build()'s model, counted without building it."""
+    width, depth = params["units"], params["layers"]
+    weights = math.prod(input_shape) * width + (depth - 1) * width * width + width
+    return weights, depth * width * 3  # each layer's output, activation and dropout mask
 
 
 def output_layer(task: str, n_outputs: int):

@@ -35,6 +35,19 @@ def input_problem(input_shape: tuple[int, ...], model: Any) -> str | None:
     return None
 
 
+def size(params: dict[str, Any], input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(weights, activations per row) of build()'s model, counted without building it."""
+    steps, features = input_shape
+    gates = 4 if params["cell"] == "lstm" else 3
+    directions = 2 if params["bidirectional"] else 1
+    units, weights = params["units"], 0
+    for _ in range(params["layers"]):
+        weights += directions * gates * (units * (features + units) + units)
+        features = directions * units
+    # Every step's gates are kept for backpropagation through time.
+    return weights, params["layers"] * steps * directions * units * (gates + 2)
+
+
 def build(params: dict[str, Any], input_shape: tuple[int, ...], task: str, n_outputs: int):
     import keras
 
