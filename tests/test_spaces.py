@@ -920,3 +920,59 @@ def test_categorical_may_offer_none_for_a_param_whose_default_is_none():
         make(params={"clipnorm": {"type": "categorical", "choices": [None, 1.0]}}), "src"
     )
     assert space.params["clipnorm"].choices == [None, 1.0]
+
+
+def test_yaml_anchors_that_expand_too_far_are_refused_at_once(tmp_path: Path):
+    lines = ["name: bomb", "data: {builtin: diabetes}", "a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    lines += ["params:", "  activation: {type: categorical, choices: *a9}"]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SpaceError, match=r"expand to [\d,]+ values; a search space has a few"):
+        load_space(tmp_path / "bomb.yaml")
+
+
+def test_modest_anchors_still_work(tmp_path: Path):
+    (tmp_path / "space.yaml").write_text(
+        "name: anchors\n"
+        "data: {builtin: diabetes}\n"
+        "params:\n"
+        "  learning_rate: &rate {type: float, low: 0.0001, high: 0.01, log: true}\n"
+        "  l2: *rate\n"
+    )
+    space = load_space(tmp_path / "space.yaml")
+    assert space.params["learning_rate"] == space.params["l2"]
+
+
+def test_merge_keys_override_without_counting_as_duplicates(tmp_path: Path):
+    (tmp_path / "space.yaml").write_text(
+        "name: merged\n"
+        "data: {builtin: diabetes}\n"
+        "params:\n"
+        "  units: {<<: {type: int, low: 4, high: 8}, high: 16}\n"
+    )
+    assert load_space(tmp_path / "space.yaml").params["units"].high == 16
+
+
+def test_a_key_written_twice_is_refused_with_both_lines(tmp_path: Path):
+    (tmp_path / "space.yaml").write_text(
+        "name: twice\ndata: {builtin: diabetes}\ntraining:\n  max_epochs: 5\n  max_epochs: 50\n"
+    )
+    with pytest.raises(SpaceError, match=r"key 'max_epochs' appears twice .*lines 4 and 5"):
+        load_space(tmp_path / "space.yaml")
+
+
+def test_quoted_values_are_cut_short_in_every_message(tmp_path: Path):
+    space = {"name": "long", "data": {"builtin": "x" * 100_000}, "model": {"family": "y" * 99}}
+    with pytest.raises(SpaceError) as refused:
+        space_from_dict(space, "space.yaml")
+    assert len(str(refused.value)) < 1000 and "xxx..." in str(refused.value)
+
+
+def test_a_study_name_must_not_climb_out_of_a_folder():
+    from dlboost_search.errors import StudyError
+    from dlboost_search.spaces import check_study_name
+
+    check_study_name("digits-mlp.v2_b", "--as")
+    for bad in ("../evil", "a/b", "", ".hidden", "x" * 201):
+        with pytest.raises(StudyError, match="a study name is letters, digits"):
+            check_study_name(bad, "--as")

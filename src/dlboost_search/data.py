@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dlboost_search.errors import DataError
+from dlboost_search.errors import DataError, shown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -125,6 +125,33 @@ def task_and_shape(spec: DataSpec, seed: int = 0) -> tuple[str, tuple[int, ...]]
     return prepared.task, prepared.input_shape
 
 
+def fingerprint(spec: DataSpec) -> dict[str, str]:
+    """A SHA-256 of each file the search reads (an image folder: of its images' names and
+    bytes), keyed by its `data` key; empty for a built-in dataset. A study keeps it, so that a
+    file changed since the study began is noticed before trials on other data join it."""
+    import hashlib
+
+    def digest(files: list[Path], root: Path) -> str:
+        hashed = hashlib.sha256()
+        for file in files:
+            hashed.update(str(file.relative_to(root)).encode() + b"\0")
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    hashed.update(block)
+        return hashed.hexdigest()
+
+    found = {}
+    for key in ("path", "validation_path"):
+        name = getattr(spec, key)
+        if name:
+            found[key] = digest([Path(name)], Path(name).parent)
+    if spec.images:
+        folder = Path(spec.images)
+        images = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        found["images"] = digest(images, folder)
+    return found
+
+
 def _load_builtin(name: str) -> tuple[pd.DataFrame, str]:
     from sklearn import datasets
 
@@ -169,10 +196,6 @@ def _short(text: str, limit: int = QUOTE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
-    return _short(repr(value), limit)
-
-
 def _listed(names: list[Any], limit: int = 30) -> str:
     shown = ", ".join(_short(str(n)) for n in names[:limit])
     return shown + (" ..." if len(names) > limit else "")
@@ -183,9 +206,9 @@ def _check_target(frame: pd.DataFrame, target: str, source: str) -> str:
         return target
     columns = list(frame.columns)
     close = difflib.get_close_matches(target, columns, n=1)
-    hint = f" Did you mean {_quote(close[0])}?" if close else ""
+    hint = f" Did you mean {shown(close[0])}?" if close else ""
     raise DataError(
-        f"{source}: unknown target column {_quote(target)}.{hint} "
+        f"{source}: unknown target column {shown(target)}.{hint} "
         f"Columns: {_listed(columns)}. Fix `data.target` in the search space."
     )
 
@@ -214,7 +237,7 @@ def _check_finite(
         if count:
             rows = ", ".join(str(i) for i in np.flatnonzero(bad.to_numpy())[:5])
             problems.append(
-                f"column {_quote(column)} has {count} rows with NaN or inf (rows {rows}...)"
+                f"column {shown(column)} has {count} rows with NaN or inf (rows {rows}...)"
             )
     if problems:
         raise DataError(
@@ -232,8 +255,8 @@ def _check_cells(frame: pd.DataFrame, source: str) -> None:
         if nested.any():
             row = int(np.flatnonzero(nested.to_numpy())[0])
             raise DataError(
-                f"{source}: column {_quote(column)} holds {type(values.iloc[row]).__name__} "
-                f"cells (row {row}: {_quote(values.iloc[row], 40)}); a column must hold one "
+                f"{source}: column {shown(column)} holds {type(values.iloc[row]).__name__} "
+                f"cells (row {row}: {shown(values.iloc[row], 40)}); a column must hold one "
                 f"number or one text value per row. Split it into columns of their own, or "
                 f"remove it."
             )
@@ -252,11 +275,11 @@ def _check_values(frame: pd.DataFrame, source: str, target: str) -> None:
         text = ~pd.to_numeric(values, errors="coerce").notna()
         if text.any() and 1 - text.mean() >= NUMERIC_TEXT_SHARE:
             rows = np.flatnonzero(text.to_numpy())
-            cells = ", ".join(f"row {i} {_quote(values.iloc[i], 40)}" for i in rows[:5])
+            cells = ", ".join(f"row {i} {shown(values.iloc[i], 40)}" for i in rows[:5])
             cells += "..." if len(rows) > 5 else ""
             fix = "drop those rows" if column == target else "remove the column"
             raise DataError(
-                f"{source}: column {_quote(column)} holds numbers except in {len(rows)} "
+                f"{source}: column {shown(column)} holds numbers except in {len(rows)} "
                 f"row{'s' if len(rows) > 1 else ''}: {cells} (row numbers count from 0, "
                 f"header excluded). Read as text, the column would be encoded as categories, "
                 f"one per distinct value. Fix those cells, or {fix}."
@@ -304,9 +327,9 @@ def _check_stratifiable(y: np.ndarray, n_rows: int, n_val: int, fraction: float,
     single = counts.index[counts < 2].tolist()
     if single:
         if len(single) == 1:
-            classes, fix = f"class {_quote(single[0])} has", "that class, drop its row"
+            classes, fix = f"class {shown(single[0])} has", "that class, drop its row"
         else:
-            classes = f"classes {_listed([_quote(c) for c in single], 10)} have"
+            classes = f"classes {_listed([shown(c) for c in single], 10)} have"
             fix = "those classes, drop their rows"
         raise DataError(
             f"{source}: cannot split into training and validation rows with every class on "
@@ -343,15 +366,15 @@ def _encode_target(y_train, y_val, task: str, source: str, target: str, val_sour
     if task == "regression":
         if y_train.dtype.kind not in "iuf":
             raise DataError(
-                f"{source}: target {_quote(target)} is not numeric ({y_train.dtype}), so it "
+                f"{source}: target {shown(target)} is not numeric ({y_train.dtype}), so it "
                 f"cannot be regressed. Set `data.task: binary` or `multiclass` for a class label."
             )
-        what = f"target {_quote(target)}"
+        what = f"target {shown(target)}"
         mean, std = _statistics(y_train[:, np.newaxis], source, [what])
         mean, std = float(mean[0]), float(std[0])
         if std == 0:
             raise DataError(
-                f"{source}: target {_quote(target)} has a single value ({mean:g}) in the "
+                f"{source}: target {shown(target)} has a single value ({mean:g}) in the "
                 f"training rows; there is nothing to learn. Check `data.target`."
             )
         scaled = []
@@ -363,12 +386,12 @@ def _encode_target(y_train, y_val, task: str, source: str, target: str, val_sour
     labels = sorted(labels, key=None if numeric else str)
     if len(labels) < 2:
         raise DataError(
-            f"{source}: target {_quote(target)} has a single value ({_quote(labels[0])}); there is "
+            f"{source}: target {shown(target)} has a single value ({shown(labels[0])}); there is "
             f"nothing to learn. Check `data.target`."
         )
     if task == "binary" and len(labels) != 2:
         raise DataError(
-            f"{source}: a binary task needs exactly 2 classes in {_quote(target)}, found "
+            f"{source}: a binary task needs exactly 2 classes in {shown(target)}, found "
             f"{len(labels)}. Set `data.task: multiclass` or `regression`."
         )
     index = {label: i for i, label in enumerate(labels)}
@@ -382,7 +405,7 @@ def _prepare_frame(
     y_all = frame[target].to_numpy()
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
-        raise DataError(f"{source}: no feature columns besides the target {_quote(target)}.")
+        raise DataError(f"{source}: no feature columns besides the target {shown(target)}.")
     if validation is None:
         stratify = y_all if task != "regression" else None
         train_idx, val_idx = _split(len(frame), stratify, fraction, seed, source)
@@ -415,11 +438,11 @@ def _encode_features(train: pd.DataFrame, val: pd.DataFrame, source: str, val_so
         if (column in numeric) != (val[column].dtype.kind in "iuf"):
             kinds = ("numbers", "text") if column in numeric else ("text", "numbers")
             raise DataError(
-                f"{val_source}: column {_quote(column)} holds {kinds[0]} in the training rows "
+                f"{val_source}: column {shown(column)} holds {kinds[0]} in the training rows "
                 f"but {kinds[1]} here; a column must hold the same kind of values in both "
                 f"files. Fix those values."
             )
-    what = [f"column {_quote(c)}" for c in numeric]
+    what = [f"column {shown(c)}" for c in numeric]
     if numeric:  # before the scaler, whose statistics would overflow unnamed
         _statistics(train[numeric].to_numpy(dtype="float64"), source, what)
     transformer = ColumnTransformer(
@@ -678,7 +701,7 @@ def _checked_pair(path: Path, arrays: dict[str, np.ndarray], xs: str, ys: str):
 
 def _single_value(path: Path, name: str, values: np.ndarray) -> DataError:
     return DataError(
-        f"{path}: array {name} is a single value ({_quote(values.item())}, shape ()); it must "
+        f"{path}: array {name} is a single value ({shown(values.item())}, shape ()); it must "
         f"hold one row per example, shaped (rows,) or (rows, features, ...)."
     )
 
@@ -719,7 +742,7 @@ def _class_indices(path: Path, name: str, y: np.ndarray) -> tuple[np.ndarray, in
     raise DataError(
         f"{path}: array {name} has shape {y.shape}; it must hold one value per row (shape "
         f"({len(y)},)) or one-hot rows (shape ({len(y)}, classes): a single 1 per row, 0 "
-        f"elsewhere), but row {row} is {_quote(flat[row].tolist())}. Several targets per row "
+        f"elsewhere), but row {row} is {shown(flat[row].tolist())}. Several targets per row "
         f"are not supported."
     )
 
@@ -752,7 +775,7 @@ def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray,
     if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise DataError(
             f"{path}: this model was trained on a table and takes a CSV or Parquet file "
-            f"(.csv, .parquet or .pq) with the same columns, not a {_quote(path.suffix)} file."
+            f"(.csv, .parquet or .pq) with the same columns, not a {shown(path.suffix)} file."
         )
     frame = _read_table(path, "the input file")
     columns, target = recipe["columns"], recipe["target"]
@@ -761,7 +784,7 @@ def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray,
     if missing or extra:
         raise DataError(
             f"{path}: the columns must be the {len(columns)} the model was trained on (listed "
-            f"in its dlboost_model.json; the target {_quote(target)} may be present and is "
+            f"in its dlboost_model.json; the target {shown(target)} may be present and is "
             f"ignored). Missing: {_listed(missing) or 'none'}; extra: {_listed(extra) or 'none'}."
         )
     frame = frame[columns]
@@ -776,7 +799,7 @@ def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray,
                 f"{path}: columns {_listed(wrong)} were numbers in the training data but "
                 f"hold text here; fix those values."
             )
-        what = [f"column {_quote(c)}" for c in recipe["numeric"]]
+        what = [f"column {shown(c)}" for c in recipe["numeric"]]
         raw = numeric.to_numpy(dtype="float64")
         blocks.append(_standardized(raw, recipe["mean"], recipe["scale"], str(path), what))
     for column, categories in recipe["categorical"].items():

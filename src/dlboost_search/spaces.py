@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from dlboost_search.data import BUILTIN_TASKS
-from dlboost_search.errors import SpaceError
+from dlboost_search.errors import SpaceError, StudyError, shown
 from dlboost_search.hyperparams import (
     TASK_METRICS,
     TRAINING_PARAMS,
@@ -35,10 +35,40 @@ from dlboost_search.models import BUILDER_PATTERN, FAMILIES, family_params
 
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = ("hyperband", "median", "successive_halving", "patient", "none")
+# Study names become file and folder names (the Hyperband backend's state): no separators.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NAME_MAX_LENGTH = 200
+# A search space is a few hundred values in a few KB. Anchors and aliases (`&a`, `*a`) can
+# make a small file stand for billions of values (an "alias bomb"): refused before use.
+MAX_FILE_BYTES = 1_000_000
+MAX_VALUES = 100_000
+
+
+class _DuplicateKey(Exception):
+    pass
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML reads `1e-4` (no dot) as a string, as YAML 1.1 says; users mean a float."""
+    """PyYAML reads `1e-4` (no dot) as a string, as YAML 1.1 says; users mean a float. And
+    it keeps the last of two equal keys without a word; a space refuses them."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: PyYAML's own error says so
+                continue
+            if first is not key_node:
+                raise _DuplicateKey(
+                    f"key {shown(key)} appears twice in one mapping (lines "
+                    f"{first.start_mark.line + 1} and {key_node.start_mark.line + 1}); YAML would "
+                    f"silently keep the second. Keep one of them."
+                )
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -169,7 +199,7 @@ class SearchSettings(_Strict):
 
 
 class SearchSpace(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=200)
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)
     description: str = ""
     data: DataSpec
     model: ModelSpec = ModelSpec()
@@ -242,6 +272,70 @@ class SearchSpace(_Strict):
             )
 
 
+def check_study_name(name: str, option: str) -> None:
+    """Refuse a study name that `name:` in a space would refuse: names become folder names."""
+    if len(name) > NAME_MAX_LENGTH or not re.match(NAME_PATTERN, name):
+        raise StudyError(
+            f"{option} {shown(name)}: a study name is letters, digits, '.', '_' and '-', "
+            f"starting with a letter or digit, at most {NAME_MAX_LENGTH} characters."
+        )
+
+
+def _read_yaml(path: Path, source: str) -> Any:
+    """The YAML document in `path`, refused when it is too big, nested too deep, or expands
+    (through aliases) to more values than a search space could hold."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise SpaceError(
+            f"{source}: {size:,} bytes; a search space is a few KB (at most "
+            f"{MAX_FILE_BYTES:,} bytes are read). Is this the right file?"
+        )
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError as exc:
+        raise SpaceError(f"{source}: not UTF-8 text ({exc}); save the file as UTF-8.") from None
+    except _DuplicateKey as exc:
+        raise SpaceError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{source}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise SpaceError(f"{source}: nested too deeply to be a search space.") from None
+    values = _expanded_size(raw, source)
+    if values > MAX_VALUES:
+        raise SpaceError(
+            f"{source}: its anchors and aliases (&name, *name) expand to {values:,} values; a "
+            f"search space has a few hundred (at most {MAX_VALUES:,} are read). Write the "
+            f"values out, without aliases nested in aliases."
+        )
+    return raw
+
+
+def _expanded_size(root: Any, source: str) -> int:
+    """How many values `root` holds once every alias is written out, counted without writing
+    them out: an alias is the same Python object, so each object is counted once and reused."""
+    sizes: dict[int, int] = {}
+    pending: set[int] = set()
+
+    def size(value: Any) -> int:
+        if not isinstance(value, (dict, list)):
+            return 1
+        key = id(value)
+        if key in sizes:
+            return sizes[key]
+        if key in pending:
+            raise SpaceError(f"{source}: an alias refers to the mapping or list it is in.")
+        pending.add(key)
+        children = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        sizes[key] = 1 + sum(size(child) for child in children)
+        pending.discard(key)
+        return sizes[key]
+
+    try:
+        return size(root)
+    except RecursionError:
+        raise SpaceError(f"{source}: nested too deeply to be a search space.") from None
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file."""
     path = Path(path)
@@ -251,12 +345,7 @@ def load_space(path: str | Path) -> SearchSpace:
             f"{source}: no such file. Give the path of a search-space YAML file, "
             f"for example search_spaces/diabetes_mlp.yaml."
         )
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 (a SafeLoader)
-    except UnicodeDecodeError as exc:
-        raise SpaceError(f"{source}: not UTF-8 text ({exc}); save the file as UTF-8.") from None
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{source}: not valid YAML: {exc}") from None
+    raw = _read_yaml(path, source)
     if not isinstance(raw, dict):
         raise SpaceError(
             f"{source}: a search space is a YAML mapping with at least `name`, `data` and "
@@ -287,8 +376,8 @@ def space_from_dict(raw: dict[str, Any], source: str) -> SearchSpace:
                     source,
                     [
                         f"params.{name}: a list is not a parameter. To search among values write "
-                        f"{{type: categorical, choices: {params[name]}}}; to fix one write the "
-                        f"value alone."
+                        f"{{type: categorical, choices: {shown(params[name])}}}; to fix one write "
+                        f"the value alone."
                         for name in lists
                     ],
                 )
@@ -315,7 +404,7 @@ def _join(source: str, problems: list[str]) -> str:
 
 
 def _did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
+    close = difflib.get_close_matches(word, [o for o in options if o != word], n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
@@ -324,12 +413,12 @@ def _describe(exc: ValidationError, raw: Any, source: str) -> str:
     for error in exc.errors():
         loc = [p for p in error["loc"] if p not in ("int", "float", "categorical", "fixed")]
         # The union puts its tag in the location: params.units.int.low -> params.units.low
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        key = ".".join(_short_key(p) for p in loc) or "(top level)"
         kind = error["type"]
         if kind == "extra_forbidden":
             allowed = _allowed_keys(loc[:-1], raw)
             problems.append(
-                f"{key}: unknown key {str(loc[-1])!r}.{_did_you_mean(str(loc[-1]), allowed)} "
+                f"{key}: unknown key {shown(str(loc[-1]))}.{_did_you_mean(str(loc[-1]), allowed)} "
                 f"Allowed here: {', '.join(allowed)}."
             )
         elif kind == "missing":
@@ -337,11 +426,16 @@ def _describe(exc: ValidationError, raw: Any, source: str) -> str:
         elif kind in ("union_tag_invalid", "union_tag_not_found"):
             problems.append(
                 f"{key}: a parameter is a plain value (fixed) or a mapping with "
-                f"type: int, float or categorical; got {error['input']!r}."
+                f"type: int, float or categorical; got {shown(error['input'])}."
             )
         else:
-            problems.append(f"{key}: {error['msg']}; got {error['input']!r}.")
+            problems.append(f"{key}: {error['msg']}; got {shown(error['input'])}.")
     return _join(source, problems)
+
+
+def _short_key(part: Any) -> str:
+    text = str(part)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _allowed_keys(loc: list[Any], raw: Any) -> list[str]:
@@ -386,7 +480,7 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
         )
     if data.builtin is not None and data.builtin not in BUILTIN_TASKS:
         problems.append(
-            f"data.builtin: unknown dataset {data.builtin!r}."
+            f"data.builtin: unknown dataset {shown(data.builtin)}."
             f"{_did_you_mean(data.builtin, tuple(BUILTIN_TASKS))} "
             f"Built-in datasets: {', '.join(BUILTIN_TASKS)}."
         )
@@ -410,12 +504,12 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
     if not any(metric.removeprefix("val_") in m for m in TASK_METRICS.values()):
         known = sorted({f"val_{m}" for task_metrics in TASK_METRICS.values() for m in task_metrics})
         problems.append(
-            f"objective.metric: unknown metric {metric!r}.{_did_you_mean(metric, known)} "
+            f"objective.metric: unknown metric {shown(metric)}.{_did_you_mean(metric, known)} "
             f"Known: {', '.join(known)} (and the same without val_, on the training data)."
         )
     if space.model.family not in FAMILIES:
         problems.append(
-            f"model.family: unknown family {space.model.family!r}."
+            f"model.family: unknown family {shown(space.model.family)}."
             f"{_did_you_mean(space.model.family, FAMILIES)} Families: {', '.join(FAMILIES)}."
         )
         return problems
@@ -442,7 +536,7 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
         )
     if model.builder and not re.match(BUILDER_PATTERN, model.builder):
         problems.append(
-            f'model.builder: {model.builder!r} is not "package.module:function"; for example '
+            f'model.builder: {shown(model.builder)} is not "package.module:function"; for example '
             f'builder: "my_models:build" for build() in my_models.py.'
         )
     rules = space.param_rules
@@ -453,7 +547,7 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
             continue
         if name not in rules:
             problems.append(
-                f"{key}: {space.model.family} models have no hyperparameter {name!r}."
+                f"{key}: {space.model.family} models have no hyperparameter {shown(name)}."
                 f"{_did_you_mean(name, tuple(rules))} Known: {', '.join(rules)}."
             )
             continue
@@ -466,7 +560,7 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
             if len(kinds) > 1 or type(None) in kinds:
                 problems.append(
                     f"params.{name}.choices: keras-tuner (search.backend: hyperband) takes "
-                    f"choices of one type, without null; got {spec.choices!r}. Split the "
+                    f"choices of one type, without null; got {shown(spec.choices)}. Split the "
                     f"parameter in two, or use search.backend: optuna."
                 )
     return problems
@@ -481,11 +575,11 @@ def _param_problems(spec: Any, rule: ParamRule) -> list[str]:
         if spec.value is None and rule.default is None:
             return []
         why = rule.problem(spec.value)
-        return [f": {rule.help} {why}; got {spec.value!r}."] if why else []
+        return [f": {rule.help} {why}; got {shown(spec.value)}."] if why else []
     if isinstance(spec, CategoricalParam):
         # None is a valid choice where the default is None: clipnorm in [null, 1.0].
         return [
-            f".choices: {rule.help} {why}; got {choice!r}."
+            f".choices: {rule.help} {why}; got {shown(choice)}."
             for choice in spec.choices
             if not (choice is None and rule.default is None) and (why := rule.problem(choice))
         ]
