@@ -165,9 +165,36 @@ def test_export_and_predict_explain_what_they_cannot_do(tumours):
     assert done.returncode == 2 and "is not an exported model" in done.stderr
     assert (folder / "notes" / "todo.txt").read_text() == "mine"
     done = run(folder, "export-model", "tumours", "--storage", storage, "--out", "train.csv")
-    assert done.returncode == 2 and "is not an exported model" in done.stderr
+    assert done.returncode == 2 and "train.csv is a file, not a folder" in done.stderr
     done = run(folder, "predict", "notes", "validation.csv")
     assert done.returncode == 2 and "export-model STUDY --out notes" in done.stderr
+
+
+def test_an_export_replaces_only_the_files_it_writes(tumours):
+    """Predictions written beside a model, a user's notes, a thesis in a folder that only
+    looks like an export: a new export replaces its three files and nothing else."""
+    folder, storage = tumours["folder"], tumours["storage"]
+    done = run(folder, "export-model", "tumours", "--storage", storage, "--out", "kept")
+    assert done.returncode == 0, done.stderr
+    done = run(folder, "predict", "kept", "validation.csv", "--out", "kept/predictions.csv")
+    assert done.returncode == 0, done.stderr
+    (folder / "kept" / "notes.txt").write_text("why this model")
+    (folder / "looks").mkdir()
+    (folder / "looks" / "dlboost_model.json").write_text("{}")
+    (folder / "looks" / "thesis.tex").write_text("\\chapter{Results}")
+    for out in ("kept", "looks"):
+        done = run(folder, "export-model", "tumours", "--storage", storage, "--out", out,
+                   "--ensemble", "2")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert json.loads((folder / out / "dlboost_model.json").read_text())["members"][1]
+        assert (folder / out / "model.keras").is_file()
+    assert (folder / "kept" / "notes.txt").read_text() == "why this model"
+    assert len(pd.read_csv(folder / "kept" / "predictions.csv")) == 169
+    assert (folder / "looks" / "thesis.tex").read_text() == "\\chapter{Results}"
+    assert sorted(p.name for p in (folder / "looks").iterdir()) == [
+        "dlboost_model.json", "model.keras", "model_card.md", "thesis.tex"
+    ]  # fmt: skip
+    assert not list(folder.glob("*.partial")) and not list(folder.glob(".export-*"))
 
 
 def test_an_array_model_predicts_raw_npz_rows_in_the_targets_units(tmp_path):

@@ -6,8 +6,11 @@ A model directory holds
     dlboost_model.json    preprocessing (columns, scaling, categories), class labels or the
                           target's scale, the trials it came from, validation scores
     model_card.md         the same for people: data, parameters, scores, study and storage
-It is written to a temporary folder and renamed at the end: an interrupted export leaves
-nothing half-written.
+The files are written in a temporary folder first. A new folder is then renamed into place;
+into an earlier export's folder the three files are moved one by one, replacing only them:
+any other file there (predictions, notes) stays. The old dlboost_model.json goes first and
+the new one comes last, so an interrupted export leaves a folder that `predict` refuses,
+never one that mixes two models.
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dlboost_search.errors import DataError, StudyError, TrialFailed
+from dlboost_search import outputs
+from dlboost_search.errors import DataError, OutputError, StudyError, TrialFailed
 
 MODEL_FILE = "model.keras"
 META_FILE = "dlboost_model.json"
@@ -152,13 +158,20 @@ def export_model(
     return meta
 
 
+def _is_export(folder: Path) -> bool:
+    """Whether `folder` holds an earlier export (or one interrupted while its files moved)."""
+    return any((folder / name).is_file() for name in (META_FILE, CARD_FILE))
+
+
 def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.is_file() or (
-        out_dir.is_dir() and not (out_dir / META_FILE).is_file() and any(out_dir.iterdir())
-    ):
-        raise StudyError(
-            f"--out {out_dir}: it exists and is not an exported model; give a new folder "
-            f"(an earlier export there would be replaced)."
+    """Before any retraining: a folder the export can write, that is new, empty, or an earlier
+    export's."""
+    outputs.check_folder(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_export(out_dir):
+        raise OutputError(
+            f"--out {out_dir}: it exists, holds other files and is not an exported model; give "
+            f"a new or empty folder. An export writes {MODEL_FILE}, {META_FILE} and "
+            f"{CARD_FILE}, and into an earlier export's folder replaces only those."
         )
 
 
@@ -202,14 +215,23 @@ def _score(prepared: Any, metric: str, predicted: np.ndarray) -> float:
 
 
 def _write(out_dir: Path, model: Any, meta: dict[str, Any]) -> None:
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    model.save(staging / MODEL_FILE)
-    (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    (staging / CARD_FILE).write_text(model_card(meta))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    out_dir = out_dir.resolve()
+    existed = out_dir.is_dir()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # On the same file system as the destination, so every move below is a rename.
+    staging = Path(tempfile.mkdtemp(dir=out_dir if existed else out_dir.parent, prefix=".export-"))
+    try:
+        model.save(staging / MODEL_FILE)
+        (staging / CARD_FILE).write_text(model_card(meta))
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        if not existed:
+            staging.rename(out_dir)
+            return
+        (out_dir / META_FILE).unlink(missing_ok=True)
+        for name in (MODEL_FILE, CARD_FILE, META_FILE):
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def model_card(meta: dict[str, Any]) -> str:
@@ -277,16 +299,39 @@ def model_card(meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def predict(model_dir: Path, data_path: Path, out_path: Path) -> int:
-    """Predict every row of `data_path` with an exported model; write them to `out_path`
-    (CSV, or Parquet by its suffix). Returns the number of rows."""
-    meta_path = model_dir / META_FILE
+def _read_model(model_dir: Path) -> tuple[dict[str, Any], Path]:
+    """The exported model's description and its model file's path, refused when either is
+    missing or unreadable."""
+    meta_path, model_path = model_dir / META_FILE, model_dir / MODEL_FILE
+    remake = f"Export it again with `dlboost-search export-model STUDY --out {model_dir}`."
     if not meta_path.is_file():
         raise DataError(
             f"{model_dir}: not an exported model (no {META_FILE}). Make one with "
             f"`dlboost-search export-model STUDY --out {model_dir}`."
         )
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        missing = [key for key in _META_KEYS if key not in meta]
+    except (ValueError, TypeError) as exc:  # not JSON, not UTF-8, not a mapping
+        raise DataError(
+            f"{meta_path}: not a readable model description ({exc}). {remake}"
+        ) from None
+    if missing:
+        raise DataError(f"{meta_path}: lacks {', '.join(missing)}. {remake}")
+    if not model_path.is_file():
+        raise DataError(f"{model_dir}: {MODEL_FILE} is missing. {remake}")
+    return meta, model_path
+
+
+# What predict reads from dlboost_model.json.
+_META_KEYS = ("task", "class_labels", "target_mean", "target_std", "preprocessing")
+
+
+def predict(model_dir: Path, data_path: Path, out_path: Path) -> int:
+    """Predict every row of `data_path` with an exported model; write them to `out_path`
+    (CSV, or Parquet by its suffix). Returns the number of rows."""
+    outputs.check_file(out_path, "--out", keep=(data_path,))
+    meta, model_path = _read_model(model_dir)
     from dlboost_search.data import read_for_prediction
 
     x, index = read_for_prediction(meta["preprocessing"], data_path)
@@ -297,7 +342,14 @@ def predict(model_dir: Path, data_path: Path, out_path: Path) -> int:
     import keras
     import pandas as pd
 
-    model = keras.saving.load_model(model_dir / MODEL_FILE)
+    try:
+        model = keras.saving.load_model(model_path)
+    except Exception as exc:  # Keras raises many types for a damaged file
+        raise DataError(
+            f"{model_path}: cannot be loaded as a Keras model ({type(exc).__name__}: "
+            f"{str(exc)[:200]}). Export it again with `dlboost-search export-model STUDY "
+            f"--out {model_dir}`."
+        ) from None
     p = np.asarray(model.predict(x, batch_size=4096, verbose=0), dtype="float64")
     labels = np.array(meta["class_labels"], dtype=object)
     if meta["task"] == "regression":
