@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import TINY_SPACE, cli_command, cli_env
+from dlboost_search.storage import open_storage
 
 COMMANDS = ["start", "resume", "status", "best", "validate", "export-model", "predict"]
 
@@ -70,9 +74,18 @@ def test_status_lists_each_study_with_its_trials(run_cli, finished_study):
 
 
 def test_status_of_an_empty_storage_says_how_to_start(run_cli, storage):
+    open_storage(storage, create=True)
     result = run_cli("status", "--storage", storage)
     assert result.returncode == 0
     assert "no studies" in result.stdout and "dlboost-search start" in result.stdout
+
+
+def test_status_of_a_storage_that_does_not_exist_creates_nothing(run_cli, tmp_path):
+    result = run_cli("status", "--storage", f"sqlite:///{tmp_path / 'typo' / 'sub' / 'x.db'}")
+    assert result.returncode == 3
+    assert "does not exist (nothing was created)" in result.stderr
+    assert "dlboost-search start" in result.stderr
+    assert not (tmp_path / "typo").exists()
 
 
 @pytest.mark.parametrize("fmt", ["json", "yaml"])
@@ -150,6 +163,7 @@ def test_missing_data_file_fails_before_the_study_exists(run_cli, write_space, s
     result = run_cli("start", str(space), "--storage", storage)
     assert result.returncode == 2
     assert "missing.csv: data file not found" in result.stderr
+    assert result.stdout == ""  # no progress display for a study that never started
     assert optuna.get_all_study_names(storage) == []
 
 
@@ -172,7 +186,7 @@ def test_a_metric_the_data_cannot_produce_stops_before_any_trial(
         ("studies.db", "For an SQLite file write 'sqlite:///studies.db'"),
         (
             "sqlite:////proc/no-such-dir/studies.db",
-            "cannot open storage sqlite:////proc/no-such-dir",
+            "no storage at sqlite:////proc/no-such-dir/studies.db",
         ),
         (
             "postgresql://root:secret@127.0.0.1:1/test",
@@ -201,6 +215,46 @@ def test_debug_shows_the_traceback(run_cli):
     assert "Traceback" in result.stderr and "SpaceError" in result.stderr
 
 
-def test_default_storage_is_storage_studies_db_in_the_current_directory(run_cli, tmp_path: Path):
-    assert run_cli("status").returncode == 0
+def test_default_storage_is_storage_studies_db_in_the_current_directory(
+    run_cli, tmp_path: Path, finished_study
+):
+    assert run_cli("import", "tiny", "--from", finished_study).returncode == 0
     assert (tmp_path / "storage" / "studies.db").is_file()
+    result = run_cli("status")
+    assert result.returncode == 0 and "tiny" in result.stdout
+
+
+def copy_of(finished_study: str, folder: Path) -> str:
+    shutil.copy(finished_study.removeprefix("sqlite:///"), folder / "copy.db")
+    return f"sqlite:///{folder / 'copy.db'}"
+
+
+def test_delete_removes_the_study_and_its_hyperband_state_only(run_cli, finished_study, tmp_path):
+    url = copy_of(finished_study, tmp_path)
+    optuna.create_study(study_name="other", storage=open_storage(url))
+    for name in ("tiny", "other"):  # what the Hyperband backend keeps beside the file
+        (tmp_path / f"{name}.keras-tuner").mkdir()
+        (tmp_path / f"{name}.keras-tuner" / "oracle.json").write_text("{}")
+    result = run_cli("delete", "tiny", "--storage", url, "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "deleted study 'tiny'" in result.stdout and "2 complete" in result.stdout
+    assert optuna.get_all_study_names(url) == ["other"]
+    assert not (tmp_path / "tiny.keras-tuner").exists()
+    assert (tmp_path / "other.keras-tuner" / "oracle.json").is_file()
+
+
+@pytest.mark.parametrize(("answer", "kept"), [(b"n\n", True), (b"y\n", False)])
+def test_delete_asks_on_a_terminal(finished_study, tmp_path, answer, kept):
+    url = copy_of(finished_study, tmp_path)
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        cli_command("delete", "tiny", "--storage", url), cwd=tmp_path, env=cli_env(),
+        stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    os.close(terminal)
+    os.write(controller, answer)
+    out, err = process.communicate(timeout=120)
+    os.close(controller)
+    assert "Delete study 'tiny'" in out and "There is no undo" in out
+    assert process.returncode == (1 if kept else 0), err
+    assert optuna.get_all_study_names(url) == (["tiny"] if kept else [])

@@ -171,9 +171,31 @@ def test_a_lost_machine_is_found_by_its_heartbeat_and_its_trial_retried(
     assert joined.returncode == 0, joined.stderr
     trials = load(any_storage).get_trials(deepcopy=False)
     assert trials[lost.number].state == TrialState.FAIL
+    assert "lost: no heartbeat for" in trials[lost.number].user_attrs["fail_reason"]
     (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
     assert retry.state == TrialState.COMPLETE and retry.params == lost.params
     assert len([t for t in trials if t.state in FINISHED]) == 2
+    assert "RUNNING" not in states(load(any_storage))
+
+
+@pytest.mark.parametrize("any_storage", ["sqlite", "postgresql"], indirect=True)
+def test_a_trial_that_never_sent_a_heartbeat_is_lost_and_retried(write_space, any_storage, run_cli):
+    """A worker killed between creating its trial and its first heartbeat leaves a RUNNING
+    trial that no heartbeat will ever show as stale; it used to hold every later run one trial
+    short of its target, forever. A later run fails it once it has stayed silent for
+    stale_after_seconds, and runs it again."""
+    search = {"pruner": "none", "trials": 2, "heartbeat_seconds": 1, "stale_after_seconds": 2}
+    space = write_space(search=search)
+    assert run_cli("start", str(space), "--storage", any_storage, "-q").returncode == 0
+    orphan = load(any_storage).ask()  # created, and never a heartbeat: that window, exactly
+    done = run_cli("resume", "tiny", "--storage", any_storage, "--trials", "4", "-q")
+    assert done.returncode == 0, done.stderr
+    trials = load(any_storage).get_trials(deepcopy=False)
+    assert trials[orphan.number].state == TrialState.FAIL
+    reason = trials[orphan.number].user_attrs["fail_reason"]
+    assert "lost: no heartbeat in 2 s since it was created" in reason
+    assert [t.user_attrs.get("retry_of") for t in trials].count(orphan.number) == 1
+    assert len([t for t in trials if t.state in FINISHED]) == 4
     assert "RUNNING" not in states(load(any_storage))
 
 

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import optuna
 import pytest
 from sqlalchemy import text
@@ -19,20 +27,20 @@ def pragmas(storage) -> list:
 
 
 def test_sqlite_is_opened_with_wal_normal_sync_and_a_busy_timeout(tmp_path):
-    storage = open_storage(f"sqlite:///{tmp_path / 'a' / 'b' / 'studies.db'}")
+    storage = open_storage(f"sqlite:///{tmp_path / 'a' / 'b' / 'studies.db'}", create=True)
     assert pragmas(storage) == ["wal", 1, 60_000]  # synchronous 1 is NORMAL
     assert (tmp_path / "a" / "b" / "studies.db").is_file()
 
 
 def test_other_sqlite_engines_in_the_process_keep_their_settings(tmp_path):
-    open_storage(f"sqlite:///{tmp_path / 'ours.db'}")
+    open_storage(f"sqlite:///{tmp_path / 'ours.db'}", create=True)
     theirs = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'theirs.db'}")
     assert pragmas(theirs)[0] != "wal"
 
 
 def test_a_study_written_through_the_tuned_storage_reads_back(tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    study = optuna.create_study(study_name="s", storage=open_storage(url, create=True))
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
     assert len(optuna.load_study(study_name="s", storage=url).trials) == 3
 
@@ -56,3 +64,70 @@ def test_a_bare_path_is_not_a_url(given, hint):
 def test_passwords_are_masked():
     assert masked("postgresql://me:s3cret@db:5432/x") == "postgresql://me:***@db:5432/x"
     assert masked("sqlite:///storage/studies.db") == "sqlite:///storage/studies.db"
+    assert masked("sqlite:///data/a@b.db") == "sqlite:///data/a@b.db"
+    # Up to the last @: a password may hold one (the URL is refused, but its message shows it).
+    assert masked("postgresql://me:top@secret@host/db") == "postgresql://me:***@host/db"
+
+
+def test_a_password_with_a_raw_at_sign_is_refused_without_showing_it():
+    with pytest.raises(StorageError, match="%40") as refused:
+        storage_url("postgresql://me:p4ss@w0rd@127.0.0.1/db")
+    assert "p4ss" not in str(refused.value) and "w0rd" not in str(refused.value)
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://"])
+def test_an_in_memory_database_is_refused(url):
+    with pytest.raises(StorageError, match="in-memory SQLite database"):
+        storage_url(url)
+
+
+def test_a_reader_refuses_a_missing_sqlite_file_and_creates_nothing(tmp_path):
+    url = f"sqlite:///{tmp_path / 'no' / 'such' / 'studies.db'}"
+    with pytest.raises(StorageError, match="does not exist"):
+        open_storage(url)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_refuses_a_database_without_optuna_tables_and_creates_none(any_storage):
+    import sqlalchemy
+
+    if any_storage.startswith("sqlite"):
+        sqlite3.connect(any_storage.removeprefix("sqlite:///")).close()  # an empty file
+    with pytest.raises(StorageError, match="no Optuna tables|does not exist"):
+        open_storage(any_storage)
+    engine = sqlalchemy.create_engine(any_storage)
+    try:
+        assert sqlalchemy.inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+
+
+READ_STATUS = """
+import sys
+from dlboost_search.study import all_summaries
+print([s.name for s in all_summaries(sys.argv[1])])
+"""
+
+
+def test_a_read_only_sqlite_file_can_still_be_read(tmp_path):
+    """Another user's file, or an archived copy: readers open it read-only. Root can write
+    any file, so as root the reader runs as nobody (setpriv), in a folder nobody can write."""
+    folder = Path(tempfile.mkdtemp(prefix="dlboost-read-only-"))
+    try:
+        folder.chmod(0o755)
+        path = folder / "studies.db"
+        storage = open_storage(f"sqlite:///{path}", create=True)
+        optuna.create_study(study_name="kept", storage=storage)
+        storage.engine.dispose()  # closed, as an archived copy is
+        path.chmod(0o444)
+        before = path.read_bytes()
+        command = [sys.executable, "-c", READ_STATUS, f"sqlite:///{path}"]
+        if os.geteuid() == 0:
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "['kept']"
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in folder.iterdir()) == ["studies.db"]
+    finally:
+        shutil.rmtree(folder)

@@ -216,3 +216,32 @@ def test_start_serves_the_dashboard_beside_the_running_study(write_space, storag
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=120)
     assert process.returncode == 130
+
+
+def test_a_changed_data_file_is_refused_on_resume_unless_accepted(
+    write_space, storage, run_cli, tmp_path
+):
+    """Trials scored on two versions of a file are not comparable: the study keeps the file's
+    fingerprint, refuses to go on when it changed, and records it when told to go on."""
+    rows = "\n".join(f"{i % 7},{(i * 3) % 11},{i % 5 + 0.5 * (i % 7)}" for i in range(60))
+    (tmp_path / "d.csv").write_text("a,b,y\n" + rows + "\n")
+    space = write_space(data={"path": "d.csv", "target": "y"}, search={"trials": 1})
+    assert run_cli("start", str(space), "--storage", storage, "-q").returncode == 0
+    with open(tmp_path / "d.csv", "a") as handle:
+        handle.write("1,2,3.5\n")
+    before = [(t.number, t.state) for t in load(storage).trials]
+    refused = run_cli("resume", "tiny", "--storage", storage, "--trials", "2", "-q")
+    assert refused.returncode == 2, refused.stderr
+    assert "data.path" in refused.stderr and "d.csv" in refused.stderr
+    assert "--accept-changed-data" in refused.stderr
+    assert [(t.number, t.state) for t in load(storage).trials] == before
+    accepted = run_cli("resume", "tiny", "--storage", storage, "--trials", "2", "-q",
+                       "--accept-changed-data")  # fmt: skip
+    assert accepted.returncode == 0, accepted.stderr
+    study = load(storage)
+    assert len(study.trials) == 2
+    (change,) = study.user_attrs["dlboost_data_changes"]
+    assert change["before"]["path"] != change["after"]["path"]
+    assert study.user_attrs["dlboost_data_sha256"] == change["after"]
+    again = run_cli("resume", "tiny", "--storage", storage, "--trials", "2", "-q")
+    assert again.returncode == 0, again.stderr  # the new file is the study's file now

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dlboost_search.errors import DlboostError, StudyError
+from dlboost_search.errors import DlboostError, StorageError, StudyError
 
 app = typer.Typer(
     name="dlboost-search",
@@ -64,6 +64,12 @@ RecycleOption = typer.Option(
     help="Trials per worker process before a fresh one replaces it (keeps memory flat).",
 )
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress display or summary.")
+AcceptChangedDataOption = typer.Option(
+    False,
+    "--accept-changed-data",
+    help="Go on although a data file changed since the study began (the study records it). "
+    "Without it such a study is refused: its trials were scored on the old data.",
+)
 DashboardOption = typer.Option(
     None,
     "--dashboard",
@@ -80,15 +86,55 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except DlboostError as exc:
-            if _state["debug"]:
-                raise
-            err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
+            _fail(exc)
         except KeyboardInterrupt:
             err.print("interrupted.")
             raise typer.Exit(130) from None
+        except Exception as exc:
+            failure = _storage_failure(exc, kwargs)
+            if failure is None or _state["debug"]:
+                raise
+            _fail(failure)
 
     return wrapper
+
+
+def _fail(exc: DlboostError) -> None:
+    if _state["debug"]:
+        raise exc
+    err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code) from None
+
+
+def _storage_failure(exc: Exception, options: dict[str, Any]) -> StorageError | None:
+    """A database error met after the storage opened (a damaged SQLite file, a server that
+    went away), maybe wrapped by Optuna, as a StorageError naming the storages the command was
+    given; None for any other error, which is a bug and keeps its traceback."""
+    if "sqlalchemy" not in sys.modules:
+        return None
+    import sqlalchemy.exc
+
+    from dlboost_search.storage import (
+        SERVER_CHECK,
+        SQLITE_DAMAGE,
+        driver_reason,
+        masked,
+        storage_url,
+    )
+
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, sqlalchemy.exc.DBAPIError):
+        cause = cause.__cause__
+    if cause is None:
+        return None
+    urls = [storage_url(options.get("storage"))] if "storage" in options else []
+    urls += [options[key] for key in ("to", "from_url") if options.get(key)]
+    check = [SQLITE_DAMAGE if url.startswith("sqlite") else SERVER_CHECK for url in urls]
+    return StorageError(
+        f"storage {' or '.join(masked(url) for url in urls)} failed: {driver_reason(cause)}. "
+        + "; ".join(dict.fromkeys(check)).rstrip(".")
+        + "."
+    )
 
 
 @app.callback()
@@ -111,6 +157,7 @@ def start(
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
     dashboard: int | None = DashboardOption,
+    accept_changed_data: bool = AcceptChangedDataOption,
 ) -> None:
     """Run (or continue) the study a search space describes, then print the best parameters.
 
@@ -135,7 +182,7 @@ def start(
         dashboard,
         lambda on_event: runner.start(
             space, url, target=trials, workers=workers, recycle_every=recycle_every,
-            on_event=on_event, source=space_file,
+            on_event=on_event, source=space_file, accept_changed_data=accept_changed_data,
         ),
     )  # fmt: skip
     if not quiet:
@@ -159,12 +206,15 @@ def resume(
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
     dashboard: int | None = DashboardOption,
+    accept_changed_data: bool = AcceptChangedDataOption,
 ) -> None:
     """Continue a study from the storage alone: it remembers its space, data and target.
 
     Example: `dlboost-search resume diabetes-mlp --storage sqlite:///storage/studies.db`
     """
-    summary, url = _continue(name, storage, trials, workers, recycle_every, quiet, dashboard)
+    summary, url = _continue(
+        name, storage, trials, workers, recycle_every, quiet, dashboard, accept_changed_data
+    )
     if not quiet:
         _print_result(summary.name, url)
 
@@ -177,6 +227,7 @@ def worker(
     workers: int = WorkersOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
+    accept_changed_data: bool = AcceptChangedDataOption,
 ) -> None:
     """Join a running study from this machine: train its trials until the study has its target.
 
@@ -186,7 +237,10 @@ def worker(
 
     Example: `dlboost-search worker diabetes-mlp --storage postgresql://user@db-host/studies -w 2`
     """
-    summary, _ = _continue(name, storage, None, workers, recycle_every, quiet, None, joining=True)
+    summary, _ = _continue(
+        name, storage, None, workers, recycle_every, quiet, None, accept_changed_data,
+        joining=True,
+    )  # fmt: skip
     if not quiet:
         out.print(
             f"study {name!r} has {summary.finished} finished trials; this worker is done. "
@@ -202,6 +256,7 @@ def _continue(
     recycle_every: int,
     quiet: bool,
     dashboard_port: int | None,
+    accept_changed_data: bool,
     joining: bool = False,
 ) -> tuple[Any, str]:
     """What `resume` and `worker` share: go on with a stored study. A joining worker samples
@@ -220,7 +275,7 @@ def _continue(
         dashboard_port,
         lambda on_event: runner.resume(
             name, url, target=trials, workers=workers, recycle_every=recycle_every,
-            on_event=on_event, joining=joining,
+            on_event=on_event, joining=joining, accept_changed_data=accept_changed_data,
         ),
     )  # fmt: skip
     return summary, url
@@ -234,22 +289,30 @@ def _run_study(
     dashboard_port: int | None,
     run: Callable[[Any], Any],
 ) -> Any:
-    """Run with the progress display (unless quiet), then publish the report to the dashboard,
-    whatever way the run ended."""
-    if dashboard_port is not None:
-        from dlboost_search import dashboard
+    """Run with the progress display (unless quiet). Once the study runs (its checks passed,
+    it is stored), serve the dashboard beside it if asked, and at the end publish the report
+    to it, whatever way the run ended."""
+    running: list[bool] = []
 
-        _, address = dashboard.serve(url, "127.0.0.1", dashboard_port, token=None)
-        out.print(dashboard.describe(url, address))
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] == "study" and not running:
+            running.append(True)
+            if dashboard_port is not None:
+                from dlboost_search import dashboard
+
+                _, address = dashboard.serve(url, "127.0.0.1", dashboard_port, token=None)
+                out.print(dashboard.describe(url, address))
+
     try:
         if quiet:
-            return run(lambda event: None)
+            return run(on_event)
         from dlboost_search.progress import StudyProgress
 
         with StudyProgress(out, space.objective.metric, space.direction) as progress:
-            return run(progress)
+            return run(lambda event: (on_event(event), progress(event)))
     finally:
-        _publish(name, url)
+        if running:
+            _publish(name, url)
 
 
 def _publish(name: str, url: str) -> bool:
@@ -388,7 +451,9 @@ def validate(
     from dlboost_search.spaces import load_space
 
     space = load_space(space_file)
-    check_data(space, space_file)
+    warning = check_data(space, space_file)
+    if warning:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     if space.data.images:  # decoding the images needs TensorFlow: left to the workers
         summary = f"images in {space.data.images}, resized to {space.data.image_size}"
     else:
@@ -439,13 +504,17 @@ def report(
     """
     from pathlib import Path
 
-    from dlboost_search import reports
+    from dlboost_search import outputs, reports
     from dlboost_search.storage import load_study, storage_url
 
     suffixes = {".html": "html", ".htm": "html", ".md": "md", ".json": "json"}
     fmt = format or (suffixes.get(Path(out_file).suffix.lower()) if out_file else None) or "html"
     if fmt not in ("html", "md", "json"):
         raise typer.BadParameter(f"{fmt!r}: use html, md or json", param_hint="--format")
+    if out_file is None and fmt == "html":
+        out_file = f"{name}-report.html"
+    if out_file is not None:
+        outputs.check_file(Path(out_file))
     url = storage_url(storage)
     study = load_study(name, url)
     view = reports.snapshot(study)
@@ -456,8 +525,6 @@ def report(
         "md": lambda: reports.to_markdown(content),
         "json": lambda: reports.to_json(content),
     }[fmt]()
-    if out_file is None and fmt == "html":
-        out_file = f"{name}-report.html"
     if out_file is None:
         sys.stdout.write(text)
     else:
@@ -466,6 +533,47 @@ def report(
     if publish:
         reports.publish(study, content, plots)
         err.print(f"published the report to study {name!r}: see `dlboost-search dashboard`")
+
+
+@app.command()
+@_handles_errors
+def delete(
+    name: str = typer.Argument(..., help="Study name."),
+    storage: str | None = StorageOption,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking (for scripts)."),
+) -> None:
+    """Delete a study: its trials, stored space and dashboard notes (and, for the Hyperband
+    backend, keras-tuner's state kept for it). Asks first; nothing else changes.
+
+    There is no undo: `dlboost-search export NAME --to sqlite:///copy.db` keeps a copy.
+
+    Example: `dlboost-search delete diabetes-mlp --yes`
+    """
+    from dlboost_search.storage import load_study, masked, storage_url
+    from dlboost_search.study import delete_study, summarize
+
+    url = storage_url(storage)
+    study = load_study(name, url)
+    s = summarize(study)
+    what = (
+        f"study {name!r} in {masked(url)} ({s.complete} complete, {s.pruned} pruned, "
+        f"{s.failed} failed, {s.running} running trials)"
+    )
+    if not yes:
+        if not sys.stdin.isatty():
+            raise StudyError(
+                f"not deleting {what} without asking, and there is no terminal to ask on: add "
+                f"--yes to delete it."
+            )
+        if not typer.confirm(f"Delete {what}? There is no undo", default=False):
+            err.print("nothing deleted.")
+            raise typer.Exit(1)
+    removed = delete_study(study, url)
+    out.print(
+        f"deleted {what}" + (f" and keras-tuner's state in {removed}" if removed else "") + ".",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 AsOption = typer.Option(

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from dlboost_search.errors import DashboardError
+from dlboost_search.errors import DashboardError, shown
 from dlboost_search.storage import masked, open_storage
 
 COOKIE = "dlboost_token"
@@ -186,8 +186,8 @@ def require_host(app: Callable, host: str, allow: Iterable[str] = ()) -> Callabl
         )
         refusal = (
             f"403: this dashboard answers only requests addressed to {host} (or localhost), "
-            f"not to {_host_name(header)!r}: a web page could otherwise reach it through a DNS "
-            f"name it controls. Open the URL printed at start-up; to trust another name (a DNS "
+            f"not to {shown(_host_name(header))}: a web page could otherwise reach it through a "
+            f"DNS name it controls. Open the URL printed at start-up; to trust another name (a DNS "
             f"alias, a reverse proxy), restart `dlboost-search dashboard` with --allow-host NAME.\n"
         )
         return [refusal.encode()]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 from dlboost_search.errors import (
@@ -33,7 +32,7 @@ from dlboost_search.spaces import (
     SearchSpace,
     distributions,
 )
-from dlboost_search.storage import masked
+from dlboost_search.storage import masked, state_dir
 
 TRIAL_ATTR = "hyperband_trial"  # keras-tuner's trial id, on the Optuna copy
 
@@ -49,13 +48,6 @@ def request_stop(_signum: int, _frame: Any) -> None:
 def _stop_if_requested() -> None:
     if _stop["requested"]:
         raise KeyboardInterrupt
-
-
-def state_dir(url: str, study_name: str) -> Path:
-    """Where keras-tuner keeps this study's state: beside the SQLite file, else storage/."""
-    if url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///")).parent / f"{study_name}.keras-tuner"
-    return Path("storage") / "keras-tuner" / study_name
 
 
 def hyperparameters(space: SearchSpace) -> Any:

@@ -39,13 +39,21 @@ class StudyProgress:
         # Trials under way, by number: what they try, the epoch they are at, when they began.
         self.running: dict[int, tuple[str, float]] = {}
         self.live = Live(self._render(), console=console, refresh_per_second=4)
+        self.shown = False
 
     def __enter__(self) -> StudyProgress:
-        self.live.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.live.__exit__(*exc)
+        if self.shown:
+            self.live.__exit__(*exc)
+
+    def _show(self) -> None:
+        """Start drawing once the study runs: a space, data or storage refused before then
+        leaves its error alone on the screen, with no empty bar above it."""
+        if not self.shown:
+            self.live.__enter__()
+            self.shown = True
 
     def _render(self) -> Group:
         lines = [self.bar]
@@ -73,6 +81,10 @@ class StudyProgress:
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]
+        if kind == "warning":
+            self.console.print(f"[yellow]warning:[/yellow] {event['message']}", highlight=False)
+            return
+        self._show()
         if kind == "study":
             summary = event["summary"]
             self.target = event["target"]
@@ -109,6 +121,12 @@ class StudyProgress:
             self.console.print(
                 f"[red]worker died (exit code {event['exitcode']}); trials {event['trials']} "
                 "closed as failed and queued to run again; starting a new worker"
+            )
+        elif kind == "trials_lost":
+            self._lost(event["trials"])
+            self.console.print(
+                f"[red]trials {event['trials']} lost their worker (no heartbeat): failed and "
+                "queued to run again"
             )
         elif kind == "trial_timed_out":
             self._lost(event["trials"])

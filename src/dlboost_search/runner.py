@@ -13,7 +13,6 @@ import queue
 import signal
 import socket
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,15 +20,18 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from dlboost_search import errors
+from dlboost_search import errors, memory
 from dlboost_search.data import task_and_shape
-from dlboost_search.errors import Interrupted, SearchAborted, StudyError
+from dlboost_search.errors import DataError, Interrupted, SearchAborted, SpaceError, StudyError
 from dlboost_search.models import check_input
 from dlboost_search.spaces import SearchSpace
 from dlboost_search.storage import RetryLostTrial, load_study, masked
 from dlboost_search.study import (
+    LostTrials,
     StudySummary,
+    check_same_data,
     create_or_check,
+    delete_study,
     fail_trial,
     set_target,
     space_of,
@@ -47,12 +49,17 @@ STANDBY_LEAD_TRIALS = 10
 SHUTDOWN_GRACE_S = 120  # how long a worker may take to close its trial after Ctrl-C
 
 
-def check_data(space: SearchSpace, source: str) -> None:
-    """Load the data, and check the model family takes it, in this process first: a bad file
-    fails before anything is stored."""
-    task, input_shape = task_and_shape(space.data, space.search.seed or 0)
+def check_data(space: SearchSpace, source: str, workers: int = 1) -> str | None:
+    """Load the data, and check the model family takes it and the largest model fits in
+    memory, in this process first: a bad file fails before anything is stored. Returns a
+    warning when the largest model takes over half the memory."""
+    seed = space.search.seed or 0
+    task, input_shape = task_and_shape(space.data, seed)
     space.check_task(task, source)
     check_input(space.model, input_shape, source)
+    return memory.check_fits(
+        space, input_shape, memory.data_bytes(space.data, seed), workers, source
+    )
 
 
 def start(
@@ -64,15 +71,29 @@ def start(
     recycle_every: int = DEFAULT_RECYCLE_EVERY,
     on_event: EventHandler = lambda event: None,
     source: str = "search space",
+    accept_changed_data: bool = False,
 ) -> StudySummary:
-    check_data(space, source)
+    warning = check_data(space, source, workers)
     if space.search.backend == "hyperband":
         _check_one_worker(space.name, workers)
     study = create_or_check(space, url)
-    if space.search.backend == "hyperband":
-        return _hyperband(study.study_name, url, space, on_event)
-    set_target(study, target or space.search.trials)
-    return _drive(study.study_name, url, space, workers, recycle_every, on_event)
+    check_same_data(study, space, accept_changed_data)
+    if warning:
+        on_event({"event": "warning", "message": warning})
+    try:
+        if space.search.backend == "hyperband":
+            return _hyperband(study.study_name, url, space, on_event)
+        set_target(study, target or space.search.trials)
+        return _drive(study.study_name, url, space, workers, recycle_every, on_event)
+    except (SpaceError, DataError) as exc:
+        # Found by the workers (a custom builder or a backbone tried on the space, images
+        # decoded): a study left behind with no trials would refuse the fixed space as "a
+        # different search space", so it goes, and the fixed space starts afresh.
+        if study.get_trials(deepcopy=False):
+            raise
+        delete_study(study, url)
+        kept = f"(Study {study.study_name!r} had no trials and was not kept.)"
+        raise type(exc)(f"{exc} {kept}") from None
 
 
 def resume(
@@ -84,12 +105,16 @@ def resume(
     recycle_every: int = DEFAULT_RECYCLE_EVERY,
     on_event: EventHandler = lambda event: None,
     joining: bool = False,
+    accept_changed_data: bool = False,
 ) -> StudySummary:
     """Go on with a stored study, to `target` or to the target it was last driven to: what
     `resume` does, and `worker` (`joining` others, maybe on other machines) does anywhere."""
     study = load_study(name, url)
     space = space_of(study)
-    check_data(space, f"study {name!r}")
+    warning = check_data(space, f"study {name!r}", workers)
+    check_same_data(study, space, accept_changed_data)
+    if warning:
+        on_event({"event": "warning", "message": warning})
     if space.search.backend == "hyperband":
         _check_one_worker(name, workers, joining)
         return _hyperband(name, url, space, on_event)
@@ -265,13 +290,16 @@ def _drive(
     study = load_study(name, url, recovery=space.search)
     target = target_of(study)
     pool = _Pool(name, url, workers, recycle_every, sole, target)
+    lost_trials = LostTrials(space.search)
     failures_in_a_row = 0
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         on_event({"event": "study", "summary": summarize(study), "target": target, "url": url,
                   "workers": workers, "reproducible": pool.sole})  # fmt: skip
         while True:
-            _fail_stale_trials(study)
+            lost = lost_trials(study)
+            if lost:
+                on_event({"event": "trials_lost", "trials": lost})
             summary = summarize(study)
             if summary.finished >= target and not pool.workers:
                 return summary
@@ -307,14 +335,6 @@ def _drive(
     finally:
         pool.discard_standby()
         signal.signal(signal.SIGTERM, previous_sigterm)
-
-
-def _fail_stale_trials(study: Any) -> None:
-    import optuna
-
-    with warnings.catch_warnings():  # experimental in Optuna, as in its own optimize loop
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
 
 
 def _worker_ended(study, space, pid, worker, failures_in_a_row, on_event) -> int:
@@ -403,6 +423,8 @@ def close_abandoned_trials(
         owner = trial.user_attrs.get("worker")
         if owner == worker or (owner is None and trial.datetime_start >= since):
             failed = fail_trial(study, trial, reason)
+            if failed is None:  # it finished, or another runner closed it, meanwhile
+                continue
             if retry:
                 RetryLostTrial(retry)(study, failed)
             closed.append(trial.number)

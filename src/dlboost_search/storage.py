@@ -2,7 +2,9 @@
 
 SQLite (the default) is opened with the write-ahead log, synchronous=NORMAL and a busy
 timeout: cheaper per trial than Optuna's defaults, and safe for several local processes.
-This module never imports TensorFlow.
+Only `start` and a copy's destination create a storage; every other command refuses one that
+does not exist, and creates nothing. A read-only SQLite file is opened read-only, so reports
+can be made from an archived copy. This module never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import random
 import re
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,13 @@ DEFAULT_STORAGE = "sqlite:///storage/studies.db"
 STORAGE_ENV = "DLBOOST_STORAGE"
 SPEC_ATTR = "dlboost_search"  # study user attribute holding the space, data spec and version
 SQLITE_BUSY_TIMEOUT_S = 60
+# What to look at when a storage fails, opening it or later.
+SQLITE_DAMAGE = (
+    "an SQLite file may be damaged (`sqlite3 FILE 'PRAGMA integrity_check'` tells): restore it "
+    "from a copy, or copy out what still reads with `dlboost-search export NAME --to "
+    "sqlite:///rescued.db`"
+)
+SERVER_CHECK = "check that the server is running and reachable, and the user and password."
 
 
 def storage_url(given: str | None) -> str:
@@ -34,17 +44,35 @@ def storage_url(given: str | None) -> str:
     if "://" not in url:
         hint = f"sqlite:///{url}" if url.endswith((".db", ".sqlite", ".sqlite3")) else None
         raise StorageError(
-            f"storage {url!r} is not a URL. "
+            f"storage {masked(url)!r} is not a URL. "
             + (f"For an SQLite file write {hint!r}." if hint else "")
             + " Examples: sqlite:///storage/studies.db, "
             "postgresql://user@host/db, mysql+pymysql://user@host/db."
+        )
+    if url.startswith("sqlite:") and _sqlite_path(url) in ("", ":memory:"):
+        raise StorageError(
+            f"storage {url} is an in-memory SQLite database, which lives inside one process: "
+            f"the worker processes could not see the study, and nothing would be kept. Give a "
+            f"file, e.g. sqlite:///storage/studies.db."
+        )
+    authority = url.split("://", 1)[1].split("?", 1)[0]
+    if not authority.startswith("/") and authority.count("@") > 1:
+        # The driver would cut the password at its first @ and show the rest as the host.
+        raise StorageError(
+            f"storage {masked(url)}: more than one '@' before the host. Write each '@' of the "
+            f"user name or password as %40 (URL encoding), e.g. postgresql://me:top%40secret@host/db."
         )
     return url
 
 
 def masked(url: str) -> str:
-    """The URL with its password replaced by ***, for messages."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """The URL with its password replaced by ***, for messages: everything between the user's
+    colon and the last '@', since a password may hold '@' itself."""
+    return re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
+
+
+def _sqlite_path(url: str) -> str:
+    return url.split("://", 1)[1].removeprefix("/").split("?", 1)[0]
 
 
 def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -53,6 +81,28 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.close()
+
+
+def _read_only_url(path: Path) -> str | None:
+    """An SQLite URL that reads `path` without writing anything, when this process may not
+    write it (an archived copy, another user's file), else None. Reading a write-ahead-log
+    database needs a writable folder; a file with no log open beside it (nobody writes it)
+    is opened as immutable instead."""
+    if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+        return None
+    quoted = urllib.parse.quote(str(path.resolve()))
+    in_use = path.with_name(path.name + "-wal").exists()
+    return f"sqlite:///file:{quoted}?mode=ro{'' if in_use else '&immutable=1'}&uri=true"
+
+
+def _has_optuna_tables(url: str) -> bool:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
 
 
 class RetryLostTrial:
@@ -98,45 +148,83 @@ def _create_storage(url: str, heartbeat: dict[str, Any]) -> optuna.storages.RDBS
         attempt += 1
 
 
-def open_storage(url: str, recovery: SearchSettings | None = None) -> optuna.storages.RDBStorage:
-    """Open (creating if needed) the storage at `url`, or raise StorageError saying why not.
+# Optuna's own check of stale heartbeats would fail a lost trial without saying why; the
+# runner's `lost_trials` does it instead, with a reason. Optuna's is kept off with this grace.
+_NEVER_S = 10**9
 
-    With `recovery` (what workers use), running trials send heartbeats, and trials whose
-    heartbeat stopped are failed and retried as the search settings say.
+
+def open_storage(
+    url: str, recovery: SearchSettings | None = None, *, create: bool = False
+) -> optuna.storages.RDBStorage:
+    """Open the storage at `url`, or raise StorageError saying why not. Only with `create`
+    (what `start` and a copy's destination do) is a missing SQLite file, or a database
+    without Optuna's tables, made: readers never create or change a storage.
+
+    With `recovery` (what workers use), running trials send heartbeats; the runners fail and
+    retry the trials whose heartbeat stopped (`lost_trials`).
     """
+    import optuna
     import sqlalchemy.exc
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     sqlite = url.startswith("sqlite:///")
     heartbeat: dict[str, Any] = {}
     if recovery is not None:
-        heartbeat = {
-            "heartbeat_interval": recovery.heartbeat_seconds,
-            "grace_period": recovery.stale_after_seconds,
-            "heartbeat_stale_trial_callback": RetryLostTrial(recovery.retries),
-        }
+        heartbeat = {"heartbeat_interval": recovery.heartbeat_seconds, "grace_period": _NEVER_S}
     try:
+        tune = sqlite
         if sqlite:
-            path = url.removeprefix("sqlite:///")
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(_sqlite_path(url))
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.is_file():
+                raise StorageError(
+                    f"no storage at {masked(url)}: {path} does not exist (nothing was created). "
+                    f"Check --storage or ${STORAGE_ENV}; `dlboost-search start SPACE.yaml` "
+                    f"creates it."
+                )
+            elif read_only := _read_only_url(path):
+                url, tune = read_only, False
+        if not create and not _has_optuna_tables(url):
+            raise StorageError(
+                f"no studies in {masked(url)}: the database holds no Optuna tables (nothing was "
+                f"created). Check --storage or ${STORAGE_ENV}; `dlboost-search start "
+                f"SPACE.yaml --storage URL` creates them."
+            )
         storage = _create_storage(url, heartbeat)
-        if sqlite:
+        if tune:
             from sqlalchemy import event
 
             event.listen(storage.engine, "connect", _tune_sqlite)
             storage.engine.dispose()  # reconnect so every pooled connection is tuned
         return storage
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, OSError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0].rstrip(".")
+        check = f"{SQLITE_DAMAGE}." if sqlite else SERVER_CHECK
         raise StorageError(
-            f"cannot open storage {masked(url)}: {reason}. Check the URL (--storage or "
-            f"${STORAGE_ENV}), that the server is running and reachable, and the user and "
-            f"password."
+            f"cannot open storage {masked(url)}: {driver_reason(exc)}. Check the URL (--storage "
+            f"or ${STORAGE_ENV}); {check}"
         ) from None
     except RuntimeError as exc:  # optuna's schema-version check
         raise StorageError(
             f"storage {masked(url)} was written by another Optuna version: {exc}"
         ) from None
+
+
+def state_dir(url: str, study_name: str) -> Path:
+    """Where the Hyperband backend keeps keras-tuner's state for a study: beside the SQLite
+    file, else under storage/keras-tuner/ of the working directory."""
+    from dlboost_search.spaces import check_study_name
+
+    check_study_name(study_name, "study")  # a folder name: never one that climbs out
+    if url.startswith("sqlite:///"):
+        return Path(_sqlite_path(url)).parent / f"{study_name}.keras-tuner"
+    return Path("storage") / "keras-tuner" / study_name
+
+
+def driver_reason(exc: BaseException) -> str:
+    """The first line of a database driver's error, without SQLAlchemy's wrapping."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0].rstrip(".")
 
 
 def load_study(name: str, url: str, recovery: SearchSettings | None = None) -> optuna.Study:

@@ -5,14 +5,25 @@ This module never imports TensorFlow.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dlboost_search import __version__
+from dlboost_search.data import fingerprint
 from dlboost_search.errors import StudyError
-from dlboost_search.spaces import SearchSpace, space_from_dict
-from dlboost_search.storage import SPEC_ATTR, load_study, masked, open_storage, stored_spec
+from dlboost_search.spaces import SearchSettings, SearchSpace, space_from_dict
+from dlboost_search.storage import (
+    SPEC_ATTR,
+    RetryLostTrial,
+    load_study,
+    masked,
+    open_storage,
+    state_dir,
+    stored_spec,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -93,8 +104,7 @@ def create_or_check(space: SearchSpace, url: str) -> optuna.Study:
     """The study named by `space`: created with its spec stored, or loaded if it matches."""
     import optuna
 
-    storage = open_storage(url)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url, create=True)
     study = optuna.create_study(
         study_name=space.name,
         storage=storage,
@@ -130,16 +140,128 @@ def resume_space(name: str, url: str) -> SearchSpace:
 
 def fail_trial(
     study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str
-) -> optuna.trial.FrozenTrial:
-    """Close a running trial that nobody will finish as FAIL, with `reason` as its fail_reason."""
+) -> optuna.trial.FrozenTrial | None:
+    """Close a running trial that nobody will finish as FAIL, with `reason` as its
+    fail_reason; None when another process finished or closed it first (the storage decides
+    atomically, so of two runners closing one lost trial only one retries it)."""
+    import optuna
     from optuna.trial import TrialState
 
     # _trial_id is the storage key; Optuna exposes no public setter by trial number.
-    study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-    return study.tell(trial.number, state=TrialState.FAIL)
+    storage, trial_id = study._storage, trial._trial_id
+    try:
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return None
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return None
+    return storage.get_trial(trial_id)
+
+
+def _heartbeat_ages(study: optuna.Study) -> dict[int, float | None]:
+    """Seconds since the last heartbeat of each running trial (by trial id), measured on the
+    database's clock as Optuna writes them; None for a trial that never sent one."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    # Optuna wraps its RDBStorage in a cache; the heartbeats are in the database only.
+    storage = getattr(study._storage, "_backend", study._storage)
+    session = storage.scoped_session()
+    try:
+        now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one()
+        rows = session.execute(
+            sqlalchemy.select(models.TrialModel.trial_id, models.TrialHeartbeatModel.heartbeat)
+            .outerjoin(models.TrialHeartbeatModel)
+            .where(models.TrialModel.study_id == study._study_id)
+            .where(models.TrialModel.state == TrialState.RUNNING)
+        ).all()
+    finally:
+        session.close()
+    now = now.replace(tzinfo=None)  # PostgreSQL's is aware, the stored heartbeats are not
+    return {
+        trial_id: None if beat is None else (now - beat).total_seconds() for trial_id, beat in rows
+    }
+
+
+class LostTrials:
+    """Finds the running trials whose worker is gone, whatever machine ran it, and fails each
+    with the reason, queuing its retry (search.retries).
+
+    A trial is lost when its heartbeat is older than search.stale_after_seconds, or when it
+    has sent none for that long since this runner first saw it: a worker killed between
+    creating its trial and the first heartbeat leaves such a trial, which would otherwise
+    stay RUNNING forever and hold every later run one trial short of its target. The second
+    clock is this process's own, so clocks that differ between machines cannot fail a live
+    trial early.
+    """
+
+    def __init__(self, settings: SearchSettings):
+        self.settings = settings
+        self.unbeating_since: dict[int, float] = {}  # trial id -> first seen without heartbeat
+
+    def __call__(self, study: optuna.Study) -> list[int]:
+        """Fail and retry the lost trials; return their numbers."""
+        from optuna.trial import TrialState
+
+        ages = _heartbeat_ages(study)
+        now = time.monotonic()
+        self.unbeating_since = {
+            trial_id: self.unbeating_since.get(trial_id, now)
+            for trial_id, age in ages.items()
+            if age is None
+        }
+        limit = self.settings.stale_after_seconds
+        lost = []
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            age = ages.get(trial._trial_id)
+            if age is not None and age > limit:
+                reason = f"lost: no heartbeat for {age:.0f} s (its worker or machine is gone)"
+            elif age is None and now - self.unbeating_since.get(trial._trial_id, now) > limit:
+                reason = (
+                    f"lost: no heartbeat in {limit} s since it was created (its worker stopped "
+                    f"before training began)"
+                )
+            else:
+                continue
+            failed = fail_trial(study, trial, reason)
+            if failed is not None:
+                RetryLostTrial(self.settings.retries)(study, failed)
+                lost.append(trial.number)
+        return lost
 
 
 TARGET_ATTR = "dlboost_target"
+DATA_ATTR = "dlboost_data_sha256"  # the fingerprint of the files the study searches
+DATA_CHANGES_ATTR = "dlboost_data_changes"  # when, and from what to what, it was accepted
+
+
+def check_same_data(study: optuna.Study, space: SearchSpace, accept_changed: bool) -> None:
+    """Keep the fingerprint of the study's data files the first time; afterwards refuse to go
+    on when one changed (trials scored on two datasets are not comparable), unless
+    `accept_changed`, which the study records."""
+    now = fingerprint(space.data)
+    before = study.user_attrs.get(DATA_ATTR)
+    if before is None:  # a new study, or one made before studies kept fingerprints
+        study.set_user_attr(DATA_ATTR, now)
+        return
+    changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+    if not changed:
+        return
+    if not accept_changed:
+        files = ", ".join(f"data.{key} {getattr(space.data, key)}" for key in changed)
+        trials = len(study.get_trials(deepcopy=False))
+        raise StudyError(
+            f"the data of study {study.study_name!r} changed since the study began: {files} "
+            f"(SHA-256 {before.get(changed[0], 'none')[:12]}... then, "
+            f"{now.get(changed[0], 'none')[:12]}... now). Its {trials} trials were scored on "
+            f"the old data, so nothing was run. To go on with the new data anyway, add "
+            f"--accept-changed-data (the study records that you did); to search the new data "
+            f"apart, start a study of another name."
+        )
+    change = {"at": datetime.now().isoformat(timespec="seconds"), "before": before, "after": now}
+    study.set_user_attr(DATA_CHANGES_ATTR, [*study.user_attrs.get(DATA_CHANGES_ATTR, []), change])
+    study.set_user_attr(DATA_ATTR, now)
 
 
 def set_target(study: optuna.Study, target: int) -> None:
@@ -191,6 +313,21 @@ def summarize(study: optuna.Study) -> StudySummary:
         best_trial=best.number if best else None,
         last_activity=max(stamps) if stamps else None,
     )
+
+
+def delete_study(study: optuna.Study, url: str) -> Path | None:
+    """Delete `study` from its storage, with the Hyperband backend's state kept for it here;
+    return that state's folder if there was one."""
+    import shutil
+
+    import optuna
+
+    folder = state_dir(url, study.study_name)
+    optuna.delete_study(study_name=study.study_name, storage=study._storage)
+    if folder.is_dir():
+        shutil.rmtree(folder)
+        return folder
+    return None
 
 
 def all_summaries(url: str) -> list[StudySummary]:

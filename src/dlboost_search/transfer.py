@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dlboost_search.errors import StudyError
+from dlboost_search.spaces import check_study_name
 from dlboost_search.storage import load_study, masked, open_storage
 from dlboost_search.study import fail_trial, space_differences, space_of
 
@@ -28,10 +29,11 @@ def copy(name: str, source_url: str, destination_url: str, new_name: str | None 
     import optuna
     from optuna.trial import TrialState
 
+    to_name = new_name or name
+    check_study_name(to_name, "--as")
     source = load_study(name, source_url)
     space_of(source)  # refuse a study dlboost-search cannot resume, before writing anything
-    destination = open_storage(destination_url)
-    to_name = new_name or name
+    destination = open_storage(destination_url, create=True)
     if to_name in {s.study_name for s in destination.get_all_studies()}:
         raise StudyError(
             f"{masked(destination_url)} already has a study named {to_name!r}; nothing was "
