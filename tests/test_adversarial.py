@@ -354,10 +354,10 @@ CASES = {
     ),
     "a short dashboard token": Case(
         ("dashboard", "--storage", DB, "--host", "0.0.0.0", "--token", "short"), 2,
-        ("16 characters",),
+        ("a dashboard token of 5 characters", "at least 16"),
     ),
     "a dashboard port out of range": Case(
-        ("dashboard", "--storage", DB, "--port", "70000"), 2, ("--port", "70000")
+        ("dashboard", "--storage", DB, "--port", "70000"), 2, ("--port", "65535")
     ),
     "a dashboard host that does not resolve": Case(
         ("dashboard", "--storage", DB, "--host", "no-such-host.invalid", "--new-token"), 2,
@@ -383,5 +383,7 @@ def test_bad_input_gets_a_clean_answer_and_changes_nothing(base, tmp_path, case)
     for fragment in case.says:
         assert fragment in said, said
     assert "Traceback" not in said
+    # Nothing before the error: no progress line, no library's log line.
+    assert said.startswith(("error: ", "Usage: ")), said
     assert len(said) < 2000, said  # one paragraph, not a dump of what it was given
     assert snapshot(folder) == before

@@ -248,8 +248,8 @@ def url_to_open(host: str, port: int, token: str | None) -> str:
     machine's name (from elsewhere), then the loopback URL (from this machine)."""
     query = f"?token={token}" if token is not None else ""
     if not _is_all_interfaces(host):
-        shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{port}/dashboard{query}"
+        literal = f"[{host}]" if ":" in host else host
+        return f"http://{literal}:{port}/dashboard{query}"
     loopback = "[::1]" if ":" in host else "127.0.0.1"
     return (
         f"http://{socket.gethostname()}:{port}/dashboard{query} "

@@ -166,7 +166,9 @@ def open_storage(
     import optuna
     import sqlalchemy.exc
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if optuna.logging.get_verbosity() < optuna.logging.WARNING:
+        # Its INFO lines ("A new study created ...") would come before our messages.
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     sqlite = url.startswith("sqlite:///")
     heartbeat: dict[str, Any] = {}
     if recovery is not None:

@@ -202,8 +202,6 @@ class LostTrials:
 
     def __call__(self, study: optuna.Study) -> list[int]:
         """Fail and retry the lost trials; return their numbers."""
-        from optuna.trial import TrialState
-
         ages = _heartbeat_ages(study)
         now = time.monotonic()
         self.unbeating_since = {
@@ -213,21 +211,20 @@ class LostTrials:
         }
         limit = self.settings.stale_after_seconds
         lost = []
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            age = ages.get(trial._trial_id)
+        for trial_id, age in ages.items():
             if age is not None and age > limit:
                 reason = f"lost: no heartbeat for {age:.0f} s (its worker or machine is gone)"
-            elif age is None and now - self.unbeating_since.get(trial._trial_id, now) > limit:
+            elif age is None and now - self.unbeating_since[trial_id] > limit:
                 reason = (
                     f"lost: no heartbeat in {limit} s since it was created (its worker stopped "
                     f"before training began)"
                 )
             else:
                 continue
-            failed = fail_trial(study, trial, reason)
+            failed = fail_trial(study, study._storage.get_trial(trial_id), reason)
             if failed is not None:
                 RetryLostTrial(self.settings.retries)(study, failed)
-                lost.append(trial.number)
+                lost.append(failed.number)
         return lost
 
 
