@@ -151,19 +151,25 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def run_in(folder: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`dlboost-search ARGS` run in `folder`, as a script would: no terminal to answer on."""
+    return subprocess.run(
+        cli_command(*args),
+        cwd=folder,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 @pytest.fixture
 def run_cli(tmp_path: Path):
     """run_cli(*args) -> CompletedProcess of `dlboost-search ARGS` run in tmp_path."""
 
     def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            cli_command(*args),
-            cwd=tmp_path,
-            env=cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return run_in(tmp_path, *args, timeout=timeout)
 
     return run
 

@@ -6,7 +6,6 @@ data files) is compared byte for byte before and after."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,21 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import SERVERS, TINY_SPACE, cli_command, cli_env
+from conftest import SERVERS, TINY_SPACE, run_in
 
 pytestmark = pytest.mark.slow  # the shared fixture trains a real study and exports its model
-
-
-def run(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cli_command(*args),
-        cwd=folder,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,  # no terminal: nobody could answer a question
-    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +38,7 @@ def base(tmp_path_factory) -> Path:
     (folder / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
     url = f"sqlite:///{folder / 'studies.db'}"
     for args in (("start", "space.yaml", "-q"), ("export-model", "tiny", "--out", "model")):
-        done = run(folder, *args, "--storage", url)
+        done = run_in(folder, *args, "--storage", url)
         assert done.returncode == 0, done.stderr
     return folder
 
@@ -377,7 +364,7 @@ def test_bad_input_gets_a_clean_answer_and_changes_nothing(base, tmp_path, case)
     case.setup(folder)
     before = snapshot(folder)
     db = f"sqlite:///{folder / 'studies.db'}"
-    done = run(folder, *(db if arg == DB else arg for arg in case.args))
+    done = run_in(folder, *(db if arg == DB else arg for arg in case.args))
     said = done.stderr + done.stdout
     assert done.returncode == case.exit, said
     for fragment in case.says:

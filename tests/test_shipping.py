@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import cli_command, cli_env
+from conftest import run_in
 from dlboost_search.data import prepare
 from dlboost_search.study import space_of
 
@@ -21,8 +21,7 @@ pytestmark = pytest.mark.slow  # real studies, retrained models, a CLI process p
 
 
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli_command(*args), cwd=cwd, env=cli_env(), capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    return run_in(cwd, *args, timeout=600)
 
 
 @pytest.fixture(scope="module")
