@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -142,6 +143,13 @@ def wait_for_running_trial(url: str, timeout: float = 120) -> optuna.trial.Froze
 
 def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dlboost_search", *args]
+
+
+def interruptible() -> None:
+    """preexec_fn of a CLI process that a test interrupts: Ctrl-C reaches it as from a
+    terminal even where the test run itself has SIGINT ignored (a shell's background job),
+    which dlboost-search, as every program, would respect."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cli_env() -> dict[str, str]:

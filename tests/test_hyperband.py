@@ -11,7 +11,7 @@ import keras_tuner as kt
 import pytest
 import yaml
 
-from conftest import TINY_SPACE, cli_command, cli_env, deep_update, load
+from conftest import TINY_SPACE, cli_command, cli_env, deep_update, interruptible, load
 from dlboost_search.hyperband import TRIAL_ATTR, hyperparameters, state_dir
 from dlboost_search.spaces import distributions, space_from_dict
 
@@ -107,6 +107,7 @@ def test_an_interrupted_schedule_resumes_where_it_stopped(write_space, storage, 
     process = subprocess.Popen(
         cli_command("start", str(write_space(**HYPERBAND)), "--storage", storage),
         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=interruptible,
     )  # fmt: skip
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:

@@ -14,7 +14,15 @@ import urllib.request
 import pytest
 from optuna.trial import TrialState
 
-from conftest import SERVERS, cli_command, cli_env, load, states, wait_for_running_trial
+from conftest import (
+    SERVERS,
+    cli_command,
+    cli_env,
+    interruptible,
+    load,
+    states,
+    wait_for_running_trial,
+)
 from dlboost_search.worker import SURPLUS_REASON
 
 pytestmark = pytest.mark.slow
@@ -124,6 +132,7 @@ def test_ctrl_c_closes_every_workers_trial_and_queues_no_retry(write_space, stor
     process = subprocess.Popen(
         cli_command("start", str(space), "--storage", storage, "--workers", "2"),
         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=interruptible,
     )  # fmt: skip
     deadline = time.monotonic() + 180
     while True:  # both workers inside a trial's epochs

@@ -14,7 +14,7 @@ import optuna_dashboard
 import pytest
 from optuna.trial import TrialState
 
-from conftest import cli_command, cli_env, load, states, wait_for_running_trial
+from conftest import cli_command, cli_env, interruptible, load, states, wait_for_running_trial
 
 pytestmark = pytest.mark.slow
 
@@ -144,6 +144,7 @@ def test_ctrl_c_and_sigterm_close_the_running_trial(write_space, storage, tmp_pa
     process = subprocess.Popen(
         cli_command("start", str(space), "--storage", storage),
         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=interruptible,
     )  # fmt: skip
     running = wait_for_running_trial(storage)
     process.send_signal(signum)
@@ -206,6 +207,7 @@ def test_start_serves_the_dashboard_beside_the_running_study(write_space, storag
     process = subprocess.Popen(
         cli_command("start", str(space), "--storage", storage, "--dashboard", "0"),
         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=interruptible,
     )  # fmt: skip
     url = process.stdout.readline().split(": ", 1)[1].strip()
     assert url.startswith("http://127.0.0.1:")
