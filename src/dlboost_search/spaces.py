@@ -182,7 +182,7 @@ class SearchSettings(_Strict):
     sampler: Literal["tpe", "random", "qmc"] = "tpe"
     # TPE's random start-up trials. 20, not Optuna's 10: successive halving stops most of them
     # at the first rung (1 epoch), and with 10 TPE settled early on what learns fastest. Ten
-    # seeds on three datasets in the README's Search quality section.
+    # seeds on three datasets in benchmarks/README.md, Search quality.
     startup_trials: int = Field(20, ge=0)
     pruner: Literal["hyperband", "median", "successive_halving", "patient", "none"] = (
         "successive_halving"

@@ -69,7 +69,8 @@ def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
     if name == "successive_halving":
         # Asynchronous successive halving with rungs at 1, 3, 9, 27... epochs: every trial
         # faces the cut, where the Hyperband pruner splits a small study into brackets too
-        # thin to compare within. The default since the search-quality benchmark (README).
+        # thin to compare within. The default since the search-quality benchmark
+        # (benchmarks/README.md).
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)

@@ -224,8 +224,8 @@ def _train_epoch_loop(model, data, batch_size, max_epochs, seed, monitor) -> Non
     import tensorflow as tf
 
     # Grappler's graph rewrites cost 0.1-0.25 s on each new model's first call, more than
-    # they save over the epochs of the small models this loop trains (README, "Fixed cost
-    # per model"). A process-wide setting: _train_fit turns it back on.
+    # they save over the epochs of the small models this loop trains (benchmarks/README.md,
+    # "Training engines"). A process-wide setting: _train_fit turns it back on.
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     x, y, x_val, y_val = _as_tensors(data)
     # Create the optimizer's and metrics' variables now, eagerly: created inside the
