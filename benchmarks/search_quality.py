@@ -262,7 +262,7 @@ def test_scores(budget: Budget, test: tuple) -> dict[str, float]:
 
 
 def run_one(tool: str, dataset: str, seed: int, epochs: int) -> dict[str, Any]:
-    from dlboost_search.training import import_tensorflow_quietly
+    from dlboost_search._tf import import_tensorflow_quietly
 
     import_tensorflow_quietly(threads=None)
     import keras

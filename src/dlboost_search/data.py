@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dlboost_search.catalog import BUILTIN_TASKS
 from dlboost_search.errors import DataError, shown
 
 if TYPE_CHECKING:
@@ -24,18 +25,6 @@ if TYPE_CHECKING:
 
     from dlboost_search.spaces import DataSpec
 
-# Datasets that packages ship inside their wheels (nothing is downloaded), with their task:
-# scikit-learn's tables, digits as 8x8 images, and statsmodels' yearly sunspot numbers as
-# windows of SUNSPOT_WINDOW years -> the next year.
-BUILTIN_TASKS = {
-    "diabetes": "regression",
-    "breast_cancer": "binary",
-    "digits": "multiclass",
-    "wine": "multiclass",
-    "iris": "multiclass",
-    "digits_images": "multiclass",
-    "sunspots": "regression",
-}
 SUNSPOT_WINDOW = 24  # two solar cycles
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 

@@ -84,16 +84,12 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
     import keras_tuner as kt
     import optuna
 
+    from dlboost_search._tf import import_tensorflow_quietly
     from dlboost_search.data import prepare
     from dlboost_search.models import model_builder
     from dlboost_search.storage import load_study
     from dlboost_search.study import set_target, summarize
-    from dlboost_search.training import (
-        TrainingRecord,
-        import_tensorflow_quietly,
-        resolve_engine,
-        train,
-    )
+    from dlboost_search.training import TrainingRecord, resolve_engine, train
     from dlboost_search.worker import worker_id
 
     import_tensorflow_quietly(threads=None)

@@ -74,7 +74,7 @@ def export_model(
     sign = 1 if space.direction == "minimize" else -1
     chosen = sorted(finished, key=lambda t: (sign * t.value, t.number))[:ensemble]
 
-    from dlboost_search.training import import_tensorflow_quietly
+    from dlboost_search._tf import import_tensorflow_quietly
 
     import_tensorflow_quietly(None)
     import keras
@@ -336,7 +336,7 @@ def predict(model_dir: Path, data_path: Path, out_path: Path) -> int:
 
     x, index = read_for_prediction(meta["preprocessing"], data_path)
 
-    from dlboost_search.training import import_tensorflow_quietly
+    from dlboost_search._tf import import_tensorflow_quietly
 
     import_tensorflow_quietly(None)
     import keras

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from dlboost_search.data import BUILTIN_TASKS
+from dlboost_search.catalog import BUILTIN_TASKS
 from dlboost_search.errors import SpaceError, StudyError, shown
 from dlboost_search.hyperparams import (
     TASK_METRICS,

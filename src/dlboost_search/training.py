@@ -7,7 +7,6 @@ the caller passes `report(epoch, value)`, which may raise to stop the trial (pru
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,27 +19,6 @@ from dlboost_search.hyperparams import logged_metrics, metric_direction
 VALIDATION_BATCH = 4096
 # Batches run per compiled call: fewer Python round-trips per epoch on small data.
 MAX_STEPS_PER_EXECUTION = 64
-
-
-def import_tensorflow_quietly(threads: int | None) -> None:
-    """Import TensorFlow with its C++ start-up chatter (CUDA probes, CPU flags) silenced.
-
-    `threads`: the cores this worker may use, when several share the machine; TensorFlow
-    would otherwise give each worker a thread pool as large as the machine.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            import tensorflow as tf
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    tf.get_logger().setLevel("ERROR")
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 @dataclass

@@ -17,8 +17,8 @@ import socket
 from datetime import datetime
 from typing import Any
 
+from dlboost_search._tf import import_tensorflow_quietly
 from dlboost_search.errors import DlboostError, SearchAborted, TrialFailed
-from dlboost_search.training import import_tensorflow_quietly
 
 INTERRUPTED_REASON = "interrupted (Ctrl-C or SIGTERM); run `dlboost-search resume` to go on"
 SURPLUS_REASON = "not needed: trials running on other workers already make up the target"

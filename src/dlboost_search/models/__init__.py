@@ -81,7 +81,7 @@ def load_builder(path: str, source: str) -> Callable[..., Any]:
     module_name, _, function_name = path.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    from dlboost_search.training import import_tensorflow_quietly
+    from dlboost_search._tf import import_tensorflow_quietly
 
     import_tensorflow_quietly(None)  # a builder imports Keras: without its start-up chatter
     try:
