@@ -141,33 +141,26 @@ def run_service_optuna(tool: str, space: Any, budget: Budget) -> None:
     import keras
     import optuna
 
-    from dlboost_search.data import prepare
     from dlboost_search.errors import TrialFailed
-    from dlboost_search.models import build_function
     from dlboost_search.spaces import suggest
     from dlboost_search.study import make_pruner, make_sampler
-    from dlboost_search.training import TrainingRecord, train
+    from dlboost_search.training import TrainingRecord
+    from dlboost_search.trial import TrialContext
 
-    data = prepare(space.data, space.search.seed)
-    build = build_function(space.model)
+    context = TrialContext(space, "benchmark", observe=budget.on_epoch)
     study = optuna.create_study(sampler=make_sampler(space, 0), pruner=make_pruner(space))
 
     def objective(trial: optuna.Trial) -> float:
         params = space.resolve(suggest(trial, space))
-        keras.utils.set_random_seed(space.search.seed + trial.number)
-        model = build(params, data.input_shape, data.task, data.n_outputs)
+        model = context.model(params, trial.number)
 
         def report(epoch: int, value: float) -> None:
-            budget.on_epoch(model, value)
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
         try:
-            return train(model, params, data, max_epochs=MAX_EPOCHS, patience=PATIENCE,
-                         min_delta=0.0, monitor="val_loss", direction="minimize",
-                         seed=space.search.seed + trial.number, record=TrainingRecord(),
-                         report=report, engine="epoch_loop")  # fmt: skip
+            return context.fit(model, params, trial.number, record=TrainingRecord(), report=report)
         finally:
             keras.backend.clear_session(free_memory=False)
 
@@ -176,22 +169,12 @@ def run_service_optuna(tool: str, space: Any, budget: Budget) -> None:
 
 def run_service_hyperband(space: Any, budget: Budget, workdir: Path) -> None:
     """`dlboost-search start` with search.backend: hyperband, in this process."""
-    from dlboost_search import hyperband, training
+    from dlboost_search import hyperband
     from dlboost_search.study import create_or_check
 
     url = f"sqlite:///{workdir / 'studies.db'}"
     create_or_check(space, url)
-    original = training.train
-
-    def counted(model, params, data, *, report, **kwargs):  # the shared counter, in the loop
-        def both(epoch: int, value: float) -> None:
-            budget.on_epoch(model, value)
-            report(epoch, value)
-
-        return original(model, params, data, report=both, **kwargs)
-
-    training.train = counted  # hyperband.run imports train when it runs
-    hyperband.run(space.name, url, space, on_event=lambda event: None)
+    hyperband.run(space.name, url, space, on_event=lambda event: None, observe=budget.on_epoch)
 
 
 def run_keras_tuner(

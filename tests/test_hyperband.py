@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import TINY_SPACE, cli_command, cli_env, deep_update, interruptible, load
-from dlboost_search.hyperband import TRIAL_ATTR, hyperparameters, state_dir
+from dlboost_search.hyperband import hyperparameters, state_dir
 from dlboost_search.spaces import distributions, space_from_dict
 
 # max_epochs 3, factor 3: two brackets, six trials (three 1-epoch models, the best of them
@@ -65,7 +65,7 @@ def test_every_keras_tuner_trial_lands_in_the_study(write_space, storage, run_cl
     assert done.returncode == 0, done.stderr
     trials = load(storage).get_trials(deepcopy=False)
     assert [t.state.name for t in trials] == ["COMPLETE"] * SCHEDULE
-    assert sorted(int(t.user_attrs[TRIAL_ATTR]) for t in trials) == list(range(SCHEDULE))
+    assert sorted(int(t.user_attrs["hyperband_trial"]) for t in trials) == list(range(SCHEDULE))
     space = space_from_dict(deep_update(TINY_SPACE, HYPERBAND), "test")
     for t in trials:
         assert t.distributions == distributions(space)
@@ -73,7 +73,7 @@ def test_every_keras_tuner_trial_lands_in_the_study(write_space, storage, run_cl
         assert {"bracket", "round", "engine", "epochs_trained"} <= set(t.user_attrs)
     # The promoted configuration trains epochs 2-3 from its parent's best weights.
     (continued,) = [t for t in trials if t.user_attrs["continues"] is not None]
-    by_id = {t.user_attrs[TRIAL_ATTR]: t for t in trials}
+    by_id = {t.user_attrs["hyperband_trial"]: t for t in trials}
     parent = by_id[continued.user_attrs["continues"]]
     assert continued.params == parent.params
     assert parent.value == min(t.value for t in trials if t.user_attrs["round"] == 0
@@ -126,7 +126,7 @@ def test_an_interrupted_schedule_resumes_where_it_stopped(write_space, storage, 
     done = run_cli("resume", "tiny", "--storage", storage)
     assert done.returncode == 0, done.stderr
     trials = load(storage).get_trials(deepcopy=False)
-    assert sorted(int(t.user_attrs[TRIAL_ATTR]) for t in trials) == list(range(SCHEDULE))
+    assert sorted(int(t.user_attrs["hyperband_trial"]) for t in trials) == list(range(SCHEDULE))
     assert all(t.state.name == "COMPLETE" for t in trials)
 
 

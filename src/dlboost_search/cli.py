@@ -294,8 +294,10 @@ def _run_study(
     to it, whatever way the run ended."""
     running: list[bool] = []
 
-    def on_event(event: dict[str, Any]) -> None:
-        if event["event"] == "study" and not running:
+    from dlboost_search import events
+
+    def on_event(event: events.Event) -> None:
+        if isinstance(event, events.StudyRunning) and not running:
             running.append(True)
             if dashboard_port is not None:
                 from dlboost_search import dashboard

@@ -16,9 +16,13 @@ trial is never copied twice, and one finished just before a crash is copied on t
 from __future__ import annotations
 
 import math
+import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from dlboost_search import events, records
 from dlboost_search.errors import (
     Interrupted,
     SearchAborted,
@@ -34,20 +38,35 @@ from dlboost_search.spaces import (
 )
 from dlboost_search.storage import masked, state_dir
 
-TRIAL_ATTR = "hyperband_trial"  # keras-tuner's trial id, on the Optuna copy
 
-_stop = {"requested": False}
+class StopRequest:
+    """Ctrl-C or SIGTERM during one run: it stops at the next epoch or trial boundary, not at
+    once, since an interrupt inside keras-tuner's saving of its state would leave that state
+    half written."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, _signum: int, _frame: Any) -> None:
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
 
 
-def request_stop(_signum: int, _frame: Any) -> None:
-    """Signal handler: stop at the next epoch or trial boundary. Not at once: an interrupt
-    inside keras-tuner's saving of its state would leave that state half written."""
-    _stop["requested"] = True
-
-
-def _stop_if_requested() -> None:
-    if _stop["requested"]:
-        raise KeyboardInterrupt
+@contextmanager
+def _stopped_by_signals() -> Iterator[StopRequest]:
+    """A fresh StopRequest as the SIGINT and SIGTERM handler for the run, the previous
+    handlers back after it."""
+    stop = StopRequest()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, stop) for sig in signals}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def hyperparameters(space: SearchSpace) -> Any:
@@ -78,19 +97,29 @@ def total_trials(oracle: Any) -> int:
     return per_iteration * oracle.hyperband_iterations
 
 
-def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
-    """Run (or continue) the Hyperband schedule of `study_name`; return its summary."""
+def run(
+    study_name: str,
+    url: str,
+    space: SearchSpace,
+    on_event: Callable[[events.Event], None],
+    observe: Callable[[Any, float], None] | None = None,
+) -> Any:
+    """Run (or continue) the Hyperband schedule of `study_name` in this process; return its
+    summary. Ctrl-C and SIGTERM stop it at the next epoch. `observe`: see TrialContext."""
+    with _stopped_by_signals() as stop:
+        return _run(study_name, url, space, on_event, observe, stop)
+
+
+def _run(study_name, url, space, on_event, observe, stop: StopRequest) -> Any:
     import keras
     import keras_tuner as kt
     import optuna
 
     from dlboost_search._tf import import_tensorflow_quietly
-    from dlboost_search.data import prepare
-    from dlboost_search.models import model_builder
     from dlboost_search.storage import load_study
     from dlboost_search.study import set_target, summarize
-    from dlboost_search.training import TrainingRecord, resolve_engine, train
-    from dlboost_search.worker import worker_id
+    from dlboost_search.training import TrainingRecord
+    from dlboost_search.trial import TrialContext
 
     import_tensorflow_quietly(threads=None)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -101,21 +130,17 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
         kt_config.DEBUG = False
     source = f"study {study_name!r}"
     study = load_study(study_name, url)
-    seed = space.search.seed or 0
-    prepared = prepare(space.data, seed)
-    space.check_task(prepared.task, source)
-    build = model_builder(space, prepared, source)
-    engine = resolve_engine(space.training.engine)
+    context = TrialContext(space, source, observe)
     direction = "min" if space.direction == "minimize" else "max"
     objective = kt.Objective(space.objective.metric, direction)
-    records: dict[str, tuple[TrainingRecord, dict[int, float]]] = {}
+    training: dict[str, tuple[TrainingRecord, dict[int, float]]] = {}
     dists = distributions(space)
     # keras-tuner ids of the trials already in the study: read once, kept up to date here (the
     # backend is the study's only writer).
     copied = {
-        t.user_attrs[TRIAL_ATTR]: t.user_attrs.get("worker")
+        t.user_attrs[records.HYPERBAND_TRIAL]: records.worker_of(t)
         for t in study.get_trials(deepcopy=False)
-        if TRIAL_ATTR in t.user_attrs
+        if records.HYPERBAND_TRIAL in t.user_attrs
     }
 
     def params_of(hp: Any) -> dict[str, Any]:
@@ -125,7 +150,7 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
     class Model(kt.HyperModel):
         def build(self, hp: Any) -> Any:
             try:
-                return build(params_of(hp))
+                return context.build(params_of(hp))
             except TrialFailed as exc:  # a custom builder's error: this trial's only
                 raise kt.errors.FailedTrialError(str(exc)) from None
 
@@ -135,25 +160,21 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
             callbacks = kwargs.get("callbacks", [])
             for callback in callbacks:
                 callback.set_model(model)
-            record, curve = records.setdefault(trial_id, (TrainingRecord(), {}))
+            record, curve = training.setdefault(trial_id, (TrainingRecord(), {}))
             number = len(copied)  # the number its copy will get
-            on_event({"event": "trial_started", "number": number, "params": params})
+            on_event(events.TrialStarted(number, params))
 
             def report(epoch: int, value: float) -> None:
-                _stop_if_requested()
+                stop.check()
                 curve[initial + epoch] = value
-                on_event({"event": "epoch", "number": number, "epoch": initial + epoch + 1})
+                on_event(events.EpochEnded(number, initial + epoch + 1))
                 for callback in callbacks:  # keras-tuner's: the best epoch's checkpoint
                     callback.on_epoch_end(initial + epoch, {space.objective.metric: value})
 
             try:
-                value = train(
-                    model, params, prepared,
+                value = context.fit(
+                    model, params, int(trial_id or 0), record=record, report=report,
                     max_epochs=kwargs.get("epochs", space.training.max_epochs) - initial,
-                    patience=space.training.early_stopping.patience,
-                    min_delta=space.training.early_stopping.min_delta,
-                    monitor=space.objective.metric, direction=space.direction,
-                    seed=seed + int(trial_id or 0), record=record, report=report, engine=engine,
                 )  # fmt: skip
             except TrialFailed as exc:
                 raise kt.errors.FailedTrialError(str(exc)) from None
@@ -175,12 +196,12 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
             return self._build_hypermodel(hp)
 
         def on_trial_begin(self, trial: Any) -> None:
-            _stop_if_requested()
+            stop.check()
             super().on_trial_begin(trial)
 
         def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
             # Seeded before keras-tuner builds the model, so its initial weights are too.
-            keras.utils.set_random_seed(seed + int(trial.trial_id))
+            context.seed_for(int(trial.trial_id))
             return super().run_trial(trial, *args, trial_id=trial.trial_id, **kwargs)
 
         def on_trial_end(self, trial: Any) -> None:
@@ -192,15 +213,15 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
         if trial.trial_id in copied or trial.status not in ("COMPLETED", "FAILED", "INVALID"):
             return
         values = trial.hyperparameters.values
-        record, curve = records.pop(trial.trial_id, (TrainingRecord(), {}))
+        record, curve = training.pop(trial.trial_id, (TrainingRecord(), {}))
         attrs = {
-            TRIAL_ATTR: trial.trial_id,
-            "backend": "hyperband",
-            "bracket": values.get("tuner/bracket"),
-            "round": values.get("tuner/round"),
-            "initial_epoch": values.get("tuner/initial_epoch", 0),
-            "continues": values.get("tuner/trial_id"),
-            "worker": worker_id(),
+            records.HYPERBAND_TRIAL: trial.trial_id,
+            records.BACKEND: "hyperband",
+            records.BRACKET: values.get("tuner/bracket"),
+            records.ROUND: values.get("tuner/round"),
+            records.INITIAL_EPOCH: values.get("tuner/initial_epoch", 0),
+            records.CONTINUES: values.get("tuner/trial_id"),
+            records.WORKER: records.worker_id(),
             **record.as_attrs(),
         }
         params = {k: v for k, v in values.items() if k in dists}
@@ -208,7 +229,8 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
             state, value = optuna.trial.TrialState.COMPLETE, float(trial.score)
         else:
             state, value = optuna.trial.TrialState.FAIL, None
-            attrs["fail_reason"] = _last_line(trial.message) or "keras-tuner marked it invalid"
+            reason = _last_line(trial.message) or "keras-tuner marked it invalid"
+            attrs[records.FAIL_REASON] = reason
         study.add_trial(
             optuna.trial.create_trial(
                 state=state,
@@ -219,9 +241,8 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
                 user_attrs=attrs,
             )  # fmt: skip
         )
-        on_event({"event": "trial_finished", "number": len(copied), "state": state.name,
-                  "value": value, "params": params, "attrs": attrs})  # fmt: skip
-        copied[trial.trial_id] = attrs["worker"]
+        on_event(events.TrialFinished(len(copied), state.name, value, params, attrs))
+        copied[trial.trial_id] = attrs[records.WORKER]
 
     folder = state_dir(url, study_name)
     if copied and not (folder / "hyperband" / "oracle.json").is_file():
@@ -253,13 +274,12 @@ def run(study_name: str, url: str, space: SearchSpace, on_event: Any) -> Any:
         copy_trial(trial)
     target = total_trials(tuner.oracle)
     set_target(study, target)
-    on_event({"event": "study", "summary": summarize(study), "target": target, "url": url,
-              "workers": 1, "reproducible": True})  # fmt: skip
+    on_event(events.StudyRunning(summarize(study), target, url, workers=1, reproducible=True))
     try:
         tuner.search(verbose=0)  # keras-tuner's own summaries would garble our progress display
     except KeyboardInterrupt:
         # Nothing to close in the study: trials land in it only once finished.
-        on_event({"event": "stopping"})
+        on_event(events.Stopping())
         raise Interrupted(
             f"stopped by the user; the running Hyperband trial will run again on the next "
             f"`dlboost-search resume {study_name} --storage {masked(url)}`, nothing else lost."

@@ -11,6 +11,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
+from dlboost_search import events, records
+
 
 def format_params(params: dict[str, Any]) -> str:
     return ", ".join(
@@ -79,16 +81,15 @@ class StudyProgress:
             return True
         return value < self.best[0] if self.direction == "minimize" else value > self.best[0]
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "warning":
-            self.console.print(f"[yellow]warning:[/yellow] {event['message']}", highlight=False)
+    def __call__(self, event: events.Event) -> None:
+        if isinstance(event, events.Warned):
+            self.console.print(f"[yellow]warning:[/yellow] {event.message}", highlight=False)
             return
         self._show()
-        if kind == "study":
-            summary = event["summary"]
-            self.target = event["target"]
-            self.workers = event["workers"]
+        if isinstance(event, events.StudyRunning):
+            summary = event.summary
+            self.target = event.target
+            self.workers = event.workers
             self.counts = {
                 "COMPLETE": summary.complete,
                 "PRUNED": summary.pruned,
@@ -101,40 +102,37 @@ class StudyProgress:
                 f"{self.workers} worker process(es) here, "
                 + (
                     "sampling reproducibly from search.seed"
-                    if event["reproducible"]
+                    if event.reproducible
                     else "each sampling from a random stream of its own"
                 )
             )
-        elif kind == "trial_started":
-            line = f"trial {event['number']}: {format_params(event['params'])}"
-            self.running[event["number"]] = (line, time.monotonic())
-        elif kind == "epoch" and event["number"] in self.running:
-            line, started = self.running[event["number"]]
-            self.running[event["number"]] = (
-                f"{line.split(' — ')[0]} — epoch {event['epoch']}",
-                started,
-            )
-        elif kind == "trial_finished":
+        elif isinstance(event, events.TrialStarted):
+            line = f"trial {event.number}: {format_params(event.params)}"
+            self.running[event.number] = (line, time.monotonic())
+        elif isinstance(event, events.EpochEnded) and event.number in self.running:
+            line, started = self.running[event.number]
+            self.running[event.number] = (f"{line.split(' — ')[0]} — epoch {event.epoch}", started)
+        elif isinstance(event, events.TrialFinished):
             self._finished(event)
-        elif kind == "worker_lost":
-            self._lost(event["trials"])
+        elif isinstance(event, events.WorkerLost):
+            self._lost(event.trials)
             self.console.print(
-                f"[red]worker died (exit code {event['exitcode']}); trials {event['trials']} "
+                f"[red]worker died (exit code {event.exitcode}); trials {event.trials} "
                 "closed as failed and queued to run again; starting a new worker"
             )
-        elif kind == "trials_lost":
-            self._lost(event["trials"])
+        elif isinstance(event, events.TrialsLost):
+            self._lost(event.trials)
             self.console.print(
-                f"[red]trials {event['trials']} lost their worker (no heartbeat): failed and "
+                f"[red]trials {event.trials} lost their worker (no heartbeat): failed and "
                 "queued to run again"
             )
-        elif kind == "trial_timed_out":
-            self._lost(event["trials"])
+        elif isinstance(event, events.TrialTimedOut):
+            self._lost(event.trials)
             self.console.print(
-                f"[red]trials {event['trials']} ran past training.trial_timeout_seconds "
-                f"({event['limit']} s): failed, worker replaced"
+                f"[red]trials {event.trials} ran past training.trial_timeout_seconds "
+                f"({event.limit} s): failed, worker replaced"
             )
-        elif kind == "stopping":
+        elif isinstance(event, events.Stopping):
             self.console.print(
                 "[yellow]stopping: closing the running trials (Ctrl-C again is ignored)..."
             )
@@ -154,24 +152,22 @@ class StudyProgress:
             self.running.pop(number, None)
         self.counts["FAIL"] += len(numbers)
 
-    def _finished(self, event: dict[str, Any]) -> None:
-        state, number, value = event["state"], event["number"], event["value"]
-        attrs = event["attrs"]
+    def _finished(self, event: events.TrialFinished) -> None:
+        state, number, value, attrs = event.state, event.number, event.value, event.attrs
         self.counts[state] = self.counts.get(state, 0) + 1
         _, started = self.running.pop(number, ("", None))
         if started is not None:
             self.seconds.append(time.monotonic() - started)
-        epochs = attrs.get("epochs_trained")
+        epochs = attrs.get(records.EPOCHS_TRAINED)
         if state == "FAIL":
-            detail = f"[red]failed[/red]: {attrs.get('fail_reason', 'see the log')}"
+            detail = f"[red]failed[/red]: {attrs.get(records.FAIL_REASON, 'see the log')}"
         else:
             label = "[yellow]pruned[/yellow]" if state == "PRUNED" else "complete"
             detail = f"{label} {self.metric}={value:.5g}"
-        self.console.print(
-            f"trial {number:>4} {detail} ({epochs} epochs, {attrs.get('train_seconds', 0):.1f} s)"
-        )
+        seconds = attrs.get(records.TRAIN_SECONDS, 0)
+        self.console.print(f"trial {number:>4} {detail} ({epochs} epochs, {seconds:.1f} s)")
         if state == "COMPLETE" and self._is_better(value):
-            self.best = (value, number, event["params"])
+            self.best = (value, number, event.params)
 
 
 def _duration(seconds: float) -> str:

@@ -12,6 +12,7 @@ import json
 import statistics
 from typing import TYPE_CHECKING, Any
 
+from dlboost_search import records
 from dlboost_search.errors import StudyError
 from dlboost_search.study import space_of, summarize
 
@@ -23,8 +24,6 @@ TOP_TRIALS = 10
 # Importance evaluators, named as users meet them: the dashboard shows PED-ANOVA,
 # fANOVA is the classic one. They often disagree; the report shows both side by side.
 EVALUATORS = {"fANOVA": "fanova", "PED-ANOVA": "ped_anova"}
-# What a trial records (training.TrainingRecord), shown with the best trial.
-RECORD_KEYS = ("engine", "epochs_trained", "best_epoch", "n_params", "train_seconds")
 FIGURE_IDS = {"fANOVA": "dlboost-importance-fanova", "PED-ANOVA": "dlboost-importance-ped-anova"}
 # fANOVA's forest costs about n^1.4 (here: 1.2 s for 100 trials, 22 s for 800), so past this many
 # completed trials it sees a fixed random sample of them; PED-ANOVA is cheap and sees them all.
@@ -80,7 +79,7 @@ def best_of(study: optuna.Study) -> dict[str, Any]:
     if summary.best_trial is None:
         reasons = sorted(
             {
-                t.user_attrs.get("fail_reason", "no reason recorded")
+                records.fail_reason(t, "no reason recorded")
                 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
             }
         )
@@ -106,7 +105,7 @@ def best_of(study: optuna.Study) -> dict[str, Any]:
             "trial": best.number,
             "value": best.value,
             "params": space.resolve(best.params),
-            **{key: best.user_attrs.get(key) for key in RECORD_KEYS},
+            **{key: best.user_attrs.get(key) for key in records.TRAINING},
         },
     }
 
@@ -126,7 +125,7 @@ def build_report(study: optuna.Study) -> dict[str, Any]:
                 "trial": t.number,
                 "value": t.value,
                 "params": t.params,
-                "epochs_trained": t.user_attrs.get("epochs_trained"),
+                "epochs_trained": t.user_attrs.get(records.EPOCHS_TRAINED),
             }
             for t in ranked[:TOP_TRIALS]
         ],  # fmt: skip
@@ -160,12 +159,9 @@ def _pruning(trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
     """
     from optuna.trial import TrialState
 
-    def epochs(t: optuna.trial.FrozenTrial) -> int:
-        return int(t.user_attrs.get("epochs_trained") or len(t.intermediate_values))
-
-    complete = [epochs(t) for t in trials if t.state == TrialState.COMPLETE]
-    pruned = [epochs(t) for t in trials if t.state == TrialState.PRUNED]
-    others = [epochs(t) for t in trials if t.state == TrialState.FAIL]
+    complete = [records.epochs_trained(t) for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [records.epochs_trained(t) for t in trials if t.state == TrialState.PRUNED]
+    others = [records.epochs_trained(t) for t in trials if t.state == TrialState.FAIL]
     typical = statistics.median(complete) if complete else 0
     trained = sum(complete) + sum(pruned) + sum(others)
     without = sum(complete) + sum(max(typical, e) for e in pruned) + sum(others)

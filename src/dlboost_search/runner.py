@@ -11,16 +11,15 @@ import multiprocessing
 import os
 import queue
 import signal
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from optuna.trial import TrialState
 
-from dlboost_search import errors, memory
+from dlboost_search import events, memory, records
 from dlboost_search.data import task_and_shape
 from dlboost_search.errors import DataError, Interrupted, SearchAborted, SpaceError, StudyError
 from dlboost_search.models import check_input
@@ -40,7 +39,7 @@ from dlboost_search.study import (
 )
 from dlboost_search.worker import INTERRUPTED_REASON, run_worker
 
-EventHandler = Callable[[dict[str, Any]], None]
+EventHandler = Callable[[events.Event], None]
 
 DEFAULT_RECYCLE_EVERY = 50
 # A worker this many trials from retiring gets a standby successor, which imports TensorFlow
@@ -79,7 +78,7 @@ def start(
     study = create_or_check(space, url)
     check_same_data(study, space, accept_changed_data)
     if warning:
-        on_event({"event": "warning", "message": warning})
+        on_event(events.Warned(warning))
     try:
         if space.search.backend == "hyperband":
             return _hyperband(study.study_name, url, space, on_event)
@@ -114,7 +113,7 @@ def resume(
     warning = check_data(space, f"study {name!r}", workers)
     check_same_data(study, space, accept_changed_data)
     if warning:
-        on_event({"event": "warning", "message": warning})
+        on_event(events.Warned(warning))
     if space.search.backend == "hyperband":
         _check_one_worker(name, workers, joining)
         return _hyperband(name, url, space, on_event)
@@ -137,22 +136,17 @@ def _hyperband(name: str, url: str, space: SearchSpace, on_event) -> StudySummar
     """keras-tuner's Hyperband, in this process (it runs one trial at a time)."""
     from dlboost_search import hyperband
 
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, hyperband.request_stop) for sig in signals}
-    try:
-        return hyperband.run(name, url, space, on_event)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return hyperband.run(name, url, space, on_event)
 
 
 @dataclass
 class _Worker:
     process: Any
     started: datetime
-    # How it ended, from its last events: done, fatal, interrupted; crashed if it sent none;
-    # timed_out if we stopped it.
-    outcome: dict[str, Any] = field(default_factory=lambda: {"event": "crashed"})
+    # How it ended: its last event (WorkerDone, WorkerFailed, WorkerInterrupted); None if it
+    # sent none (it crashed).
+    outcome: events.Event | None = None
+    timed_out: int | None = None  # the trial it was stopped in, past the time limit
     # The trial it is training and when that began (time.monotonic), between its events.
     trial: tuple[int, float] | None = None
     trials_started: int = 0
@@ -229,17 +223,20 @@ class _Pool:
             except queue.Empty:
                 break
             on_event(event)
-            failures = event.get("failures_in_a_row", failures)
-            worker = self.workers.get(event.get("pid"))
+            if isinstance(event, events.TrialFinished) and event.failures_in_a_row is not None:
+                failures = event.failures_in_a_row
+            worker = self.workers.get(event.pid)
             if worker is None:
                 continue
-            if event["event"] == "trial_started":
-                worker.trial = (event["number"], time.monotonic())
+            if isinstance(event, events.TrialStarted):
+                worker.trial = (event.number, time.monotonic())
                 worker.trials_started += 1
                 self.prepare_successor(worker)
-            elif event["event"] == "trial_finished":
+            elif isinstance(event, events.TrialFinished):
                 worker.trial = None
-            elif event["event"] in ("done", "fatal", "interrupted"):
+            elif isinstance(
+                event, (events.WorkerDone, events.WorkerFailed, events.WorkerInterrupted)
+            ):
                 worker.outcome = event
         return failures
 
@@ -250,7 +247,7 @@ class _Pool:
             return
         for worker in self.workers.values():
             if worker.trial and time.monotonic() - worker.trial[1] > limit:
-                worker.outcome = {"event": "timed_out", "number": worker.trial[0]}
+                worker.timed_out = worker.trial[0]
                 worker.process.kill()
 
     def exited(self) -> list[tuple[int, _Worker]]:
@@ -266,8 +263,8 @@ class _Pool:
 
     def running_trials(self, running: list[Any]) -> set[int]:
         """The numbers of the `running` trials that this pool's workers are training."""
-        ours = {f"{socket.gethostname()}:{pid}" for pid in self.workers}
-        return {t.number for t in running if t.user_attrs.get("worker") in ours}
+        ours = {records.worker_id(pid) for pid in self.workers}
+        return {t.number for t in running if records.worker_of(t) in ours}
 
     def interrupt(self) -> None:
         self.discard_standby()
@@ -294,12 +291,11 @@ def _drive(
     failures_in_a_row = 0
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        on_event({"event": "study", "summary": summarize(study), "target": target, "url": url,
-                  "workers": workers, "reproducible": pool.sole})  # fmt: skip
+        on_event(events.StudyRunning(summarize(study), target, url, workers, pool.sole))
         while True:
             lost = lost_trials(study)
             if lost:
-                on_event({"event": "trials_lost", "trials": lost})
+                on_event(events.TrialsLost(lost))
             summary = summarize(study)
             if summary.finished >= target and not pool.workers:
                 return summary
@@ -311,7 +307,7 @@ def _drive(
                 len(pool.workers) < workers
                 and summary.finished + elsewhere + len(pool.workers) < target
             ):
-                on_event({"event": "worker_started", "pid": pool.start(failures_in_a_row)})
+                on_event(events.WorkerStarted(pid=pool.start(failures_in_a_row)))
             reported = pool.relay(on_event, timeout=1.0)
             failures_in_a_row = failures_in_a_row if reported is None else reported
             pool.stop_overdue(space.training.trial_timeout_seconds)
@@ -320,7 +316,7 @@ def _drive(
                     study, space, pid, worker, failures_in_a_row, on_event
                 )
     except KeyboardInterrupt:
-        on_event({"event": "stopping"})
+        on_event(events.Stopping())
         # Workers close their own trials; the runner closes what a worker could not.
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         closed = pool.running_trials(running) | set(_stop_all(study, pool, on_event))
@@ -340,33 +336,34 @@ def _drive(
 def _worker_ended(study, space, pid, worker, failures_in_a_row, on_event) -> int:
     """Close what an exited worker left behind; raise if the search must stop."""
     outcome = worker.outcome
-    if outcome["event"] == "interrupted":  # signalled directly, not through us
+    if worker.timed_out is None and isinstance(outcome, events.WorkerInterrupted):
+        # Signalled directly, not through us.
         close_abandoned_trials(study, pid, worker.started, INTERRUPTED_REASON)
         raise KeyboardInterrupt
-    if outcome["event"] == "fatal":
+    if worker.timed_out is None and isinstance(outcome, events.WorkerFailed):
         close_abandoned_trials(study, pid, worker.started, "the worker stopped (fatal)")
-        raise getattr(errors, outcome["error"])(outcome["message"])
-    if outcome["event"] == "done":
+        raise outcome.error
+    if worker.timed_out is None and isinstance(outcome, events.WorkerDone):
         close_abandoned_trials(study, pid, worker.started, "the worker stopped (done)")
         return failures_in_a_row
     code = worker.process.exitcode
-    if outcome["event"] == "timed_out":  # not retried: it would most likely hang again
+    if worker.timed_out is not None:  # not retried: it would most likely hang again
         limit = space.training.trial_timeout_seconds
         reason = (
             f"still running after training.trial_timeout_seconds ({limit} s): the worker was "
             f"stopped and the search moved on"
         )
         lost = close_abandoned_trials(study, pid, worker.started, reason)
-        on_event({"event": "trial_timed_out", "trials": lost, "limit": limit})
+        on_event(events.TrialTimedOut(lost, limit))
     else:
         lost = close_abandoned_trials(
             study, pid, worker.started, f"the worker process died (exit code {code})",
             retry=space.search.retries,
         )  # fmt: skip
-        on_event({"event": "worker_lost", "exitcode": code, "trials": lost})
+        on_event(events.WorkerLost(code, lost))
     failures_in_a_row += 1
     if failures_in_a_row >= space.search.max_consecutive_failures:
-        if outcome["event"] == "timed_out":
+        if worker.timed_out is not None:
             raise SearchAborted(
                 f"{failures_in_a_row} trials in a row ran past training.trial_timeout_seconds "
                 f"({space.training.trial_timeout_seconds} s). Raise the limit if trials are "
@@ -407,7 +404,7 @@ def _raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
 
 
 def close_abandoned_trials(
-    study: Any, pid: int | None, since: datetime, reason: str, retry: int = 0
+    study: Any, pid: int, since: datetime, reason: str, retry: int = 0
 ) -> list[int]:
     """Mark FAIL the trials a worker left RUNNING when it exited, and queue each for up to
     `retry` re-runs with the same parameters; return their numbers.
@@ -417,10 +414,10 @@ def close_abandoned_trials(
     """
     from optuna.trial import TrialState
 
-    worker = f"{socket.gethostname()}:{pid}"
+    worker = records.worker_id(pid)
     closed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.user_attrs.get("worker")
+        owner = records.worker_of(trial)
         if owner == worker or (owner is None and trial.datetime_start >= since):
             failed = fail_trial(study, trial, reason)
             if failed is None:  # it finished, or another runner closed it, meanwhile

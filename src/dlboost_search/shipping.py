@@ -15,7 +15,6 @@ never one that mixes two models.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dlboost_search import outputs
+from dlboost_search import outputs, records
 from dlboost_search.errors import DataError, OutputError, StudyError, TrialFailed
 
 MODEL_FILE = "model.keras"
@@ -79,43 +78,23 @@ def export_model(
     import_tensorflow_quietly(None)
     import keras
 
-    from dlboost_search.data import prepare
-    from dlboost_search.models import model_builder
-    from dlboost_search.training import TrainingRecord, resolve_engine, train
+    from dlboost_search.trial import TrialContext
 
-    seed = space.search.seed or 0
-    prepared = prepare(space.data, seed)
-    build = model_builder(space, prepared, f"study {name!r}")
-    fit_on = prepared
-    if refit_all:
-        fit_on = dataclasses.replace(
-            prepared,
-            x_train=np.concatenate([prepared.x_train, prepared.x_val]),
-            y_train=np.concatenate([prepared.y_train, prepared.y_val]),
-        )
+    context = TrialContext(space, f"study {name!r}")
+    prepared = context.data
     metric = space.objective.metric
     members, described = [], []
     for rank, trial in enumerate(chosen, start=1):
         params = space.resolve(trial.params)
-        epochs = _epochs_of(trial, space.training.max_epochs)
+        epochs = records.epochs_from_scratch(trial, space.training.max_epochs)
         on_progress(
             f"retraining trial {trial.number} ({rank}/{len(chosen)}): {epochs} epochs on "
-            f"{len(fit_on.x_train)} rows"
+            f"{context.rows_for_retraining(refit_all)} rows"
         )
-        keras.utils.set_random_seed(seed + trial.number)
         try:
-            model = build(params)
+            model = context.model(params, trial.number)
             model.name = f"trial_{trial.number}"  # unique inside an ensemble
-            train(
-                model, params, fit_on,
-                # No early stopping: the trial already told how many epochs pay off. With
-                # refit_all the validation rows are training rows, so training loss decides.
-                max_epochs=epochs, patience=epochs, min_delta=0.0,
-                monitor="loss" if refit_all else metric,
-                direction="minimize" if refit_all else space.direction,
-                seed=seed + trial.number, record=TrainingRecord(),
-                engine=resolve_engine(space.training.engine),
-            )  # fmt: skip
+            context.retrain(model, params, trial.number, epochs, refit_all)
         except TrialFailed as exc:
             hint = (
                 " With --refit-all the extra rows can make it diverge: try without."
@@ -173,14 +152,6 @@ def _check_out_dir(out_dir: Path) -> None:
             f"a new or empty folder. An export writes {MODEL_FILE}, {META_FILE} and "
             f"{CARD_FILE}, and into an earlier export's folder replaces only those."
         )
-
-
-def _epochs_of(trial: Any, max_epochs: int) -> int:
-    """Epochs to its best value, from scratch: a Hyperband trial continued from another
-    trial's checkpoint counts that trial's epochs too."""
-    attrs = trial.user_attrs
-    best = attrs.get("best_epoch") or attrs.get("epochs_trained") or max_epochs
-    return int(attrs.get("initial_epoch") or 0) + int(best)
 
 
 def _average(members: list[tuple[Any, Any]], input_shape: tuple[int, ...]) -> Any:

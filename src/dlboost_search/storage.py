@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dlboost_search import records
 from dlboost_search.errors import StorageError, StudyError
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 DEFAULT_STORAGE = "sqlite:///storage/studies.db"
 STORAGE_ENV = "DLBOOST_STORAGE"
-SPEC_ATTR = "dlboost_search"  # study user attribute holding the space, data spec and version
 SQLITE_BUSY_TIMEOUT_S = 60
 # What to look at when a storage fails, opening it or later.
 SQLITE_DAMAGE = (
@@ -114,12 +114,14 @@ class RetryLostTrial:
         self.retries = retries
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        attempt = int(trial.user_attrs.get("attempt", 1))
+        attempt = int(trial.user_attrs.get(records.ATTEMPT, 1))
         if attempt > self.retries:
             return
         # Fresh user attributes: the retry must not inherit the lost trial's fail_reason.
-        origin = trial.user_attrs.get("retry_of", trial.number)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": origin, "attempt": attempt + 1})
+        origin = trial.user_attrs.get(records.RETRY_OF, trial.number)
+        study.enqueue_trial(
+            trial.params, user_attrs={records.RETRY_OF: origin, records.ATTEMPT: attempt + 1}
+        )
 
 
 # What losing a race to create the schema looks like, on SQLite, PostgreSQL and MySQL.
@@ -246,7 +248,7 @@ def load_study(name: str, url: str, recovery: SearchSettings | None = None) -> o
 
 
 def stored_spec(study: optuna.Study) -> dict[str, Any]:
-    spec = study.user_attrs.get(SPEC_ATTR)
+    spec = study.user_attrs.get(records.SPEC)
     if not isinstance(spec, dict) or "space" not in spec:
         raise StudyError(
             f"study {study.study_name!r} was not created by dlboost-search (it has no stored "

@@ -11,12 +11,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dlboost_search import __version__
+from dlboost_search import __version__, records
 from dlboost_search.data import fingerprint
 from dlboost_search.errors import StudyError
 from dlboost_search.spaces import SearchSettings, SearchSpace, space_from_dict
 from dlboost_search.storage import (
-    SPEC_ATTR,
     RetryLostTrial,
     load_study,
     masked,
@@ -112,9 +111,9 @@ def create_or_check(space: SearchSpace, url: str) -> optuna.Study:
         direction=space.direction,
         load_if_exists=True,
     )
-    spec = study.user_attrs.get(SPEC_ATTR)
+    spec = study.user_attrs.get(records.SPEC)
     if spec is None:
-        study.set_user_attr(SPEC_ATTR, {"space": space.to_dict(), "version": __version__})
+        study.set_user_attr(records.SPEC, {"space": space.to_dict(), "version": __version__})
         return study
     # Through today's model: settings added since the study was made compare as their defaults.
     stored = space_from_dict(stored_spec(study)["space"], f"study {space.name!r}").to_dict()
@@ -151,7 +150,7 @@ def fail_trial(
     # _trial_id is the storage key; Optuna exposes no public setter by trial number.
     storage, trial_id = study._storage, trial._trial_id
     try:
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        storage.set_trial_user_attr(trial_id, records.FAIL_REASON, reason)
         if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
             return None
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -229,19 +228,14 @@ class LostTrials:
         return lost
 
 
-TARGET_ATTR = "dlboost_target"
-DATA_ATTR = "dlboost_data_sha256"  # the fingerprint of the files the study searches
-DATA_CHANGES_ATTR = "dlboost_data_changes"  # when, and from what to what, it was accepted
-
-
 def check_same_data(study: optuna.Study, space: SearchSpace, accept_changed: bool) -> None:
     """Keep the fingerprint of the study's data files the first time; afterwards refuse to go
     on when one changed (trials scored on two datasets are not comparable), unless
     `accept_changed`, which the study records."""
     now = fingerprint(space.data)
-    before = study.user_attrs.get(DATA_ATTR)
+    before = study.user_attrs.get(records.DATA)
     if before is None:  # a new study, or one made before studies kept fingerprints
-        study.set_user_attr(DATA_ATTR, now)
+        study.set_user_attr(records.DATA, now)
         return
     changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
     if not changed:
@@ -258,19 +252,20 @@ def check_same_data(study: optuna.Study, space: SearchSpace, accept_changed: boo
             f"apart, start a study of another name."
         )
     change = {"at": datetime.now().isoformat(timespec="seconds"), "before": before, "after": now}
-    study.set_user_attr(DATA_CHANGES_ATTR, [*study.user_attrs.get(DATA_CHANGES_ATTR, []), change])
-    study.set_user_attr(DATA_ATTR, now)
+    changes = [*study.user_attrs.get(records.DATA_CHANGES, []), change]
+    study.set_user_attr(records.DATA_CHANGES, changes)
+    study.set_user_attr(records.DATA, now)
 
 
 def set_target(study: optuna.Study, target: int) -> None:
     """Record the number of finished trials the study is being driven to: a `worker` joining
     from another machine, or a later `resume`, goes on to the same target."""
-    if study.user_attrs.get(TARGET_ATTR) != target:
-        study.set_user_attr(TARGET_ATTR, target)
+    if study.user_attrs.get(records.TARGET) != target:
+        study.set_user_attr(records.TARGET, target)
 
 
 def target_of(study: optuna.Study) -> int:
-    return int(study.user_attrs.get(TARGET_ATTR) or space_of(study).search.trials)
+    return int(study.user_attrs.get(records.TARGET) or space_of(study).search.trials)
 
 
 @dataclass(frozen=True)

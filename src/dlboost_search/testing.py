@@ -11,6 +11,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from dlboost_search import records
 from dlboost_search.spaces import CategoricalParam, FloatParam, IntParam, SearchSpace
 from dlboost_search.study import create_or_check
 
@@ -71,14 +72,14 @@ def synthetic_study(
         # Falls to `final` at the last epoch, whatever the number of epochs.
         curve = {e: final + 1.0 / (e + 1) - 1.0 / epochs for e in range(epochs)}
         attrs = {
-            "epochs_trained": epochs,
-            "best_epoch": epochs,
-            "n_params": params.get("units", 64) * 12,
-            "train_seconds": round(0.05 * epochs, 3),
-            "worker": "synthetic:0",
+            records.EPOCHS_TRAINED: epochs,
+            records.BEST_EPOCH: epochs,
+            records.N_PARAMS: params.get("units", 64) * 12,
+            records.TRAIN_SECONDS: round(0.05 * epochs, 3),
+            records.WORKER: "synthetic:0",
         }
         if state == TrialState.FAIL:
-            attrs["fail_reason"] = "training loss became nan at epoch 1"
+            attrs[records.FAIL_REASON] = "training loss became nan at epoch 1"
             curve = {}
         trials.append(
             create_trial(

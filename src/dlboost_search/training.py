@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlboost_search import records
 from dlboost_search.data import PreparedData
 from dlboost_search.errors import SearchAborted, TrialFailed
 from dlboost_search.hyperparams import logged_metrics, metric_direction
@@ -35,11 +36,11 @@ class TrainingRecord:
 
     def as_attrs(self) -> dict[str, Any]:
         return {
-            "engine": self.engine,
-            "epochs_trained": self.epochs_trained,
-            "best_epoch": self.best_epoch,
-            "n_params": self.n_params,
-            "train_seconds": round(self.train_seconds, 3),
+            records.ENGINE: self.engine,
+            records.EPOCHS_TRAINED: self.epochs_trained,
+            records.BEST_EPOCH: self.best_epoch,
+            records.N_PARAMS: self.n_params,
+            records.TRAIN_SECONDS: round(self.train_seconds, 3),
         }
 
 

@@ -11,12 +11,13 @@ exactly the target, not one extra per worker.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
-import socket
 from datetime import datetime
 from typing import Any
 
+from dlboost_search import events, records
 from dlboost_search._tf import import_tensorflow_quietly
 from dlboost_search.errors import DlboostError, SearchAborted, TrialFailed
 
@@ -26,10 +27,6 @@ SURPLUS_REASON = "not needed: trials running on other workers already make up th
 
 class _Surplus(TrialFailed):
     """Another worker asked for the study's last trial at the same moment."""
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 _stop = {"requested": False}
@@ -61,8 +58,8 @@ class _Events:
     def __init__(self, queue: Any):
         self.queue, self.pid = queue, os.getpid()
 
-    def put(self, event: dict[str, Any]) -> None:
-        self.queue.put({**event, "pid": self.pid})
+    def put(self, event: events.Event) -> None:
+        self.queue.put(dataclasses.replace(event, pid=self.pid))
 
 
 def run_worker(
@@ -87,14 +84,14 @@ def run_worker(
     os.setpgrp()
     signal.signal(signal.SIGINT, _stop_on_first_signal)
     signal.signal(signal.SIGTERM, _stop_on_first_signal)
-    events = _Events(queue)
+    sent = _Events(queue)
     try:
         stream = 0 if sole_worker else os.getpid()
-        _run(study_name, url, target, max_trials, failures_in_a_row, events, threads, stream, go)
+        _run(study_name, url, target, max_trials, failures_in_a_row, sent, threads, stream, go)
     except KeyboardInterrupt:
-        events.put({"event": "interrupted"})
+        sent.put(events.WorkerInterrupted())
     except DlboostError as exc:
-        events.put({"event": "fatal", "error": type(exc).__name__, "message": str(exc)})
+        sent.put(events.WorkerFailed(exc))
 
 
 def _work_left(study: Any, target: int) -> int:
@@ -111,7 +108,7 @@ def _trailing_failures(study: Any) -> int:
 
     count = 0
     for t in reversed(study.get_trials(deepcopy=False)):
-        if t.state == TrialState.RUNNING or t.user_attrs.get("fail_reason") == SURPLUS_REASON:
+        if t.state == TrialState.RUNNING or records.fail_reason(t) == SURPLUS_REASON:
             continue
         if t.state != TrialState.FAIL:
             break
@@ -139,7 +136,7 @@ def _run(
     target: int,
     max_trials: int,
     failures_in_a_row: int,
-    events: _Events,
+    sent: _Events,
     threads: int | None,
     stream: int,
     go: Any = None,
@@ -151,7 +148,7 @@ def _run(
     # leaves at once.
     study = load_study(study_name, url)
     if _work_left(study, target) <= 0:
-        events.put({"event": "done", "rss_mb": _rss_mb()})
+        sent.put(events.WorkerDone(_rss_mb()))
         return
     space = space_of(study)
     import_tensorflow_quietly(threads)
@@ -159,24 +156,20 @@ def _run(
     import optuna
     from optuna.trial import TrialState
 
-    from dlboost_search import data as data_module
-    from dlboost_search.models import model_builder
     from dlboost_search.spaces import suggest
     from dlboost_search.study import make_pruner, make_sampler
-    from dlboost_search.training import TrainingRecord, resolve_engine, train
+    from dlboost_search.training import TrainingRecord
+    from dlboost_search.trial import TrialContext
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    seed = space.search.seed or 0
-    prepared = data_module.prepare(space.data, seed)
-    space.check_task(prepared.task, f"study {study_name!r}")
-    build = model_builder(space, prepared, f"study {study_name!r}")
+    context = TrialContext(space, f"study {study_name!r}")
     parent = os.getppid()
     if go is not None:  # a standby: ready, and waiting for the worker it replaces to exit
         while not go.wait(timeout=1.0):
             if os.getppid() != parent:  # the runner is gone
                 return
         if _work_left(study, target) <= 0:
-            events.put({"event": "done", "rss_mb": _rss_mb()})
+            sent.put(events.WorkerDone(_rss_mb()))
             return
         failures_in_a_row = _trailing_failures(study)
     # Heartbeats on: a trial this worker leaves behind by dying is retried by whoever runs next.
@@ -184,58 +177,43 @@ def _run(
     # Sampled now, not at start-up: a standby sees every trial its predecessor finished.
     study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)), stream)
     study.pruner = make_pruner(space)
-    engine = resolve_engine(space.training.engine)
-    me = worker_id()
+    me = records.worker_id()
 
     def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", me)
-        trial.set_user_attr("worker_started", _process["started"])
+        trial.set_user_attr(records.WORKER, me)
+        trial.set_user_attr(records.WORKER_STARTED, _process["started"])
         if _is_surplus(study, trial.number, target):
-            trial.set_user_attr("fail_reason", SURPLUS_REASON)
+            trial.set_user_attr(records.FAIL_REASON, SURPLUS_REASON)
             raise _Surplus(SURPLUS_REASON)
         params = space.resolve(suggest(trial, space))
-        events.put({"event": "trial_started", "number": trial.number, "params": params})
-        keras.utils.set_random_seed(seed + trial.number)
+        sent.put(events.TrialStarted(trial.number, params))
         record = TrainingRecord()
 
         def report(epoch: int, value: float) -> None:
             if stop_requested() or os.getppid() != parent:  # stopped, or the runner is gone
                 raise KeyboardInterrupt
-            events.put({"event": "epoch", "number": trial.number, "epoch": epoch + 1})
+            sent.put(events.EpochEnded(trial.number, epoch + 1))
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({value:.4g})")
 
         try:
-            model = build(params)
-            return train(
-                model,
-                params,
-                prepared,
-                max_epochs=space.training.max_epochs,
-                patience=space.training.early_stopping.patience,
-                min_delta=space.training.early_stopping.min_delta,
-                monitor=space.objective.metric,
-                direction=space.direction,
-                seed=seed + trial.number,
-                record=record,
-                report=report,
-                engine=engine,
-            )
+            model = context.model(params, trial.number)
+            return context.fit(model, params, trial.number, record=record, report=report)
         except (TrialFailed, SearchAborted) as exc:
-            trial.set_user_attr("fail_reason", str(exc))
+            trial.set_user_attr(records.FAIL_REASON, str(exc))
             raise
         except (KeyboardInterrupt, Exception) as exc:
             if stop_requested() or os.getppid() != parent:
-                trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
+                trial.set_user_attr(records.FAIL_REASON, INTERRUPTED_REASON)
                 raise KeyboardInterrupt from None
             if isinstance(exc, Exception):  # unforeseen: the worker stops, the trial says why
-                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+                trial.set_user_attr(records.FAIL_REASON, f"{type(exc).__name__}: {exc}")
             raise
         finally:
             for key, value in record.as_attrs().items():
                 trial.set_user_attr(key, value)
-            trial.set_user_attr("worker_rss_mb", round(_rss_mb(), 1))
+            trial.set_user_attr(records.WORKER_RSS_MB, round(_rss_mb(), 1))
             # No full garbage collection per trial (0.2 s): recycling bounds the memory.
             keras.backend.clear_session(free_memory=False)
 
@@ -243,26 +221,25 @@ def _run(
         nonlocal failures_in_a_row
         if stop_requested():
             raise KeyboardInterrupt
-        if trial.user_attrs.get("fail_reason") == SURPLUS_REASON:
+        if records.fail_reason(trial) == SURPLUS_REASON:
             study.stop()
             return
         if _work_left(study, target) <= 0:
             study.stop()
         failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
-        events.put(
-            {
-                "event": "trial_finished",
-                "number": trial.number,
-                "state": trial.state.name,
-                "value": trial.value,
-                "params": trial.params,
-                "attrs": trial.user_attrs,
-                "failures_in_a_row": failures_in_a_row,
-            }
+        sent.put(
+            events.TrialFinished(
+                trial.number,
+                trial.state.name,
+                trial.value,
+                trial.params,
+                trial.user_attrs,
+                failures_in_a_row=failures_in_a_row,
+            )
         )
         if failures_in_a_row >= space.search.max_consecutive_failures:
             reasons = [
-                t.user_attrs.get("fail_reason", "see the worker's log")
+                records.fail_reason(t, "see the worker's log")
                 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))[-3:]
             ]
             raise SearchAborted(
@@ -274,4 +251,4 @@ def _run(
             )
 
     study.optimize(objective, n_trials=max_trials, callbacks=[after_trial], catch=(TrialFailed,))
-    events.put({"event": "done", "rss_mb": _rss_mb()})
+    sent.put(events.WorkerDone(_rss_mb()))

@@ -1,0 +1,102 @@
+"""What a running study tells whoever watches it: workers and backends send these, the runner
+relays them, the progress display and the CLI read them.
+
+Events cross from worker processes to the runner through a multiprocessing queue, so each is a
+small frozen dataclass of plain values (they pickle). `pid` names the worker process an event
+comes from; the runner's own events leave it 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlboost_search.errors import DlboostError
+
+
+@dataclass(frozen=True)
+class Event:
+    pid: int = field(default=0, kw_only=True)
+
+
+# Sent by the runner or a backend, once the study's checks passed and it is stored.
+@dataclass(frozen=True)
+class StudyRunning(Event):
+    summary: Any  # study.StudySummary
+    target: int
+    url: str
+    workers: int
+    reproducible: bool  # one worker sampling from search.seed
+
+
+@dataclass(frozen=True)
+class Warned(Event):
+    message: str
+
+
+# Sent by the trial's worker (the Optuna backend) or by the Hyperband backend.
+@dataclass(frozen=True)
+class TrialStarted(Event):
+    number: int
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EpochEnded(Event):
+    number: int
+    epoch: int  # counted from 1
+
+
+@dataclass(frozen=True)
+class TrialFinished(Event):
+    number: int
+    state: str  # an optuna TrialState name: COMPLETE, PRUNED or FAIL
+    value: float | None
+    params: dict[str, Any]
+    attrs: dict[str, Any]  # the trial's user attributes (records)
+    failures_in_a_row: int | None = None  # as the worker counts them
+
+
+# How a worker process ended, sent by the worker as its last event. A worker that sends none
+# crashed (the runner finds out from its exit code).
+@dataclass(frozen=True)
+class WorkerDone(Event):
+    rss_mb: float
+
+
+@dataclass(frozen=True)
+class WorkerFailed(Event):
+    error: DlboostError  # the error that stops the search, raised again by the runner
+
+
+@dataclass(frozen=True)
+class WorkerInterrupted(Event):
+    pass
+
+
+# Sent by the runner.
+@dataclass(frozen=True)
+class WorkerStarted(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class WorkerLost(Event):
+    exitcode: int | None
+    trials: list[int]  # its trials, closed as failed and queued to run again
+
+
+@dataclass(frozen=True)
+class TrialsLost(Event):
+    trials: list[int]  # running trials whose heartbeat stopped, failed and queued again
+
+
+@dataclass(frozen=True)
+class TrialTimedOut(Event):
+    trials: list[int]
+    limit: float  # training.trial_timeout_seconds
+
+
+@dataclass(frozen=True)
+class Stopping(Event):
+    pass

@@ -1,0 +1,121 @@
+"""One trial's set-up, shared by every place a model is trained: the Optuna worker, the
+Hyperband backend and export-model.
+
+A TrialContext is made once per process: it prepares the data and the model builder. Each trial
+then gets a seeded model from it and fits it with the space's training settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from dlboost_search.data import prepare
+from dlboost_search.models import model_builder
+from dlboost_search.spaces import SearchSpace
+from dlboost_search.training import TrainingRecord, resolve_engine, train
+
+Report = Callable[[int, float], None]
+
+
+class TrialContext:
+    """The prepared data, model builder and training settings of one study, in this process.
+
+    `observe(model, value)`, if given, sees every epoch of every trial before it is reported:
+    what a benchmark needs to score models on its own held-out rows.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        source: str,
+        observe: Callable[[Any, float], None] | None = None,
+    ):
+        self.space, self.source, self.observe = space, source, observe
+        self.seed = space.search.seed or 0
+        self.data = prepare(space.data, self.seed)
+        space.check_task(self.data.task, source)
+        self.build = model_builder(space, self.data, source)
+        self.engine = resolve_engine(space.training.engine)
+
+    def model(self, params: dict[str, Any], number: int) -> Any:
+        """Trial `number`'s model, built after seeding, so its initial weights repeat too."""
+        self.seed_for(number)
+        return self.build(params)
+
+    def seed_for(self, number: int) -> None:
+        import keras
+
+        keras.utils.set_random_seed(self.seed + number)
+
+    def fit(
+        self,
+        model: Any,
+        params: dict[str, Any],
+        number: int,
+        *,
+        record: TrainingRecord,
+        report: Report = lambda epoch, value: None,
+        max_epochs: int | None = None,
+    ) -> float:
+        """Train with the space's early stopping, scored by its objective; return the best
+        value. TrialFailed when the trial cannot give one (a NaN loss)."""
+        training = self.space.training
+        if self.observe is not None:
+            report = self._observed(model, report)
+        return train(
+            model,
+            params,
+            self.data,
+            max_epochs=training.max_epochs if max_epochs is None else max_epochs,
+            patience=training.early_stopping.patience,
+            min_delta=training.early_stopping.min_delta,
+            monitor=self.space.objective.metric,
+            direction=self.space.direction,
+            seed=self.seed + number,
+            record=record,
+            report=report,
+            engine=self.engine,
+        )
+
+    def retrain(
+        self, model: Any, params: dict[str, Any], number: int, epochs: int, refit_all: bool
+    ) -> None:
+        """Train exactly `epochs` epochs, no early stopping: the trial already told how many
+        pay off. With `refit_all` the validation rows are training rows too, so the training
+        loss is what is watched."""
+        data = self.data
+        if refit_all:
+            data = dataclasses.replace(
+                data,
+                x_train=np.concatenate([data.x_train, data.x_val]),
+                y_train=np.concatenate([data.y_train, data.y_val]),
+            )
+        train(
+            model,
+            params,
+            data,
+            max_epochs=epochs,
+            patience=epochs,
+            min_delta=0.0,
+            monitor="loss" if refit_all else self.space.objective.metric,
+            direction="minimize" if refit_all else self.space.direction,
+            seed=self.seed + number,
+            record=TrainingRecord(),
+            engine=self.engine,
+        )
+
+    def rows_for_retraining(self, refit_all: bool) -> int:
+        return len(self.data.x_train) + (len(self.data.x_val) if refit_all else 0)
+
+    def _observed(self, model: Any, report: Report) -> Report:
+        observe = self.observe
+
+        def observed(epoch: int, value: float) -> None:
+            observe(model, value)
+            report(epoch, value)
+
+        return observed
