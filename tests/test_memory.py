@@ -4,14 +4,12 @@ the parameters, before anything is stored."""
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 
 from conftest import TINY_SPACE, deep_update
 from dlboost_search.errors import SpaceError
 from dlboost_search.memory import check_fits, estimate, machine_memory
-from dlboost_search.models import build_function
+from dlboost_search.models import build_function, family_module
 from dlboost_search.spaces import space_from_dict
 
 FAMILY_CASES = [
@@ -29,12 +27,10 @@ FAMILY_CASES = [
 def test_a_familys_size_is_a_close_floor_of_the_keras_model(family, shape, params):
     import keras
 
-    from dlboost_search.memory import SIZED_FAMILIES
-
     space = space_from_dict({**TINY_SPACE, "model": {"family": family}, "params": params}, "t")
     resolved = space.resolve({})
     model = build_function(space.model)(resolved, shape, "multiclass", 10)
-    weights, activations = importlib.import_module(SIZED_FAMILIES[family]).size(resolved, shape)
+    weights, activations = family_module(family).size(resolved, shape)
     built = model.count_params()
     keras.backend.clear_session()
     assert weights <= built <= 1.25 * weights + 1000  # biases and the output layer aside

@@ -1,4 +1,4 @@
-"""Closing what a worker left behind (runner.close_abandoned_trials), on a real SQLite study."""
+"""Closing what a worker left behind (pool.close_abandoned_trials), on a real SQLite study."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import optuna
 from optuna.trial import TrialState
 
-from dlboost_search.runner import close_abandoned_trials
+from dlboost_search.pool import close_abandoned_trials
 
 
 def test_a_dead_workers_trials_are_closed_and_others_are_left_alone(storage):

@@ -1,9 +1,9 @@
 """What a running study tells whoever watches it: workers and backends send these, the runner
-relays them, the progress display and the CLI read them.
+passes them on, the progress display and the CLI read them.
 
-Events cross from worker processes to the runner through a multiprocessing queue, so each is a
-small frozen dataclass of plain values (they pickle). `pid` names the worker process an event
-comes from; the runner's own events leave it 0.
+Events cross from worker processes to the pool (pool.py) through a multiprocessing queue, so
+each is a small frozen dataclass of plain values (they pickle). `pid` names the worker process
+an event comes from; the pool's and backends' own events leave it 0.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class Event:
     pid: int = field(default=0, kw_only=True)
 
 
-# Sent by the runner or a backend, once the study's checks passed and it is stored.
+# Sent by a backend, once the study's checks passed and it is stored.
 @dataclass(frozen=True)
 class StudyRunning(Event):
     summary: Any  # study.StudySummary
@@ -58,7 +58,7 @@ class TrialFinished(Event):
 
 
 # How a worker process ended, sent by the worker as its last event. A worker that sends none
-# crashed (the runner finds out from its exit code).
+# crashed (the pool finds out from its exit code).
 @dataclass(frozen=True)
 class WorkerDone(Event):
     rss_mb: float
@@ -66,7 +66,7 @@ class WorkerDone(Event):
 
 @dataclass(frozen=True)
 class WorkerFailed(Event):
-    error: DlboostError  # the error that stops the search, raised again by the runner
+    error: DlboostError  # the error that stops the search, raised again by the pool
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class WorkerInterrupted(Event):
     pass
 
 
-# Sent by the runner.
+# Sent by the pool.
 @dataclass(frozen=True)
 class WorkerStarted(Event):
     pass

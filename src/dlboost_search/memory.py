@@ -10,7 +10,6 @@ space); their data is.
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -19,16 +18,12 @@ from typing import Any
 
 from dlboost_search.data import IMAGE_SUFFIXES, prepare
 from dlboost_search.errors import SpaceError
+from dlboost_search.models import family_module
 
 FLOAT_BYTES = 4
 # Copies of each weight during training: the weight, its gradient, and the optimizer's slots.
 WEIGHT_COPIES = {"adam": 4, "adamw": 4, "nadam": 4, "rmsprop": 3, "sgd": 2}
 WARN_SHARE = 0.5  # warn when the floor already takes half the memory
-SIZED_FAMILIES = {
-    "mlp": "dlboost_search.models.mlp",
-    "cnn": "dlboost_search.models.cnn",
-    "rnn": "dlboost_search.models.rnn",
-}
 
 
 @dataclass(frozen=True)
@@ -57,10 +52,9 @@ def machine_memory() -> int:
 def estimate(space: Any, input_shape: tuple[int, ...], data_bytes: int) -> Estimate:
     """The memory floor of the space's largest model: every searched number at its high end,
     and each categorical at the choice that needs most (one at a time)."""
-    module = SIZED_FAMILIES.get(space.model.family)
-    if module is None:
+    size = getattr(family_module(space.model.family), "size", None)
+    if size is None:  # custom and pretrained: their structure is not in the space
         return Estimate({}, 0, 0, 0, data_bytes)
-    size = importlib.import_module(module).size
     searched = space.searched()
     largest = {
         name: getattr(spec, "high", None) if not hasattr(spec, "choices") else spec.choices[0]

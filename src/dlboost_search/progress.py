@@ -1,4 +1,4 @@
-"""The live progress display of a running study, fed by the runner's events."""
+"""The live progress display of a running study, fed by the events of its backend."""
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ class StudyProgress:
         self.live.update(self._render())
 
     def _lost(self, numbers: list[int]) -> None:
-        """Trials closed as failed by the runner, not by their worker."""
+        """Trials closed as failed by the pool, not by their worker."""
         for number in numbers:
             self.running.pop(number, None)
         self.counts["FAIL"] += len(numbers)

@@ -1,51 +1,90 @@
-"""Drive a study to its target number of finished trials with recycled worker processes.
+"""Start or resume a study: check its data, create or check the study in its storage, and
+hand it to its backend. This is the one module that reads `search.backend`.
 
-The runner never imports TensorFlow. It starts a worker, relays the worker's events to the
-progress display, and after each worker exits closes any trial the worker left RUNNING (a
-crash, a kill), so the storage never holds a trial that nobody is running.
+A backend runs the trials and sends events (events.py) as they go:
+    optuna     workers in processes of their own, driven by pool.py (many per machine, and
+               other machines joining through `worker`)
+    hyperband  keras-tuner's Hyperband in this process, one trial after another (hyperband.py)
+Neither imports TensorFlow into this process before the study runs.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import queue
-import signal
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from optuna.trial import TrialState
-
-from dlboost_search import events, memory, records
+from dlboost_search import events, memory
 from dlboost_search.data import task_and_shape
-from dlboost_search.errors import DataError, Interrupted, SearchAborted, SpaceError, StudyError
+from dlboost_search.errors import DataError, SpaceError, StudyError
 from dlboost_search.models import check_input
+from dlboost_search.pool import DEFAULT_RECYCLE_EVERY
 from dlboost_search.spaces import SearchSpace
-from dlboost_search.storage import RetryLostTrial, load_study, masked
+from dlboost_search.storage import load_study
 from dlboost_search.study import (
-    LostTrials,
     StudySummary,
     check_same_data,
     create_or_check,
     delete_study,
-    fail_trial,
     set_target,
     space_of,
-    summarize,
-    target_of,
 )
-from dlboost_search.worker import INTERRUPTED_REASON, run_worker
 
 EventHandler = Callable[[events.Event], None]
 
-DEFAULT_RECYCLE_EVERY = 50
-# A worker this many trials from retiring gets a standby successor, which imports TensorFlow
-# (several seconds) while the old one finishes, so no trial waits for an import.
-STANDBY_LEAD_TRIALS = 10
-SHUTDOWN_GRACE_S = 120  # how long a worker may take to close its trial after Ctrl-C
+
+class Backend(Protocol):
+    def check_workers(self, name: str, workers: int, joining: bool) -> None:
+        """Refuse, before anything is stored or run, a number of workers it cannot use."""
+
+    def run(
+        self,
+        study: Any,
+        url: str,
+        space: SearchSpace,
+        *,
+        target: int | None,
+        workers: int,
+        recycle_every: int,
+        on_event: EventHandler,
+        joining: bool,
+    ) -> StudySummary:
+        """Run trials of the stored `study` until it has `target` finished trials (None: the
+        target it was last driven to); send events on the way; return its summary."""
+
+
+class OptunaBackend:
+    def check_workers(self, name: str, workers: int, joining: bool) -> None:
+        pass  # any number, on this machine and others
+
+    def run(self, study, url, space, *, target, workers, recycle_every, on_event, joining):
+        from dlboost_search import pool
+
+        if target is not None:
+            set_target(study, target)
+        return pool.drive(
+            study.study_name, url, space, workers, recycle_every, on_event, sole=not joining
+        )
+
+
+class HyperbandBackend:
+    def check_workers(self, name: str, workers: int, joining: bool) -> None:
+        if workers != 1 or joining:
+            raise StudyError(
+                f"study {name!r} runs on keras-tuner's Hyperband (search.backend: hyperband), "
+                f"which schedules its trials one after another from state kept on this "
+                f"machine: it takes one worker and no joining machines. Run `dlboost-search "
+                f"resume {name}` without --workers, or search with search.backend: optuna to "
+                f"spread trials over workers."
+            )
+
+    def run(self, study, url, space, *, target, workers, recycle_every, on_event, joining):
+        from dlboost_search import hyperband
+
+        # Its schedule sets the target: the trials its brackets hold.
+        return hyperband.run(study.study_name, url, space, on_event)
+
+
+BACKENDS: dict[str, Backend] = {"optuna": OptunaBackend(), "hyperband": HyperbandBackend()}
 
 
 def check_data(space: SearchSpace, source: str, workers: int = 1) -> str | None:
@@ -73,17 +112,17 @@ def start(
     accept_changed_data: bool = False,
 ) -> StudySummary:
     warning = check_data(space, source, workers)
-    if space.search.backend == "hyperband":
-        _check_one_worker(space.name, workers)
+    backend = BACKENDS[space.search.backend]
+    backend.check_workers(space.name, workers, joining=False)
     study = create_or_check(space, url)
     check_same_data(study, space, accept_changed_data)
     if warning:
         on_event(events.Warned(warning))
     try:
-        if space.search.backend == "hyperband":
-            return _hyperband(study.study_name, url, space, on_event)
-        set_target(study, target or space.search.trials)
-        return _drive(study.study_name, url, space, workers, recycle_every, on_event)
+        return backend.run(
+            study, url, space, target=target or space.search.trials, workers=workers,
+            recycle_every=recycle_every, on_event=on_event, joining=False,
+        )  # fmt: skip
     except (SpaceError, DataError) as exc:
         # Found by the workers (a custom builder or a backbone tried on the space, images
         # decoded): a study left behind with no trials would refuse the fixed space as "a
@@ -114,315 +153,9 @@ def resume(
     check_same_data(study, space, accept_changed_data)
     if warning:
         on_event(events.Warned(warning))
-    if space.search.backend == "hyperband":
-        _check_one_worker(name, workers, joining)
-        return _hyperband(name, url, space, on_event)
-    if target is not None:
-        set_target(study, target)
-    return _drive(name, url, space, workers, recycle_every, on_event, sole=not joining)
-
-
-def _check_one_worker(name: str, workers: int, joining: bool = False) -> None:
-    if workers != 1 or joining:
-        raise StudyError(
-            f"study {name!r} runs on keras-tuner's Hyperband (search.backend: hyperband), which "
-            f"schedules its trials one after another from state kept on this machine: it takes "
-            f"one worker and no joining machines. Run `dlboost-search resume {name}` without "
-            f"--workers, or search with search.backend: optuna to spread trials over workers."
-        )
-
-
-def _hyperband(name: str, url: str, space: SearchSpace, on_event) -> StudySummary:
-    """keras-tuner's Hyperband, in this process (it runs one trial at a time)."""
-    from dlboost_search import hyperband
-
-    return hyperband.run(name, url, space, on_event)
-
-
-@dataclass
-class _Worker:
-    process: Any
-    started: datetime
-    # How it ended: its last event (WorkerDone, WorkerFailed, WorkerInterrupted); None if it
-    # sent none (it crashed).
-    outcome: events.Event | None = None
-    timed_out: int | None = None  # the trial it was stopped in, past the time limit
-    # The trial it is training and when that began (time.monotonic), between its events.
-    trial: tuple[int, float] | None = None
-    trials_started: int = 0
-    go: Any = None  # a standby's start signal
-
-
-class _Pool:
-    """The worker processes of this runner, and the queue their events arrive on."""
-
-    def __init__(self, name: str, url: str, size: int, recycle_every: int, sole: bool, target: int):
-        self.name, self.url, self.recycle_every, self.target = name, url, recycle_every, target
-        self.sole = sole and size == 1  # the study's only worker: reproducible sampling
-        self.context = multiprocessing.get_context("spawn")
-        self.events = self.context.Queue()
-        self.workers: dict[int, _Worker] = {}
-        # Several workers share the cores; one alone keeps TensorFlow's defaults.
-        self.threads = max(1, len(os.sched_getaffinity(0)) // size) if size > 1 else None
-        self.standby: _Worker | None = None
-
-    def start(self, failures_in_a_row: int) -> int:
-        """A worker that runs trials now: the standby if one is ready, else a new process."""
-        if self.standby is not None:
-            worker, self.standby = self.standby, None
-            worker.go.set()
-            worker.started = datetime.now()  # its trials start from here
-            self.workers[worker.process.pid] = worker
-            return worker.process.pid
-        worker = self._spawn(failures_in_a_row, go=None)
-        self.workers[worker.process.pid] = worker
-        return worker.process.pid
-
-    def _spawn(self, failures_in_a_row: int, go: Any) -> _Worker:
-        process = self.context.Process(
-            target=run_worker,
-            args=(
-                self.name,
-                self.url,
-                self.target,
-                self.recycle_every,
-                failures_in_a_row,
-                self.events,
-                self.threads,
-                self.sole,
-                go,
-            ),  # fmt: skip
-            name=f"dlboost-worker-{self.name}",
-        )
-        process.start()
-        return _Worker(process, datetime.now(), go=go)
-
-    def prepare_successor(self, worker: _Worker) -> None:
-        """Start a standby when `worker` nears its last trial (one standby at a time)."""
-        if (
-            self.standby is None
-            and self.recycle_every > 1
-            and worker.trials_started == max(1, self.recycle_every - STANDBY_LEAD_TRIALS)
-        ):
-            self.standby = self._spawn(0, go=self.context.Event())
-
-    def discard_standby(self) -> None:
-        if self.standby is not None:
-            self.standby.process.kill()
-            self.standby.process.join()
-            self.standby = None
-
-    def relay(self, on_event: EventHandler, timeout: float) -> int | None:
-        """Pass on the events of the next `timeout` seconds; return the last failures-in-a-row
-        count a worker reported, if any."""
-        failures = None
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                event = self.events.get(timeout=left)
-            except queue.Empty:
-                break
-            on_event(event)
-            if isinstance(event, events.TrialFinished) and event.failures_in_a_row is not None:
-                failures = event.failures_in_a_row
-            worker = self.workers.get(event.pid)
-            if worker is None:
-                continue
-            if isinstance(event, events.TrialStarted):
-                worker.trial = (event.number, time.monotonic())
-                worker.trials_started += 1
-                self.prepare_successor(worker)
-            elif isinstance(event, events.TrialFinished):
-                worker.trial = None
-            elif isinstance(
-                event, (events.WorkerDone, events.WorkerFailed, events.WorkerInterrupted)
-            ):
-                worker.outcome = event
-        return failures
-
-    def stop_overdue(self, limit: float | None) -> None:
-        """Kill the workers whose trial has run longer than `limit` seconds: stuck in a read
-        or a deadlock, a worker may never return to Python to notice a polite request."""
-        if limit is None:
-            return
-        for worker in self.workers.values():
-            if worker.trial and time.monotonic() - worker.trial[1] > limit:
-                worker.timed_out = worker.trial[0]
-                worker.process.kill()
-
-    def exited(self) -> list[tuple[int, _Worker]]:
-        """Remove and return the workers whose process has ended (a standby that ended before
-        it was needed is just dropped: it ran no trial)."""
-        if self.standby is not None and not self.standby.process.is_alive():
-            self.discard_standby()
-        ended = [(pid, w) for pid, w in self.workers.items() if not w.process.is_alive()]
-        for pid, worker in ended:
-            worker.process.join()
-            del self.workers[pid]
-        return ended
-
-    def running_trials(self, running: list[Any]) -> set[int]:
-        """The numbers of the `running` trials that this pool's workers are training."""
-        ours = {records.worker_id(pid) for pid in self.workers}
-        return {t.number for t in running if records.worker_of(t) in ours}
-
-    def interrupt(self) -> None:
-        self.discard_standby()
-        for worker in self.workers.values():
-            if worker.process.is_alive():
-                os.kill(worker.process.pid, signal.SIGINT)
-
-
-def _drive(
-    name: str,
-    url: str,
-    space: SearchSpace,
-    workers: int,
-    recycle_every: int,
-    on_event: EventHandler,
-    sole: bool = True,
-) -> StudySummary:
-    # With heartbeats checked: a trial whose machine died is failed (and retried) here too,
-    # or the runner would wait forever for it to finish.
-    study = load_study(name, url, recovery=space.search)
-    target = target_of(study)
-    pool = _Pool(name, url, workers, recycle_every, sole, target)
-    lost_trials = LostTrials(space.search)
-    failures_in_a_row = 0
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        on_event(events.StudyRunning(summarize(study), target, url, workers, pool.sole))
-        while True:
-            lost = lost_trials(study)
-            if lost:
-                on_event(events.TrialsLost(lost))
-            summary = summarize(study)
-            if summary.finished >= target and not pool.workers:
-                return summary
-            # Running trials of other machines count as work under way; each of our workers
-            # as one trial, whether it is training or still importing TensorFlow.
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            elsewhere = len(running) - len(pool.running_trials(running))
-            while (
-                len(pool.workers) < workers
-                and summary.finished + elsewhere + len(pool.workers) < target
-            ):
-                on_event(events.WorkerStarted(pid=pool.start(failures_in_a_row)))
-            reported = pool.relay(on_event, timeout=1.0)
-            failures_in_a_row = failures_in_a_row if reported is None else reported
-            pool.stop_overdue(space.training.trial_timeout_seconds)
-            for pid, worker in pool.exited():
-                failures_in_a_row = _worker_ended(
-                    study, space, pid, worker, failures_in_a_row, on_event
-                )
-    except KeyboardInterrupt:
-        on_event(events.Stopping())
-        # Workers close their own trials; the runner closes what a worker could not.
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        closed = pool.running_trials(running) | set(_stop_all(study, pool, on_event))
-        raise Interrupted(
-            f"stopped by the user; {len(closed) or 'no'} running trial(s) closed as failed, "
-            f"nothing else lost. Continue with `dlboost-search resume {name} --storage "
-            f"{masked(url)}`."
-        ) from None
-    except BaseException:
-        _stop_all(study, pool, on_event)
-        raise
-    finally:
-        pool.discard_standby()
-        signal.signal(signal.SIGTERM, previous_sigterm)
-
-
-def _worker_ended(study, space, pid, worker, failures_in_a_row, on_event) -> int:
-    """Close what an exited worker left behind; raise if the search must stop."""
-    outcome = worker.outcome
-    if worker.timed_out is None and isinstance(outcome, events.WorkerInterrupted):
-        # Signalled directly, not through us.
-        close_abandoned_trials(study, pid, worker.started, INTERRUPTED_REASON)
-        raise KeyboardInterrupt
-    if worker.timed_out is None and isinstance(outcome, events.WorkerFailed):
-        close_abandoned_trials(study, pid, worker.started, "the worker stopped (fatal)")
-        raise outcome.error
-    if worker.timed_out is None and isinstance(outcome, events.WorkerDone):
-        close_abandoned_trials(study, pid, worker.started, "the worker stopped (done)")
-        return failures_in_a_row
-    code = worker.process.exitcode
-    if worker.timed_out is not None:  # not retried: it would most likely hang again
-        limit = space.training.trial_timeout_seconds
-        reason = (
-            f"still running after training.trial_timeout_seconds ({limit} s): the worker was "
-            f"stopped and the search moved on"
-        )
-        lost = close_abandoned_trials(study, pid, worker.started, reason)
-        on_event(events.TrialTimedOut(lost, limit))
-    else:
-        lost = close_abandoned_trials(
-            study, pid, worker.started, f"the worker process died (exit code {code})",
-            retry=space.search.retries,
-        )  # fmt: skip
-        on_event(events.WorkerLost(code, lost))
-    failures_in_a_row += 1
-    if failures_in_a_row >= space.search.max_consecutive_failures:
-        if worker.timed_out is not None:
-            raise SearchAborted(
-                f"{failures_in_a_row} trials in a row ran past training.trial_timeout_seconds "
-                f"({space.training.trial_timeout_seconds} s). Raise the limit if trials are "
-                f"just slow (see train_seconds in `dlboost-search report`), or look for what "
-                f"blocks them, then `dlboost-search resume {study.study_name}`."
-            )
-        raise SearchAborted(
-            f"the worker process died {failures_in_a_row} times in a row (last exit code "
-            f"{code}). Look for out-of-memory kills in the system log, lower units/batch_size, "
-            f"then `dlboost-search resume {study.study_name}`."
-        )
-    return failures_in_a_row
-
-
-def _stop_all(study: Any, pool: _Pool, on_event: EventHandler) -> list[int]:
-    """Ask every worker to close its trial and exit, wait, and close what they left."""
-    # A second Ctrl-C or a SIGTERM must not cut short the workers closing their trials.
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    closed: list[int] = []
-    try:
-        pool.interrupt()
-        deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        while pool.workers:
-            pool.relay(on_event, timeout=0.2)
-            if time.monotonic() > deadline:
-                for worker in pool.workers.values():
-                    worker.process.kill()
-            for pid, worker in pool.exited():
-                closed += close_abandoned_trials(study, pid, worker.started, INTERRUPTED_REASON)
-        return closed
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def close_abandoned_trials(
-    study: Any, pid: int, since: datetime, reason: str, retry: int = 0
-) -> list[int]:
-    """Mark FAIL the trials a worker left RUNNING when it exited, and queue each for up to
-    `retry` re-runs with the same parameters; return their numbers.
-
-    A trial is the worker's when it carries the worker's id, or carries no id yet (stopped
-    while sampling, before the objective's first line) and started after the worker did.
-    """
-    from optuna.trial import TrialState
-
-    worker = records.worker_id(pid)
-    closed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = records.worker_of(trial)
-        if owner == worker or (owner is None and trial.datetime_start >= since):
-            failed = fail_trial(study, trial, reason)
-            if failed is None:  # it finished, or another runner closed it, meanwhile
-                continue
-            if retry:
-                RetryLostTrial(retry)(study, failed)
-            closed.append(trial.number)
-    return closed
+    backend = BACKENDS[space.search.backend]
+    backend.check_workers(name, workers, joining)
+    return backend.run(
+        study, url, space, target=target, workers=workers, recycle_every=recycle_every,
+        on_event=on_event, joining=joining,
+    )  # fmt: skip

@@ -1,7 +1,7 @@
 """The worker process: runs trials of one study and reports each event to its parent.
 
 Keras keeps a few MB per model even after `clear_session` (keras#17458), so a worker runs at
-most a bounded number of trials and exits; the runner starts a fresh one. Memory stays flat
+most a bounded number of trials and exits; the pool starts a fresh one. Memory stays flat
 however long the study runs.
 
 Several workers, on this machine or others, may share a study. Each stops when the study has
@@ -53,7 +53,7 @@ def _rss_mb() -> float:
 
 
 class _Events:
-    """The queue to the runner; every event names the worker process it comes from."""
+    """The queue to the pool; every event names the worker process it comes from."""
 
     def __init__(self, queue: Any):
         self.queue, self.pid = queue, os.getpid()
@@ -77,10 +77,10 @@ def run_worker(
     `max_trials` trials, fewer once the study has `target` finished trials. Only the study's
     sole worker samples reproducibly from the space's seed; workers side by side must not.
 
-    `go`: for a standby worker, an event the runner sets when the worker it replaces has
+    `go`: for a standby worker, an event the pool sets when the worker it replaces has
     exited; it imports TensorFlow and loads the data meanwhile, then waits."""
     _process["started"] = datetime.now().isoformat(timespec="milliseconds")
-    # Own process group: a terminal's Ctrl-C reaches the runner only, which forwards it once.
+    # Own process group: a terminal's Ctrl-C reaches the pool only, which forwards it once.
     os.setpgrp()
     signal.signal(signal.SIGINT, _stop_on_first_signal)
     signal.signal(signal.SIGTERM, _stop_on_first_signal)
@@ -166,7 +166,7 @@ def _run(
     parent = os.getppid()
     if go is not None:  # a standby: ready, and waiting for the worker it replaces to exit
         while not go.wait(timeout=1.0):
-            if os.getppid() != parent:  # the runner is gone
+            if os.getppid() != parent:  # the pool is gone
                 return
         if _work_left(study, target) <= 0:
             sent.put(events.WorkerDone(_rss_mb()))
@@ -190,7 +190,7 @@ def _run(
         record = TrainingRecord()
 
         def report(epoch: int, value: float) -> None:
-            if stop_requested() or os.getppid() != parent:  # stopped, or the runner is gone
+            if stop_requested() or os.getppid() != parent:  # stopped, or the pool is gone
                 raise KeyboardInterrupt
             sent.put(events.EpochEnded(trial.number, epoch + 1))
             trial.report(value, epoch)

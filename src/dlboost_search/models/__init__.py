@@ -1,10 +1,11 @@
 """Model families, picked by `model: {family: NAME}` in the search space.
 
 A family is a module with `PARAMS` (its hyperparameter rules),
-`build(params, input_shape, task, n_outputs) -> keras.Model` (uncompiled) and, when it takes
-only some data, `input_problem(input_shape, model)` saying why not (`model`: the space's model
-section). Importing this package does not import TensorFlow: each family imports Keras inside
-`build`.
+`build(params, input_shape, task, n_outputs) -> keras.Model` (uncompiled), and optionally
+`input_problem(input_shape, model)` saying why it cannot take some data (`model`: the space's
+model section) and `size(params, input_shape) -> (weights, activations per row)` for the
+memory check (memory.py). Importing this package does not import TensorFlow: each family
+imports Keras inside `build`. A new family is a module and a line in _FAMILY_MODULES.
 
 The `pretrained` family builds from the backbone file the space names: `builder(model)`.
 
@@ -18,6 +19,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from dlboost_search.errors import SpaceError, TrialFailed
@@ -32,6 +34,13 @@ _FAMILY_MODULES = {
 
 FAMILIES = (*_FAMILY_MODULES, "custom")
 BUILDER_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+def family_module(family: str) -> ModuleType | None:
+    """The module of a built-in family; None for custom (the user's builder)."""
+    if family == "custom":
+        return None
+    return importlib.import_module(_FAMILY_MODULES[family])
 
 
 def family_params(family: str) -> dict[str, ParamRule]:
