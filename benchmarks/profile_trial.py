@@ -51,7 +51,7 @@ def fixed_cost_parts(build, p: dict, data) -> dict[str, float]:
 
     from dlboost_search import training
 
-    x, y, x_val, y_val = training._as_tensors(data)
+    x, y, x_val, y_val = training.as_tensors(data)
     seed = tf.constant([0, 0])
     parts, started = {}, time.perf_counter()
 
@@ -65,7 +65,7 @@ def fixed_cost_parts(build, p: dict, data) -> dict[str, float]:
     lap("build + compile")
     model.optimizer.build(model.trainable_variables)
     model.test_step((x_val[:2], y_val[:2]))
-    epoch = training._epoch_function(model, len(x), len(x_val), int(p["batch_size"]))
+    epoch = training.epoch_function(model, len(x), len(x_val), int(p["batch_size"]))
     lap("optimizer and metric variables")
     epoch.get_concrete_function(x, y, x_val, y_val, seed)
     lap("tracing Keras' train and test steps")

@@ -173,8 +173,8 @@ def run_service_hyperband(space: Any, budget: Budget, workdir: Path) -> None:
     from dlboost_search.study import create_or_check
 
     url = f"sqlite:///{workdir / 'studies.db'}"
-    create_or_check(space, url)
-    hyperband.run(space.name, url, space, on_event=lambda event: None, observe=budget.on_epoch)
+    study = create_or_check(space, url)
+    hyperband.run(study, url, space, on_event=lambda event: None, observe=budget.on_epoch)
 
 
 def run_keras_tuner(

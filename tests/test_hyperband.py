@@ -1,17 +1,15 @@
-"""The Hyperband backend (hyperband.py): keras-tuner's schedule, every trial in the Optuna study."""
+"""The Hyperband backend (hyperband.py): keras-tuner's schedule, every trial in the Optuna study;
+what it shares with every backend is tested in test_backends.py."""
 
 from __future__ import annotations
 
 import re
-import signal
-import subprocess
-import time
 
 import keras_tuner as kt
 import pytest
 import yaml
 
-from conftest import TINY_SPACE, cli_command, cli_env, deep_update, interruptible, load
+from conftest import TINY_SPACE, deep_update, load
 from dlboost_search.hyperband import hyperparameters, state_dir
 from dlboost_search.spaces import distributions, space_from_dict
 
@@ -100,63 +98,6 @@ def test_every_keras_tuner_trial_lands_in_the_study(write_space, storage, run_cl
     assert elsewhere.returncode == 2, elsewhere.stderr
     assert "keras-tuner's state for it is not" in elsewhere.stderr
     assert len(load(storage).get_trials(deepcopy=False)) == SCHEDULE
-
-
-@pytest.mark.slow
-def test_an_interrupted_schedule_resumes_where_it_stopped(write_space, storage, run_cli, tmp_path):
-    process = subprocess.Popen(
-        cli_command("start", str(write_space(**HYPERBAND)), "--storage", storage),
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=interruptible,
-    )  # fmt: skip
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            if len(load(storage).get_trials(deepcopy=False)) >= 2:
-                break
-        except KeyError:  # not created yet
-            pass
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert "resume tiny" in stderr
-    stopped_at = len(load(storage).get_trials(deepcopy=False))
-    assert 2 <= stopped_at < SCHEDULE
-    done = run_cli("resume", "tiny", "--storage", storage)
-    assert done.returncode == 0, done.stderr
-    trials = load(storage).get_trials(deepcopy=False)
-    assert sorted(int(t.user_attrs["hyperband_trial"]) for t in trials) == list(range(SCHEDULE))
-    assert all(t.state.name == "COMPLETE" for t in trials)
-
-
-@pytest.mark.slow
-def test_seed_0_gives_the_same_schedule_every_time(write_space, tmp_path, run_cli):
-    space = write_space(**deep_update(HYPERBAND, {"search": {"seed": 0}}))
-    runs = []
-    for name in ("first", "second"):  # apart: keras-tuner's state lives beside the database
-        (tmp_path / name).mkdir()
-        storage = f"sqlite:///{tmp_path / name / 'studies.db'}"
-        assert run_cli("start", str(space), "--storage", storage, "-q").returncode == 0
-        trials = load(storage).get_trials(deepcopy=False)
-        runs.append([(t.params, t.state.name, t.value) for t in trials])
-    assert len(runs[0]) == SCHEDULE and runs[0] == runs[1]
-
-
-@pytest.mark.slow
-def test_a_nan_trial_fails_and_the_schedule_goes_on(write_space, storage, run_cli):
-    space = write_space(**deep_update(HYPERBAND, {
-        "search": {"max_consecutive_failures": 10},
-        "params": {**TINY_SPACE["params"], "optimizer": "sgd", "clipvalue": None, "units": 64,
-                   "layers": 3, "learning_rate": {"type": "categorical", "choices": [1e-3, 10.0]}},
-    }))  # fmt: skip
-    done = run_cli("start", str(space), "--storage", storage)
-    assert done.returncode == 0, done.stderr
-    trials = load(storage).get_trials(deepcopy=False)
-    failed = [t for t in trials if t.state.name == "FAIL"]
-    assert failed and all("became" in t.user_attrs["fail_reason"] for t in failed)
-    assert all(t.params["learning_rate"] == 10.0 for t in failed)
-    assert any(t.state.name == "COMPLETE" for t in trials)
 
 
 def test_hyperband_takes_one_worker(write_space, storage, run_cli):

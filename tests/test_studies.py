@@ -1,4 +1,5 @@
-"""Real studies of real Keras trials, run through the CLI, checked in the SQLite storage."""
+"""Real studies of real Keras trials, run through the CLI, checked in the SQLite storage: what
+the Optuna backend does beyond the contract every backend keeps (test_backends.py)."""
 
 from __future__ import annotations
 
@@ -10,39 +11,11 @@ import urllib.request
 from datetime import datetime
 
 import optuna
-import optuna_dashboard
 import pytest
-from optuna.trial import TrialState
 
-from conftest import cli_command, cli_env, interruptible, load, states, wait_for_running_trial
+from conftest import cli_command, cli_env, interruptible, load, wait_for_running_trial
 
 pytestmark = pytest.mark.slow
-
-
-def test_start_stores_trials_with_their_records(write_space, storage, run_cli):
-    result = run_cli("start", str(write_space()), "--storage", storage)
-    assert result.returncode == 0, result.stderr
-    assert "best val_loss" in result.stdout
-
-    study = load(storage)
-    trials = study.get_trials(deepcopy=False)
-    assert len(trials) == 3
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    spec = study.user_attrs["dlboost_search"]
-    assert spec["space"]["name"] == "tiny" and spec["version"]
-    for trial in trials:
-        assert set(trial.params) == {"units", "learning_rate", "dropout", "l2", "clipvalue"}
-        epochs = trial.user_attrs["epochs_trained"]
-        assert len(trial.intermediate_values) == epochs >= 1
-        assert trial.user_attrs["n_params"] > 0
-        assert trial.user_attrs["train_seconds"] > 0
-        if trial.state == TrialState.COMPLETE:
-            # The objective is the best epoch's value (early stopping restores it).
-            assert trial.value == pytest.approx(min(trial.intermediate_values.values()))
-            best_epoch = trial.user_attrs["best_epoch"]
-            assert trial.intermediate_values[best_epoch - 1] == pytest.approx(trial.value)
-    # The run ends by publishing its report into the dashboard.
-    assert f"**Best val_loss: {study.best_value:.6g}**" in optuna_dashboard.get_note(study)
 
 
 def test_rerun_continues_to_the_target_and_resume_needs_no_yaml(write_space, storage, run_cli):
@@ -100,72 +73,6 @@ def test_a_different_space_under_the_same_name_is_refused(write_space, storage, 
     assert sorted(optuna.get_all_study_names(storage)) == ["tiny", "tiny-7"]
 
 
-def test_nan_trials_fail_and_the_search_goes_on(write_space, storage, run_cli):
-    # sgd at learning rate 10 diverges at once; 1e-3 trains fine.
-    space = write_space(
-        params={
-            "learning_rate": {"type": "categorical", "choices": [10.0, 0.001]},
-            "units": 64,
-            "optimizer": "sgd",
-        },
-        search={"sampler": "random", "trials": 4, "seed": 1, "max_consecutive_failures": 10},
-    )
-    result = run_cli("start", str(space), "--storage", storage)
-    assert result.returncode == 0, result.stderr
-
-    study = load(storage)
-    failed = study.get_trials(states=(TrialState.FAIL,))
-    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-    assert failed and len(finished) == 4
-    assert all(t.params["learning_rate"] == 10.0 for t in failed)
-    assert all("nan" in t.user_attrs["fail_reason"] for t in failed)
-    assert "failed" in result.stdout
-
-
-def test_failures_in_a_row_stop_the_search_with_an_explanation(write_space, storage, run_cli):
-    space = write_space(
-        params={"learning_rate": 10.0, "units": 64, "optimizer": "sgd"},
-        search={"trials": 5, "max_consecutive_failures": 2},
-    )
-    result = run_cli("start", str(space), "--storage", storage, "-q")
-
-    assert result.returncode == 4
-    assert "2 trials failed in a row" in result.stderr
-    assert "loss became nan" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert states(load(storage)) == ["FAIL", "FAIL"]
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_and_sigterm_close_the_running_trial(write_space, storage, tmp_path, signum):
-    space = write_space(
-        training={"max_epochs": 400, "early_stopping": {"patience": 400}}, search={"pruner": "none"}
-    )
-    process = subprocess.Popen(
-        cli_command("start", str(space), "--storage", storage),
-        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=interruptible,
-    )  # fmt: skip
-    running = wait_for_running_trial(storage)
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
-
-    assert process.returncode == 130
-    assert "resume tiny" in stderr
-    study = load(storage)
-    assert TrialState.RUNNING.name not in states(study)
-    interrupted = study.trials[running.number]
-    assert interrupted.state == TrialState.FAIL
-    assert "interrupted" in interrupted.user_attrs["fail_reason"]
-    assert interrupted.user_attrs["epochs_trained"] >= 1
-    # The next resume picks up from there.
-    result = subprocess.run(
-        cli_command("resume", "tiny", "--storage", storage, "--trials", "1", "-q"),
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-
-
 def test_workers_are_recycled(write_space, storage, run_cli):
     space = write_space(search={"trials": 5})
     result = run_cli("start", str(space), "--storage", storage, "--recycle-every", "2", "-q")
@@ -190,16 +97,6 @@ def test_the_next_worker_starts_before_the_last_one_retires(write_space, storage
     successor_began = datetime.fromisoformat(second[0].user_attrs["worker_started"])
     assert successor_began < max(t.datetime_complete for t in first)
     assert max(t.datetime_complete for t in first) <= second[0].datetime_start  # one at a time
-
-
-def test_same_seed_same_study(write_space, tmp_path, run_cli):
-    space = str(write_space(search={"trials": 3, "pruner": "none"}))
-    urls = [f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db")]
-    for url in urls:
-        assert run_cli("start", space, "--storage", url, "-q").returncode == 0
-    a, b = (load(url).trials for url in urls)
-    assert [t.params for t in a] == [t.params for t in b]
-    assert [t.value for t in a] == pytest.approx([t.value for t in b], rel=1e-4)
 
 
 def test_start_serves_the_dashboard_beside_the_running_study(write_space, storage, tmp_path):

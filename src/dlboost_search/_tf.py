@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+__all__ = [
+    "import_tensorflow_quietly",
+]
+
 
 def import_tensorflow_quietly(threads: int | None) -> None:
     """Import TensorFlow with its C++ start-up chatter (CUDA probes, CPU flags) silenced.

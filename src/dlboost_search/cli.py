@@ -19,6 +19,11 @@ from rich.table import Table
 
 from dlboost_search.errors import DlboostError, StorageError, StudyError
 
+__all__ = [
+    "app",
+    "main",
+]
+
 app = typer.Typer(
     name="dlboost-search",
     help="Hyperparameter search for Keras models: a YAML search space in, the best "
@@ -174,8 +179,7 @@ def start(
     space = load_space(space_file)
     if study_name:
         space = space_from_dict({**space.to_dict(), "name": study_name}, space_file)
-    summary = _run_study(
-        space.name,
+    _, study = _run_study(
         url,
         quiet,
         space,
@@ -186,7 +190,7 @@ def start(
         ),
     )  # fmt: skip
     if not quiet:
-        _print_result(summary.name, url)
+        _print_result(study, url, space)
 
 
 @app.command()
@@ -212,11 +216,11 @@ def resume(
 
     Example: `dlboost-search resume diabetes-mlp --storage sqlite:///storage/studies.db`
     """
-    summary, url = _continue(
+    _, study, url, space = _continue(
         name, storage, trials, workers, recycle_every, quiet, dashboard, accept_changed_data
     )
     if not quiet:
-        _print_result(summary.name, url)
+        _print_result(study, url, space)
 
 
 @app.command()
@@ -237,7 +241,7 @@ def worker(
 
     Example: `dlboost-search worker diabetes-mlp --storage postgresql://user@db-host/studies -w 2`
     """
-    summary, _ = _continue(
+    summary, *_ = _continue(
         name, storage, None, workers, recycle_every, quiet, None, accept_changed_data,
         joining=True,
     )  # fmt: skip
@@ -258,47 +262,46 @@ def _continue(
     dashboard_port: int | None,
     accept_changed_data: bool,
     joining: bool = False,
-) -> tuple[Any, str]:
+) -> tuple[Any, Any, str, Any]:
     """What `resume` and `worker` share: go on with a stored study. A joining worker samples
     from a random stream of its own, since others work on the study beside it."""
     from dlboost_search import runner
-    from dlboost_search.storage import storage_url
-    from dlboost_search.study import resume_space
+    from dlboost_search.storage import load_study, storage_url
+    from dlboost_search.study import space_of
 
     url = storage_url(storage)
-    space = resume_space(name, url)
-    summary = _run_study(
-        name,
+    study = load_study(name, url)
+    space = space_of(study)
+    summary, _ = _run_study(
         url,
         quiet,
         space,
         dashboard_port,
         lambda on_event: runner.resume(
-            name, url, target=trials, workers=workers, recycle_every=recycle_every,
+            study, url, space, target=trials, workers=workers, recycle_every=recycle_every,
             on_event=on_event, joining=joining, accept_changed_data=accept_changed_data,
         ),
     )  # fmt: skip
-    return summary, url
+    return summary, study, url, space
 
 
 def _run_study(
-    name: str,
     url: str,
     quiet: bool,
     space: Any,
     dashboard_port: int | None,
     run: Callable[[Any], Any],
-) -> Any:
-    """Run with the progress display (unless quiet). Once the study runs (its checks passed,
-    it is stored), serve the dashboard beside it if asked, and at the end publish the report
-    to it, whatever way the run ended."""
-    running: list[bool] = []
+) -> tuple[Any, Any]:
+    """Run with the progress display (unless quiet); return the run's summary and the study.
+    Once the study runs (its checks passed, it is stored), serve the dashboard beside it if
+    asked, and at the end publish the report to it, whatever way the run ended."""
+    running: list[Any] = []  # the study, once it runs
 
     from dlboost_search import events
 
     def on_event(event: events.Event) -> None:
         if isinstance(event, events.StudyRunning) and not running:
-            running.append(True)
+            running.append(event.study)
             if dashboard_port is not None:
                 from dlboost_search import dashboard
 
@@ -307,36 +310,36 @@ def _run_study(
 
     try:
         if quiet:
-            return run(on_event)
+            return run(on_event), running[0]
         from dlboost_search.progress import StudyProgress
 
         with StudyProgress(out, space.objective.metric, space.direction) as progress:
-            return run(lambda event: (on_event(event), progress(event)))
+            return run(lambda event: (on_event(event), progress(event))), running[0]
     finally:
         if running:
-            _publish(name, url)
+            _publish(running[0], space)
 
 
-def _publish(name: str, url: str) -> bool:
+def _publish(study: Any, space: Any = None) -> bool:
     """Best-parameter note and importance plots into the dashboard; False if nothing to show."""
     from dlboost_search import reports
-    from dlboost_search.storage import load_study
 
     try:
-        study = load_study(name, url)
         view = reports.snapshot(study)
-        report = reports.build_report(view)
-    except DlboostError:  # no such study yet, or no completed trial: nothing to publish
+        report = reports.build_report(view, space)
+    except DlboostError:  # no completed trial: nothing to publish
         return False
     reports.publish(study, report, reports.figures(view, report))
     return True
 
 
-def _print_result(name: str, url: str) -> None:
+def _print_result(study: Any, url: str, space: Any) -> None:
+    from dlboost_search.reports import best_of
     from dlboost_search.storage import masked
 
+    name = study.study_name
     try:
-        report = _best_report(name, url)
+        report = best_of(study, space)
     except StudyError as exc:
         out.print(str(exc))
         return
@@ -393,13 +396,6 @@ def status(storage: str | None = StorageOption) -> None:
     out.print(table)
 
 
-def _best_report(name: str, url: str) -> dict[str, Any]:
-    from dlboost_search.reports import best_of
-    from dlboost_search.storage import load_study
-
-    return best_of(load_study(name, url))
-
-
 def _params_table(params: dict[str, Any]) -> Table:
     table = Table(show_header=True)
     table.add_column("parameter")
@@ -420,11 +416,12 @@ def best(
 
     Example: `dlboost-search best diabetes-mlp --format json > best.json`
     """
-    from dlboost_search.storage import storage_url
+    from dlboost_search.reports import best_of
+    from dlboost_search.storage import load_study, storage_url
 
     if format not in ("table", "json", "yaml"):
         raise typer.BadParameter(f"{format!r}: use table, json or yaml", param_hint="--format")
-    report = _best_report(name, storage_url(storage))
+    report = best_of(load_study(name, storage_url(storage)))
     if format == "json":
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     elif format == "yaml":

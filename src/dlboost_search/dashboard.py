@@ -34,6 +34,16 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from dlboost_search.errors import DashboardError, shown
 from dlboost_search.storage import masked, open_storage
 
+__all__ = [
+    "check_binding",
+    "chosen_token",
+    "dashboard_app",
+    "describe",
+    "is_loopback",
+    "serve",
+    "url_to_open",
+]
+
 COOKIE = "dlboost_token"
 TOKEN_ENV = "DLBOOST_DASHBOARD_TOKEN"
 MIN_TOKEN_LENGTH = 16

@@ -25,6 +25,16 @@ if TYPE_CHECKING:
 
     from dlboost_search.spaces import DataSpec
 
+__all__ = [
+    "BUILTIN_TASKS",
+    "IMAGE_SUFFIXES",
+    "PreparedData",
+    "fingerprint",
+    "prepare",
+    "read_for_prediction",
+    "task_and_shape",
+]
+
 SUNSPOT_WINDOW = 24  # two solar cycles
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 

@@ -23,6 +23,20 @@ from __future__ import annotations
 import itertools
 import reprlib
 
+__all__ = [
+    "DashboardError",
+    "DataError",
+    "DlboostError",
+    "Interrupted",
+    "OutputError",
+    "SearchAborted",
+    "SpaceError",
+    "StorageError",
+    "StudyError",
+    "TrialFailed",
+    "shown",
+]
+
 
 class DlboostError(Exception):
     exit_code = 1

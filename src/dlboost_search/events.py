@@ -13,15 +13,34 @@ from typing import Any
 
 from dlboost_search.errors import DlboostError
 
+__all__ = [
+    "EpochEnded",
+    "Event",
+    "Stopping",
+    "StudyRunning",
+    "TrialFinished",
+    "TrialStarted",
+    "TrialTimedOut",
+    "TrialsLost",
+    "Warned",
+    "WorkerDone",
+    "WorkerFailed",
+    "WorkerInterrupted",
+    "WorkerLost",
+    "WorkerStarted",
+]
+
 
 @dataclass(frozen=True)
 class Event:
     pid: int = field(default=0, kw_only=True)
 
 
-# Sent by a backend, once the study's checks passed and it is stored.
+# Sent by a backend, once the study's checks passed and it is stored; in the CLI's process,
+# never through the queue, so it may carry the study itself.
 @dataclass(frozen=True)
 class StudyRunning(Event):
+    study: Any  # the optuna.Study, for whoever reads it in the same process (the report)
     summary: Any  # study.StudySummary
     target: int
     url: str

@@ -38,6 +38,12 @@ from dlboost_search.spaces import (
 )
 from dlboost_search.storage import masked, state_dir
 
+__all__ = [
+    "hyperparameters",
+    "run",
+    "state_dir",
+]
+
 
 class StopRequest:
     """Ctrl-C or SIGTERM during one run: it stops at the next epoch or trial boundary, not at
@@ -98,25 +104,25 @@ def total_trials(oracle: Any) -> int:
 
 
 def run(
-    study_name: str,
+    study: Any,
     url: str,
     space: SearchSpace,
     on_event: Callable[[events.Event], None],
     observe: Callable[[Any, float], None] | None = None,
 ) -> Any:
-    """Run (or continue) the Hyperband schedule of `study_name` in this process; return its
-    summary. Ctrl-C and SIGTERM stop it at the next epoch. `observe`: see TrialContext."""
+    """Run (or continue) the Hyperband schedule of `study` (stored at `url`) in this process;
+    return its summary. Ctrl-C and SIGTERM stop it at the next epoch. `observe`: see
+    TrialContext."""
     with _stopped_by_signals() as stop:
-        return _run(study_name, url, space, on_event, observe, stop)
+        return _run(study, url, space, on_event, observe, stop)
 
 
-def _run(study_name, url, space, on_event, observe, stop: StopRequest) -> Any:
+def _run(study, url, space, on_event, observe, stop: StopRequest) -> Any:
     import keras
     import keras_tuner as kt
     import optuna
 
     from dlboost_search._tf import import_tensorflow_quietly
-    from dlboost_search.storage import load_study
     from dlboost_search.study import set_target, summarize
     from dlboost_search.training import TrainingRecord
     from dlboost_search.trial import TrialContext
@@ -128,8 +134,8 @@ def _run(study_name, url, space, on_event, observe, stop: StopRequest) -> Any:
     kt_config = sys.modules.get("keras_tuner.src.config")
     if kt_config is not None:
         kt_config.DEBUG = False
+    study_name = study.study_name
     source = f"study {study_name!r}"
-    study = load_study(study_name, url)
     context = TrialContext(space, source, observe)
     direction = "min" if space.direction == "minimize" else "max"
     objective = kt.Objective(space.objective.metric, direction)
@@ -205,8 +211,16 @@ def _run(study_name, url, space, on_event, observe, stop: StopRequest) -> Any:
             return super().run_trial(trial, *args, trial_id=trial.trial_id, **kwargs)
 
         def on_trial_end(self, trial: Any) -> None:
-            super().on_trial_end(trial)  # keras-tuner saves its state first
-            copy_trial(self.oracle.get_trial(trial.trial_id))
+            try:
+                super().on_trial_end(trial)  # keras-tuner saves its state first
+            except RuntimeError:
+                # Failures in a row reached the limit: keras-tuner raises before it saves the
+                # last failed trial. Saved and copied, it reads as failed in both places.
+                self.oracle._save_trial(self.oracle.get_trial(trial.trial_id))
+                self.oracle.save()
+                raise
+            finally:
+                copy_trial(self.oracle.get_trial(trial.trial_id))
 
     def copy_trial(trial: Any) -> None:
         """The keras-tuner trial as a finished Optuna trial, unless it is there already."""
@@ -274,7 +288,9 @@ def _run(study_name, url, space, on_event, observe, stop: StopRequest) -> Any:
         copy_trial(trial)
     target = total_trials(tuner.oracle)
     set_target(study, target)
-    on_event(events.StudyRunning(summarize(study), target, url, workers=1, reproducible=True))
+    on_event(
+        events.StudyRunning(study, summarize(study), target, url, workers=1, reproducible=True)
+    )
     try:
         tuner.search(verbose=0)  # keras-tuner's own summaries would garble our progress display
     except KeyboardInterrupt:

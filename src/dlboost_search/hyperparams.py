@@ -9,6 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = [
+    "ParamRule",
+    "TASK_METRICS",
+    "TRAINING_PARAMS",
+    "logged_metrics",
+    "metric_direction",
+]
+
 
 @dataclass(frozen=True)
 class ParamRule:

@@ -20,6 +20,13 @@ from dlboost_search.data import IMAGE_SUFFIXES, prepare
 from dlboost_search.errors import SpaceError
 from dlboost_search.models import family_module
 
+__all__ = [
+    "check_fits",
+    "data_bytes",
+    "estimate",
+    "machine_memory",
+]
+
 FLOAT_BYTES = 4
 # Copies of each weight during training: the weight, its gradient, and the optimizer's slots.
 WEIGHT_COPIES = {"adam": 4, "adamw": 4, "nadam": 4, "rmsprop": 3, "sgd": 2}

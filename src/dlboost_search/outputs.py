@@ -9,6 +9,11 @@ from pathlib import Path
 
 from dlboost_search.errors import OutputError
 
+__all__ = [
+    "check_file",
+    "check_folder",
+]
+
 
 def check_file(path: Path, option: str = "--out", keep: tuple[Path, ...] = ()) -> None:
     """`path` can be written as a file: its folder exists and is writable, and it is neither

@@ -23,9 +23,15 @@ from optuna.trial import TrialState
 from dlboost_search import events, records
 from dlboost_search.errors import Interrupted, SearchAborted
 from dlboost_search.spaces import SearchSpace
-from dlboost_search.storage import RetryLostTrial, load_study, masked
+from dlboost_search.storage import RetryLostTrial, masked
 from dlboost_search.study import LostTrials, StudySummary, fail_trial, summarize, target_of
 from dlboost_search.worker import INTERRUPTED_REASON, run_worker
+
+__all__ = [
+    "DEFAULT_RECYCLE_EVERY",
+    "close_abandoned_trials",
+    "drive",
+]
 
 EventHandler = Callable[[events.Event], None]
 
@@ -53,8 +59,18 @@ class _Worker:
 class _Pool:
     """The worker processes of this runner, and the queue their events arrive on."""
 
-    def __init__(self, name: str, url: str, size: int, recycle_every: int, sole: bool, target: int):
-        self.name, self.url, self.recycle_every, self.target = name, url, recycle_every, target
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        space: SearchSpace,
+        size: int,
+        recycle_every: int,
+        sole: bool,
+        target: int,
+    ):
+        self.name, self.url, self.space = name, url, space
+        self.recycle_every, self.target = recycle_every, target
         self.sole = sole and size == 1  # the study's only worker: reproducible sampling
         self.context = multiprocessing.get_context("spawn")
         self.events = self.context.Queue()
@@ -81,6 +97,7 @@ class _Pool:
             args=(
                 self.name,
                 self.url,
+                self.space,
                 self.target,
                 self.recycle_every,
                 failures_in_a_row,
@@ -171,7 +188,7 @@ class _Pool:
 
 
 def drive(
-    name: str,
+    study: Any,
     url: str,
     space: SearchSpace,
     workers: int,
@@ -179,16 +196,16 @@ def drive(
     on_event: EventHandler,
     sole: bool = True,
 ) -> StudySummary:
-    # With heartbeats checked: a trial whose machine died is failed (and retried) here too,
-    # or the pool would wait forever for it to finish.
-    study = load_study(name, url, recovery=space.search)
+    """Run worker processes on `study` (stored at `url`, with `space`) until it has its
+    target of finished trials; fail and retry the trials whose worker or machine is gone."""
+    name = study.study_name
     target = target_of(study)
-    pool = _Pool(name, url, workers, recycle_every, sole, target)
+    pool = _Pool(name, url, space, workers, recycle_every, sole, target)
     lost_trials = LostTrials(space.search)
     failures_in_a_row = 0
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        on_event(events.StudyRunning(summarize(study), target, url, workers, pool.sole))
+        on_event(events.StudyRunning(study, summarize(study), target, url, workers, pool.sole))
         while True:
             lost = lost_trials(study)
             if lost:

@@ -13,6 +13,10 @@ from rich.text import Text
 
 from dlboost_search import events, records
 
+__all__ = [
+    "StudyProgress",
+]
+
 
 def format_params(params: dict[str, Any]) -> str:
     return ", ".join(

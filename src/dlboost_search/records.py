@@ -11,6 +11,36 @@ import os
 import socket
 from typing import Any
 
+__all__ = [
+    "ATTEMPT",
+    "BACKEND",
+    "BEST_EPOCH",
+    "BRACKET",
+    "CONTINUES",
+    "DATA",
+    "DATA_CHANGES",
+    "ENGINE",
+    "EPOCHS_TRAINED",
+    "FAIL_REASON",
+    "HYPERBAND_TRIAL",
+    "INITIAL_EPOCH",
+    "N_PARAMS",
+    "RETRY_OF",
+    "ROUND",
+    "SPEC",
+    "TARGET",
+    "TRAINING",
+    "TRAIN_SECONDS",
+    "WORKER",
+    "WORKER_RSS_MB",
+    "WORKER_STARTED",
+    "epochs_from_scratch",
+    "epochs_trained",
+    "fail_reason",
+    "worker_id",
+    "worker_of",
+]
+
 # On the study.
 SPEC = "dlboost_search"  # {"space": the space as a dict, "version": the release that made it}
 TARGET = "dlboost_target"  # the finished trials the study is being driven to

@@ -20,6 +20,20 @@ if TYPE_CHECKING:
     import optuna
     import plotly.graph_objects as go
 
+    from dlboost_search.spaces import SearchSpace
+
+__all__ = [
+    "FIGURE_IDS",
+    "best_of",
+    "build_report",
+    "figures",
+    "publish",
+    "snapshot",
+    "to_html",
+    "to_json",
+    "to_markdown",
+]
+
 TOP_TRIALS = 10
 # Importance evaluators, named as users meet them: the dashboard shows PED-ANOVA,
 # fANOVA is the classic one. They often disagree; the report shows both side by side.
@@ -70,9 +84,10 @@ def _evaluator(name: str) -> Any:
     return PedAnovaImportanceEvaluator()
 
 
-def best_of(study: optuna.Study) -> dict[str, Any]:
+def best_of(study: optuna.Study, space: SearchSpace | None = None) -> dict[str, Any]:
     """The best trial with every parameter it used, and the study's trial counts: what
-    `best` prints, and the head of every report. Raises StudyError without a completed trial."""
+    `best` prints, and the head of every report. Raises StudyError without a completed trial.
+    `space`: the study's, when the caller has it (else it is read from the study)."""
     from optuna.trial import TrialState
 
     summary = summarize(study)
@@ -89,7 +104,7 @@ def best_of(study: optuna.Study) -> dict[str, Any]:
             + (f" Failure reasons: {'; '.join(reasons[:3])}." if reasons else "")
             + f" Run `dlboost-search resume {study.study_name}` to add trials."
         )
-    space = space_of(study)
+    space = space or space_of(study)
     best = study.best_trial
     return {
         "study": study.study_name,
@@ -110,11 +125,11 @@ def best_of(study: optuna.Study) -> dict[str, Any]:
     }
 
 
-def build_report(study: optuna.Study) -> dict[str, Any]:
+def build_report(study: optuna.Study, space: SearchSpace | None = None) -> dict[str, Any]:
     """The whole report as plain data (what `report --format json` prints)."""
     from optuna.trial import TrialState
 
-    report = best_of(study)
+    report = best_of(study, space)
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     ranked = sorted(complete, key=lambda t: t.value, reverse=report["direction"] == "maximize")

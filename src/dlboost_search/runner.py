@@ -19,15 +19,20 @@ from dlboost_search.errors import DataError, SpaceError, StudyError
 from dlboost_search.models import check_input
 from dlboost_search.pool import DEFAULT_RECYCLE_EVERY
 from dlboost_search.spaces import SearchSpace
-from dlboost_search.storage import load_study
 from dlboost_search.study import (
     StudySummary,
     check_same_data,
     create_or_check,
     delete_study,
     set_target,
-    space_of,
 )
+
+__all__ = [
+    "BACKENDS",
+    "check_data",
+    "resume",
+    "start",
+]
 
 EventHandler = Callable[[events.Event], None]
 
@@ -61,9 +66,7 @@ class OptunaBackend:
 
         if target is not None:
             set_target(study, target)
-        return pool.drive(
-            study.study_name, url, space, workers, recycle_every, on_event, sole=not joining
-        )
+        return pool.drive(study, url, space, workers, recycle_every, on_event, sole=not joining)
 
 
 class HyperbandBackend:
@@ -81,7 +84,7 @@ class HyperbandBackend:
         from dlboost_search import hyperband
 
         # Its schedule sets the target: the trials its brackets hold.
-        return hyperband.run(study.study_name, url, space, on_event)
+        return hyperband.run(study, url, space, on_event)
 
 
 BACKENDS: dict[str, Backend] = {"optuna": OptunaBackend(), "hyperband": HyperbandBackend()}
@@ -135,8 +138,9 @@ def start(
 
 
 def resume(
-    name: str,
+    study: Any,
     url: str,
+    space: SearchSpace,
     *,
     target: int | None = None,
     workers: int = 1,
@@ -145,10 +149,10 @@ def resume(
     joining: bool = False,
     accept_changed_data: bool = False,
 ) -> StudySummary:
-    """Go on with a stored study, to `target` or to the target it was last driven to: what
-    `resume` does, and `worker` (`joining` others, maybe on other machines) does anywhere."""
-    study = load_study(name, url)
-    space = space_of(study)
+    """Go on with a stored study (its `space` as stored), to `target` or to the target it was
+    last driven to: what `resume` does, and `worker` (`joining` others, maybe on other
+    machines) does anywhere."""
+    name = study.study_name
     warning = check_data(space, f"study {name!r}", workers)
     check_same_data(study, space, accept_changed_data)
     if warning:

@@ -29,6 +29,14 @@ import numpy as np
 from dlboost_search import outputs, records
 from dlboost_search.errors import DataError, OutputError, StudyError, TrialFailed
 
+__all__ = [
+    "CARD_FILE",
+    "META_FILE",
+    "MODEL_FILE",
+    "export_model",
+    "predict",
+]
+
 MODEL_FILE = "model.keras"
 META_FILE = "dlboost_model.json"
 CARD_FILE = "model_card.md"

@@ -33,6 +33,21 @@ from dlboost_search.hyperparams import (
 )
 from dlboost_search.models import BUILDER_PATTERN, FAMILIES, family_params
 
+__all__ = [
+    "CategoricalParam",
+    "DataSpec",
+    "FixedParam",
+    "FloatParam",
+    "IntParam",
+    "SearchSettings",
+    "SearchSpace",
+    "check_study_name",
+    "distributions",
+    "load_space",
+    "space_from_dict",
+    "suggest",
+]
+
 SAMPLERS = ("tpe", "random", "qmc")
 PRUNERS = ("hyperband", "median", "successive_halving", "patient", "none")
 # Study names become file and folder names (the Hyperband backend's state): no separators.

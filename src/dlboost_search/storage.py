@@ -26,6 +26,19 @@ if TYPE_CHECKING:
 
     from dlboost_search.spaces import SearchSettings
 
+__all__ = [
+    "RetryLostTrial",
+    "SERVER_CHECK",
+    "SQLITE_DAMAGE",
+    "driver_reason",
+    "load_study",
+    "masked",
+    "open_storage",
+    "state_dir",
+    "storage_url",
+    "stored_spec",
+]
+
 DEFAULT_STORAGE = "sqlite:///storage/studies.db"
 STORAGE_ENV = "DLBOOST_STORAGE"
 SQLITE_BUSY_TIMEOUT_S = 60

@@ -17,7 +17,6 @@ from dlboost_search.errors import StudyError
 from dlboost_search.spaces import SearchSettings, SearchSpace, space_from_dict
 from dlboost_search.storage import (
     RetryLostTrial,
-    load_study,
     masked,
     open_storage,
     state_dir,
@@ -26,6 +25,23 @@ from dlboost_search.storage import (
 
 if TYPE_CHECKING:
     import optuna
+
+__all__ = [
+    "LostTrials",
+    "StudySummary",
+    "all_summaries",
+    "check_same_data",
+    "create_or_check",
+    "delete_study",
+    "fail_trial",
+    "make_pruner",
+    "make_sampler",
+    "set_target",
+    "space_differences",
+    "space_of",
+    "summarize",
+    "target_of",
+]
 
 # `search.trials` is a target the CLI may change; everything else defines the study.
 _NOT_DEFINING = ("search.trials",)
@@ -132,10 +148,6 @@ def create_or_check(space: SearchSpace, url: str) -> optuna.Study:
 def space_of(study: optuna.Study) -> SearchSpace:
     """The search space a study was created with."""
     return space_from_dict(stored_spec(study)["space"], f"study {study.study_name!r}")
-
-
-def resume_space(name: str, url: str) -> SearchSpace:
-    return space_of(load_study(name, url))
 
 
 def fail_trial(

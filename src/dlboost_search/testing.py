@@ -15,6 +15,10 @@ from dlboost_search import records
 from dlboost_search.spaces import CategoricalParam, FloatParam, IntParam, SearchSpace
 from dlboost_search.study import create_or_check
 
+__all__ = [
+    "synthetic_study",
+]
+
 
 def _distribution(spec: Any) -> Any:
     if isinstance(spec, IntParam):

@@ -17,6 +17,15 @@ from dlboost_search.data import PreparedData
 from dlboost_search.errors import SearchAborted, TrialFailed
 from dlboost_search.hyperparams import logged_metrics, metric_direction
 
+__all__ = [
+    "TrainingRecord",
+    "as_tensors",
+    "compile_model",
+    "epoch_function",
+    "resolve_engine",
+    "train",
+]
+
 VALIDATION_BATCH = 4096
 # Batches run per compiled call: fewer Python round-trips per epoch on small data.
 MAX_STEPS_PER_EXECUTION = 64
@@ -206,14 +215,14 @@ def _train_epoch_loop(model, data, batch_size, max_epochs, seed, monitor) -> Non
     # they save over the epochs of the small models this loop trains (benchmarks/README.md,
     # "Training engines"). A process-wide setting: _train_fit turns it back on.
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    x, y, x_val, y_val = _as_tensors(data)
+    x, y, x_val, y_val = as_tensors(data)
     # Create the optimizer's and metrics' variables now, eagerly: created inside the
     # compiled function, they would make TensorFlow trace it twice.
     model.optimizer.build(model.trainable_variables)
     model.test_step((x_val[:2], y_val[:2]))
-    epoch_function = _epoch_function(model, len(data.x_train), len(data.x_val), batch_size)
+    run_epoch = epoch_function(model, len(data.x_train), len(data.x_val), batch_size)
     for epoch in range(max_epochs):
-        train_logs, val_logs = epoch_function(x, y, x_val, y_val, tf.constant([seed, epoch]))
+        train_logs, val_logs = run_epoch(x, y, x_val, y_val, tf.constant([seed, epoch]))
         logs = {k: float(v) for k, v in train_logs.items()}
         logs.update({f"val_{k}": float(v) for k, v in val_logs.items()})
         if monitor.end_epoch(epoch, logs):
@@ -223,7 +232,7 @@ def _train_epoch_loop(model, data, batch_size, max_epochs, seed, monitor) -> Non
 _tensor_cache: tuple[Any, tuple] | None = None
 
 
-def _as_tensors(data: PreparedData) -> tuple:
+def as_tensors(data: PreparedData) -> tuple:
     """The prepared arrays as TensorFlow tensors, made once per process and dataset."""
     global _tensor_cache
     import tensorflow as tf
@@ -234,7 +243,7 @@ def _as_tensors(data: PreparedData) -> tuple:
     return _tensor_cache[1]
 
 
-def _epoch_function(model: Any, n_train: int, n_val: int, batch_size: int) -> Any:
+def epoch_function(model: Any, n_train: int, n_val: int, batch_size: int) -> Any:
     """One compiled call per epoch: shuffle, every train step, then the validation steps.
 
     The steps are Keras' own `train_step` and `test_step`, so the loss, regularization,

@@ -17,6 +17,11 @@ from dlboost_search.spaces import check_study_name
 from dlboost_search.storage import load_study, masked, open_storage
 from dlboost_search.study import fail_trial, space_differences, space_of
 
+__all__ = [
+    "copy",
+    "merge",
+]
+
 MOVED_REASON = "was running in {source} when the study was copied; nobody runs it here"
 
 

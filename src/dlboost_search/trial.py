@@ -18,6 +18,10 @@ from dlboost_search.models import model_builder
 from dlboost_search.spaces import SearchSpace
 from dlboost_search.training import TrainingRecord, resolve_engine, train
 
+__all__ = [
+    "TrialContext",
+]
+
 Report = Callable[[int, float], None]
 
 

@@ -22,6 +22,13 @@ from typing import Any
 from dlboost_search import events, records
 from dlboost_search._tf import import_tensorflow_quietly
 from dlboost_search.errors import DlboostError, SearchAborted, TrialFailed
+from dlboost_search.spaces import SearchSpace
+
+__all__ = [
+    "INTERRUPTED_REASON",
+    "SURPLUS_REASON",
+    "run_worker",
+]
 
 INTERRUPTED_REASON = "interrupted (Ctrl-C or SIGTERM); run `dlboost-search resume` to go on"
 SURPLUS_REASON = "not needed: trials running on other workers already make up the target"
@@ -89,6 +96,7 @@ class _Events:
 def run_worker(
     study_name: str,
     url: str,
+    space: SearchSpace,
     target: int,
     max_trials: int,
     failures_in_a_row: int,
@@ -98,7 +106,8 @@ def run_worker(
     go: Any = None,
 ) -> None:
     """Entry point of a worker process (started with the spawn method): run at most
-    `max_trials` trials, fewer once the study has `target` finished trials. Only the study's
+    `max_trials` trials of the study (its `space` as stored, from the pool: read and checked
+    once, there), fewer once the study has `target` finished trials. Only the study's
     sole worker samples reproducibly from the space's seed; workers side by side must not.
 
     `go`: for a standby worker, an event the pool sets when the worker it replaces has
@@ -111,7 +120,10 @@ def run_worker(
     sent = _Events(queue)
     try:
         stream = 0 if sole_worker else os.getpid()
-        _run(study_name, url, target, max_trials, failures_in_a_row, sent, threads, stream, go)
+        _run(
+            study_name, url, space, target, max_trials, failures_in_a_row, sent, threads, stream,
+            go,
+        )  # fmt: skip
     except KeyboardInterrupt:
         sent.put(events.WorkerInterrupted())
     except DlboostError as exc:
@@ -157,6 +169,7 @@ def _is_surplus(study: Any, number: int, target: int) -> bool:
 def _run(
     study_name: str,
     url: str,
+    space: SearchSpace,
     target: int,
     max_trials: int,
     failures_in_a_row: int,
@@ -166,15 +179,14 @@ def _run(
     go: Any = None,
 ) -> None:
     from dlboost_search.storage import load_study
-    from dlboost_search.study import space_of
 
+    # Heartbeats on: a trial this worker leaves behind by dying is retried by whoever runs next.
+    study = load_study(study_name, url, recovery=space.search)
     # Before the slow TensorFlow import: a worker started as the last trial began elsewhere
     # leaves at once.
-    study = load_study(study_name, url)
     if _work_left(study, target) <= 0:
         sent.put(events.WorkerDone(_rss_mb()))
         return
-    space = space_of(study)
     import_tensorflow_quietly(threads)
     import keras
     import optuna
@@ -196,8 +208,6 @@ def _run(
             sent.put(events.WorkerDone(_rss_mb()))
             return
         failures_in_a_row = _trailing_failures(study)
-    # Heartbeats on: a trial this worker leaves behind by dying is retried by whoever runs next.
-    study = load_study(study_name, url, recovery=space.search)
     # Sampled now, not at start-up: a standby sees every trial its predecessor finished.
     study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)), stream)
     study.pruner = make_pruner(space)

@@ -25,6 +25,16 @@ from typing import Any
 from dlboost_search.errors import SpaceError, TrialFailed
 from dlboost_search.hyperparams import ParamRule
 
+__all__ = [
+    "BUILDER_PATTERN",
+    "FAMILIES",
+    "build_function",
+    "check_input",
+    "family_module",
+    "family_params",
+    "model_builder",
+]
+
 _FAMILY_MODULES = {
     "mlp": "dlboost_search.models.mlp",
     "cnn": "dlboost_search.models.cnn",

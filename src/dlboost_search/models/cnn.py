@@ -12,6 +12,13 @@ from typing import Any
 from dlboost_search.hyperparams import ParamRule
 from dlboost_search.models.mlp import ACTIVATIONS, output_layer
 
+__all__ = [
+    "PARAMS",
+    "build",
+    "input_problem",
+    "size",
+]
+
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 
 PARAMS: dict[str, ParamRule] = {

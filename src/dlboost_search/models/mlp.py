@@ -7,6 +7,14 @@ from typing import Any
 
 from dlboost_search.hyperparams import ParamRule
 
+__all__ = [
+    "ACTIVATIONS",
+    "PARAMS",
+    "build",
+    "output_layer",
+    "size",
+]
+
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "tanh", "swish")
 
 PARAMS: dict[str, ParamRule] = {

@@ -15,6 +15,12 @@ from typing import Any
 from dlboost_search.hyperparams import ParamRule
 from dlboost_search.models.mlp import output_layer
 
+__all__ = [
+    "PARAMS",
+    "builder",
+    "input_problem",
+]
+
 PARAMS: dict[str, ParamRule] = {
     "unfrozen_layers": ParamRule(
         "int", 0, "backbone layers (with weights, from the top) that train", low=0, high=10_000

@@ -11,6 +11,13 @@ from typing import Any
 from dlboost_search.hyperparams import ParamRule
 from dlboost_search.models.mlp import output_layer
 
+__all__ = [
+    "PARAMS",
+    "build",
+    "input_problem",
+    "size",
+]
+
 PARAMS: dict[str, ParamRule] = {
     "cell": ParamRule("choice", "lstm", "recurrent cell", choices=("lstm", "gru")),
     "units": ParamRule("int", 32, "units in each recurrent layer", low=1, high=16_384),
