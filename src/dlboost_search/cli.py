@@ -320,7 +320,7 @@ def _run_study(
             _publish(running[0], space)
 
 
-def _publish(study: Any, space: Any = None) -> bool:
+def _publish(study: Any, space: Any) -> bool:
     """Best-parameter note and importance plots into the dashboard; False if nothing to show."""
     from dlboost_search import reports
 
@@ -328,6 +328,8 @@ def _publish(study: Any, space: Any = None) -> bool:
         view = reports.snapshot(study)
         report = reports.build_report(view, space)
     except DlboostError:  # no completed trial: nothing to publish
+        return False
+    except KeyError:  # the study is gone: a space its workers refused leaves none behind
         return False
     reports.publish(study, report, reports.figures(view, report))
     return True

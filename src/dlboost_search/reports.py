@@ -104,7 +104,7 @@ def best_of(study: optuna.Study, space: SearchSpace | None = None) -> dict[str, 
             + (f" Failure reasons: {'; '.join(reasons[:3])}." if reasons else "")
             + f" Run `dlboost-search resume {study.study_name}` to add trials."
         )
-    space = space or space_of(study)
+    space = space_of(study) if space is None else space
     best = study.best_trial
     return {
         "study": study.study_name,
