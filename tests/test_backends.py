@@ -212,3 +212,58 @@ def test_failures_in_a_row_stop_the_search_with_exit_4(backend, write_space, sto
     assert "loss became nan" in result.stderr
     assert "Traceback" not in result.stderr
     assert states(load(storage)) == ["FAIL", "FAIL"]
+
+
+HANGS_ONCE = """
+import os
+import time
+
+import keras
+
+calls = 0
+
+
+def build(params, input_shape, task, n_outputs):
+    # In each process the first call is the check before any trial, the second the first
+    # trial's. The study's first trial hangs; a file remembers it across processes.
+    global calls
+    calls += 1
+    if calls == 2 and not os.path.exists("hung"):
+        open("hung", "w").close()
+        time.sleep(600)
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Dense(params["units"], activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(n_outputs)(x))
+"""
+
+
+def test_a_trial_past_its_time_limit_fails_and_fresh_workers_go_on(
+    backend, write_space, storage, run_cli, tmp_path
+):
+    (tmp_path / "hangs.py").write_text(HANGS_ONCE)
+    space = write_space(
+        **deep_update(
+            backend.changes,
+            {
+                "model": {"family": "custom", "builder": "hangs:build"},
+                "params": {
+                    "units": {"type": "int", "low": 4, "high": 16},
+                    "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+                },
+                "training": {"trial_timeout_seconds": 10},
+            },
+        )
+    )
+    result = run_cli("start", str(space), "--storage", storage, "--recycle-every", "2", "-q")
+
+    assert result.returncode == 0, result.stderr
+    trials = load(storage).get_trials(deepcopy=False)
+    (failed,) = [t for t in trials if t.state == TrialState.FAIL]
+    reason = failed.user_attrs["fail_reason"]
+    assert "still running after training.trial_timeout_seconds (10 s)" in reason
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert finished
+    if backend.failed_trials_are_replaced:
+        assert len(finished) == backend.target
+    # Workers retire after two trials: the finished ones ran in more than one process.
+    assert len({t.user_attrs["worker"] for t in finished}) >= 2

@@ -3,13 +3,18 @@ what it shares with every backend is tested in test_backends.py."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import keras_tuner as kt
 import pytest
 import yaml
 
-from conftest import TINY_SPACE, deep_update, load
+from conftest import TINY_SPACE, cli_command, cli_env, deep_update, load
 from dlboost_search.hyperband import hyperparameters, state_dir
 from dlboost_search.spaces import distributions, space_from_dict
 
@@ -98,6 +103,43 @@ def test_every_keras_tuner_trial_lands_in_the_study(write_space, storage, run_cl
     assert elsewhere.returncode == 2, elsewhere.stderr
     assert "keras-tuner's state for it is not" in elsewhere.stderr
     assert len(load(storage).get_trials(deepcopy=False)) == SCHEDULE
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_keras_tuner_runs_its_trial_again(
+    write_space, storage, tmp_path
+):
+    process = subprocess.Popen(
+        cli_command("start", str(write_space(**HYPERBAND)), "--storage", storage, "-q"),
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # two trials done: the worker is in its third
+        try:
+            if len(load(storage).get_trials(deepcopy=False)) >= 2:
+                break
+        except KeyError:  # not created yet
+            pass
+        time.sleep(0.2)
+    os.kill(worker_of(process.pid), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=300)
+
+    assert process.returncode == 0, stderr
+    trials = load(storage).get_trials(deepcopy=False)
+    assert sorted(int(t.user_attrs["hyperband_trial"]) for t in trials) == list(range(SCHEDULE))
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # the killed one and its successor
+
+
+def worker_of(pid: int) -> int:
+    """The worker process the CLI process `pid` started (not multiprocessing's helper)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    (worker,) = [
+        int(c) for c in children
+        if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()
+        and "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()
+    ]  # fmt: skip
+    return worker
 
 
 def test_hyperband_takes_one_worker(write_space, storage, run_cli):

@@ -27,6 +27,7 @@ __all__ = [
     "WorkerFailed",
     "WorkerInterrupted",
     "WorkerLost",
+    "WorkerRetired",
     "WorkerStarted",
 ]
 
@@ -36,8 +37,9 @@ class Event:
     pid: int = field(default=0, kw_only=True)
 
 
-# Sent by a backend, once the study's checks passed and it is stored; in the CLI's process,
-# never through the queue, so it may carry the study itself.
+# Sent by a backend once the study's checks passed and it is stored. It reaches the display
+# in the CLI's process carrying the study itself (a Hyperband worker sends it without, and
+# the CLI's side fills it in).
 @dataclass(frozen=True)
 class StudyRunning(Event):
     study: Any  # the optuna.Study, for whoever reads it in the same process (the report)
@@ -80,6 +82,13 @@ class TrialFinished(Event):
 # crashed (the pool finds out from its exit code).
 @dataclass(frozen=True)
 class WorkerDone(Event):
+    rss_mb: float
+
+
+@dataclass(frozen=True)
+class WorkerRetired(Event):
+    """A Hyperband worker ran its share of trials (recycling): a fresh one goes on."""
+
     rss_mb: float
 
 

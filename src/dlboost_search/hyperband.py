@@ -11,11 +11,18 @@ keras-tuner keeps its own state (the schedule, checkpoints) in a folder beside t
 or under storage/keras-tuner/ for a database server; running `start` or `resume` again reloads
 it and continues the schedule. Its trial id is stored on the copy (`hyperband_trial`), so a
 trial is never copied twice, and one finished just before a crash is copied on the next run.
+
+The schedule runs in worker processes, one at a time, through the pool the Optuna backend
+uses (`drive`): a worker retires after its share of trials and the next reloads the state;
+one that crashes is replaced and keras-tuner runs its trial again; one whose trial runs past
+training.trial_timeout_seconds is stopped, and its successor records that trial as failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -24,6 +31,7 @@ from typing import Any
 
 from dlboost_search import events, records
 from dlboost_search.errors import (
+    DlboostError,
     Interrupted,
     SearchAborted,
     StudyError,
@@ -39,10 +47,14 @@ from dlboost_search.spaces import (
 from dlboost_search.storage import masked, state_dir
 
 __all__ = [
+    "drive",
     "hyperparameters",
     "run",
+    "run_worker",
     "state_dir",
 ]
+
+EventHandler = Callable[[events.Event], None]
 
 
 class StopRequest:
@@ -103,21 +115,160 @@ def total_trials(oracle: Any) -> int:
     return per_iteration * oracle.hyperband_iterations
 
 
+def drive(study: Any, url: str, space: SearchSpace, recycle_every: int, on_event: EventHandler):
+    """Run (or continue) the schedule of `study` (stored at `url`) in worker processes, one at
+    a time, until it ends; return the study's summary. This process never imports TensorFlow."""
+    from dlboost_search.pool import (
+        WorkerPool,
+        lost_in_a_row,
+        raise_keyboard_interrupt,
+        stop_all,
+        timed_out_reason,
+    )
+    from dlboost_search.study import summarize
+
+    name = study.study_name
+    pool = WorkerPool(name, url, space, 1, recycle_every, sole=True, target=0, entry=run_worker)
+    limit = space.training.trial_timeout_seconds
+    with_study = _filling_in(study, on_event)
+    announced: list[bool] = []
+    failures_in_a_row = 0  # workers lost or stopped past the time limit, in a row
+
+    def relay(event: events.Event) -> None:
+        nonlocal failures_in_a_row
+        if isinstance(event, events.StudyRunning):  # each worker sends it; the first counts
+            if announced:
+                return
+            announced.append(True)
+        if isinstance(event, events.TrialFinished) and event.state != "FAIL":
+            failures_in_a_row = 0
+        with_study(event)
+
+    abandoned: str | None = None  # why the trial a stopped worker left failed
+    previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        while True:
+            if not pool.workers:
+                kwargs = {"abandoned": abandoned} if abandoned else {}
+                on_event(events.WorkerStarted(pid=pool.start(0, **kwargs)))
+                abandoned = None
+            pool.relay(relay, timeout=1.0)
+            pool.stop_overdue(limit)
+            for _, worker in pool.exited():
+                outcome = worker.outcome
+                if worker.timed_out is not None:
+                    abandoned = timed_out_reason(limit)
+                    on_event(events.TrialTimedOut([worker.timed_out], limit))
+                elif isinstance(outcome, events.WorkerDone):
+                    return summarize(study)
+                elif isinstance(outcome, events.WorkerRetired):
+                    continue
+                elif isinstance(outcome, events.WorkerInterrupted):
+                    raise KeyboardInterrupt  # signalled directly, not through us
+                elif isinstance(outcome, events.WorkerFailed):
+                    raise outcome.error
+                else:  # it crashed: keras-tuner runs its trial again
+                    lost = [worker.trial[0]] if worker.trial else []
+                    on_event(events.WorkerLost(worker.process.exitcode, lost))
+                failures_in_a_row += 1
+                lost_in_a_row(failures_in_a_row, worker, space, name)
+    except KeyboardInterrupt:
+        on_event(events.Stopping())
+        stop_all(study, pool, on_event)
+        raise _interrupted(name, url) from None
+    except BaseException:
+        stop_all(study, pool, on_event)
+        raise
+    finally:
+        pool.discard_standby()
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def run_worker(
+    study_name: str,
+    url: str,
+    space: SearchSpace,
+    target: int,
+    max_trials: int,
+    failures_in_a_row: int,
+    queue: Any,
+    threads: int | None = None,
+    sole: bool = True,
+    go: Any = None,
+    abandoned: str | None = None,
+) -> None:
+    """Entry point of a Hyperband worker process (the pool starts it, with the spawn method):
+    run at most `max_trials` trials of the schedule, then retire. `abandoned`: the reason to
+    fail the trial the previous worker was stopped in; `go`: see worker.run_worker."""
+    from dlboost_search.storage import load_study
+    from dlboost_search.worker import EventQueue, rss_mb
+
+    os.setpgrp()  # Ctrl-C reaches the pool only, which forwards it once
+    sent = EventQueue(queue)
+    try:
+        with _stopped_by_signals() as stop:
+            study = load_study(study_name, url)
+            finished = _run(
+                study, url, space, sent.put, None, stop, threads=threads, max_trials=max_trials,
+                abandoned=abandoned, go=go,
+            )  # fmt: skip
+        sent.put(events.WorkerDone(rss_mb()) if finished else events.WorkerRetired(rss_mb()))
+    except KeyboardInterrupt:
+        sent.put(events.WorkerInterrupted())
+    except DlboostError as exc:
+        sent.put(events.WorkerFailed(exc))
+
+
 def run(
     study: Any,
     url: str,
     space: SearchSpace,
-    on_event: Callable[[events.Event], None],
+    on_event: EventHandler,
     observe: Callable[[Any, float], None] | None = None,
 ) -> Any:
     """Run (or continue) the Hyperband schedule of `study` (stored at `url`) in this process;
     return its summary. Ctrl-C and SIGTERM stop it at the next epoch. `observe`: see
     TrialContext."""
-    with _stopped_by_signals() as stop:
-        return _run(study, url, space, on_event, observe, stop)
+    from dlboost_search.study import summarize
+
+    try:
+        with _stopped_by_signals() as stop:
+            _run(study, url, space, _filling_in(study, on_event), observe, stop)
+    except KeyboardInterrupt:
+        # Nothing to close in the study: trials land in it only once finished.
+        on_event(events.Stopping())
+        raise _interrupted(study.study_name, url) from None
+    return summarize(study)
 
 
-def _run(study, url, space, on_event, observe, stop: StopRequest) -> Any:
+def _filling_in(study: Any, on_event: EventHandler) -> EventHandler:
+    """`on_event`, with the study filled into StudyRunning (sent without it, by a worker)."""
+
+    def handle(event: events.Event) -> None:
+        if isinstance(event, events.StudyRunning):
+            event = dataclasses.replace(event, study=study)
+        on_event(event)
+
+    return handle
+
+
+def _interrupted(name: str, url: str) -> Interrupted:
+    return Interrupted(
+        f"stopped by the user; the running Hyperband trial will run again on the next "
+        f"`dlboost-search resume {name} --storage {masked(url)}`, nothing else lost."
+    )
+
+
+class _Retire(Exception):
+    """A worker ran its share of trials."""
+
+
+def _run(
+    study, url, space, on_event, observe, stop: StopRequest, *, threads=None, max_trials=None,
+    abandoned=None, go=None,
+) -> bool:  # fmt: skip
+    """The schedule, in this process; True when it has ended, False when this process ran
+    `max_trials` trials and retires."""
     import keras
     import keras_tuner as kt
     import optuna
@@ -127,7 +278,7 @@ def _run(study, url, space, on_event, observe, stop: StopRequest) -> Any:
     from dlboost_search.training import TrainingRecord
     from dlboost_search.trial import TrialContext
 
-    import_tensorflow_quietly(threads=None)
+    import_tensorflow_quietly(threads=threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # keras-tuner prints every failed trial's traceback (its config.DEBUG is on by default);
     # our progress line already says why the trial failed.
@@ -137,9 +288,15 @@ def _run(study, url, space, on_event, observe, stop: StopRequest) -> Any:
     study_name = study.study_name
     source = f"study {study_name!r}"
     context = TrialContext(space, source, observe)
+    if go is not None:  # a standby: ready, and waiting for the worker it replaces to exit
+        parent = os.getppid()
+        while not go.wait(timeout=1.0):
+            if os.getppid() != parent:  # the pool is gone
+                return False
     direction = "min" if space.direction == "minimize" else "max"
     objective = kt.Objective(space.objective.metric, direction)
     training: dict[str, tuple[TrainingRecord, dict[int, float]]] = {}
+    begun = 0  # trials this process began
     dists = distributions(space)
     # keras-tuner ids of the trials already in the study: read once, kept up to date here (the
     # backend is the study's only writer).
@@ -168,7 +325,6 @@ def _run(study, url, space, on_event, observe, stop: StopRequest) -> Any:
                 callback.set_model(model)
             record, curve = training.setdefault(trial_id, (TrainingRecord(), {}))
             number = len(copied)  # the number its copy will get
-            on_event(events.TrialStarted(number, params))
 
             def report(epoch: int, value: float) -> None:
                 stop.check()
@@ -201,8 +357,16 @@ def _run(study, url, space, on_event, observe, stop: StopRequest) -> Any:
             keras.backend.clear_session(free_memory=False)
             return self._build_hypermodel(hp)
 
+        def pre_create_trial(self) -> None:
+            if max_trials is not None and begun >= max_trials:
+                raise _Retire
+
         def on_trial_begin(self, trial: Any) -> None:
+            nonlocal begun
             stop.check()
+            begun += 1
+            # Before the model is built: a trial stuck in its builder is timed from here.
+            on_event(events.TrialStarted(len(copied), params_of(trial.hyperparameters)))
             super().on_trial_begin(trial)
 
         def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
@@ -267,6 +431,12 @@ def _run(study, url, space, on_event, observe, stop: StopRequest) -> Any:
             f"at {folder.resolve()} (the study last ran on {list(copied.values())[-1]}). "
             f"Copy that folder here to continue its schedule, or start a study of a new name."
         )
+    # keras-tuner reloads its oracle only with the tuner's own file, written after the first
+    # trial: a worker lost in it left the oracle's alone.
+    oracle_only = (
+        not (folder / "hyperband" / "tuner0.json").is_file()
+        and (folder / "hyperband" / "oracle.json").is_file()
+    )
     tuner = Tuner(
         hypermodel=Model(),
         objective=objective,
@@ -284,22 +454,26 @@ def _run(study, url, space, on_event, observe, stop: StopRequest) -> Any:
         project_name="hyperband",
         overwrite=False,
     )
+    if oracle_only:
+        tuner.oracle.reload()  # its running trial is queued to run again, as on a full reload
     for trial in tuner.oracle.trials.values():  # finished before a crash, never copied
         copy_trial(trial)
     target = total_trials(tuner.oracle)
     set_target(study, target)
-    on_event(
-        events.StudyRunning(study, summarize(study), target, url, workers=1, reproducible=True)
-    )
+    # Sent without the study: it may cross from a worker process (see _filling_in).
+    on_event(events.StudyRunning(None, summarize(study), target, url, 1, reproducible=True))
     try:
+        if abandoned:
+            # The trial a worker was stopped in (its time limit) fails instead of running
+            # again: keras-tuner's reload queued it for a retry.
+            for trial_id in list(tuner.oracle._retry_queue):
+                tuner.oracle._retry_queue.remove(trial_id)
+                trial = tuner.oracle.trials[trial_id]
+                trial.status, trial.message = "FAILED", abandoned
+                tuner.on_trial_end(trial)
         tuner.search(verbose=0)  # keras-tuner's own summaries would garble our progress display
-    except KeyboardInterrupt:
-        # Nothing to close in the study: trials land in it only once finished.
-        on_event(events.Stopping())
-        raise Interrupted(
-            f"stopped by the user; the running Hyperband trial will run again on the next "
-            f"`dlboost-search resume {study_name} --storage {masked(url)}`, nothing else lost."
-        ) from None
+    except _Retire:
+        return False
     except kt.errors.FatalError as exc:
         raise SearchAborted(_last_line(str(exc))) from None
     except RuntimeError as exc:
@@ -313,7 +487,7 @@ def _run(study, url, space, on_event, observe, stop: StopRequest) -> Any:
         ) from None
     finally:
         keras.backend.clear_session(free_memory=False)
-    return summarize(study)
+    return True
 
 
 def _last_line(message: str | None) -> str:

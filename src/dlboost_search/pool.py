@@ -1,5 +1,6 @@
-"""The Optuna backend's driver: a pool of recycled worker processes takes a study to its
-target number of finished trials.
+"""Worker processes for both backends (WorkerPool: start, relay events, time limits,
+recycling with a standby successor), and the Optuna backend's driver: a pool of recycled
+workers takes a study to its target number of finished trials.
 
 It never imports TensorFlow. It starts workers, relays their events to whoever watches, and
 after each worker exits closes any trial the worker left RUNNING (a crash, a kill), so the
@@ -29,8 +30,13 @@ from dlboost_search.worker import INTERRUPTED_REASON, run_worker
 
 __all__ = [
     "DEFAULT_RECYCLE_EVERY",
+    "WorkerPool",
     "close_abandoned_trials",
     "drive",
+    "lost_in_a_row",
+    "raise_keyboard_interrupt",
+    "stop_all",
+    "timed_out_reason",
 ]
 
 EventHandler = Callable[[events.Event], None]
@@ -43,11 +49,11 @@ SHUTDOWN_GRACE_S = 120  # how long a worker may take to close its trial after Ct
 
 
 @dataclass
-class _Worker:
+class Worker:
     process: Any
     started: datetime
-    # How it ended: its last event (WorkerDone, WorkerFailed, WorkerInterrupted); None if it
-    # sent none (it crashed).
+    # How it ended: its last event (WorkerDone, WorkerRetired, WorkerFailed,
+    # WorkerInterrupted); None if it sent none (it crashed).
     outcome: events.Event | None = None
     timed_out: int | None = None  # the trial it was stopped in, past the time limit
     # The trial it is training and when that began (time.monotonic), between its events.
@@ -56,8 +62,11 @@ class _Worker:
     go: Any = None  # a standby's start signal
 
 
-class _Pool:
-    """The worker processes of this runner, and the queue their events arrive on."""
+class WorkerPool:
+    """The worker processes of this runner, and the queue their events arrive on.
+
+    `entry` is what each process runs, called as entry(name, url, space, target,
+    recycle_every, failures_in_a_row, queue, threads, sole, go, **kwargs of `start`)."""
 
     def __init__(
         self,
@@ -68,32 +77,36 @@ class _Pool:
         recycle_every: int,
         sole: bool,
         target: int,
+        entry: Callable[..., None] = run_worker,
     ):
-        self.name, self.url, self.space = name, url, space
+        self.name, self.url, self.space, self.entry = name, url, space, entry
         self.recycle_every, self.target = recycle_every, target
         self.sole = sole and size == 1  # the study's only worker: reproducible sampling
         self.context = multiprocessing.get_context("spawn")
         self.events = self.context.Queue()
-        self.workers: dict[int, _Worker] = {}
+        self.workers: dict[int, Worker] = {}
         # Several workers share the cores; one alone keeps TensorFlow's defaults.
         self.threads = max(1, len(os.sched_getaffinity(0)) // size) if size > 1 else None
-        self.standby: _Worker | None = None
+        self.standby: Worker | None = None
 
-    def start(self, failures_in_a_row: int) -> int:
-        """A worker that runs trials now: the standby if one is ready, else a new process."""
+    def start(self, failures_in_a_row: int, **kwargs: Any) -> int:
+        """A worker that runs trials now: the standby if one is ready (and nothing is passed in
+        `kwargs`), else a new process."""
+        if self.standby is not None and kwargs:
+            self.discard_standby()
         if self.standby is not None:
             worker, self.standby = self.standby, None
             worker.go.set()
             worker.started = datetime.now()  # its trials start from here
             self.workers[worker.process.pid] = worker
             return worker.process.pid
-        worker = self._spawn(failures_in_a_row, go=None)
+        worker = self._spawn(failures_in_a_row, go=None, kwargs=kwargs)
         self.workers[worker.process.pid] = worker
         return worker.process.pid
 
-    def _spawn(self, failures_in_a_row: int, go: Any) -> _Worker:
+    def _spawn(self, failures_in_a_row: int, go: Any, kwargs: dict[str, Any]) -> Worker:
         process = self.context.Process(
-            target=run_worker,
+            target=self.entry,
             args=(
                 self.name,
                 self.url,
@@ -106,19 +119,20 @@ class _Pool:
                 self.sole,
                 go,
             ),  # fmt: skip
+            kwargs=kwargs,
             name=f"dlboost-worker-{self.name}",
         )
         process.start()
-        return _Worker(process, datetime.now(), go=go)
+        return Worker(process, datetime.now(), go=go)
 
-    def prepare_successor(self, worker: _Worker) -> None:
+    def prepare_successor(self, worker: Worker) -> None:
         """Start a standby when `worker` nears its last trial (one standby at a time)."""
         if (
             self.standby is None
             and self.recycle_every > 1
             and worker.trials_started == max(1, self.recycle_every - STANDBY_LEAD_TRIALS)
         ):
-            self.standby = self._spawn(0, go=self.context.Event())
+            self.standby = self._spawn(0, go=self.context.Event(), kwargs={})
 
     def discard_standby(self) -> None:
         if self.standby is not None:
@@ -149,7 +163,13 @@ class _Pool:
             elif isinstance(event, events.TrialFinished):
                 worker.trial = None
             elif isinstance(
-                event, (events.WorkerDone, events.WorkerFailed, events.WorkerInterrupted)
+                event,
+                (
+                    events.WorkerDone,
+                    events.WorkerRetired,
+                    events.WorkerFailed,
+                    events.WorkerInterrupted,
+                ),
             ):
                 worker.outcome = event
         return failures
@@ -164,7 +184,7 @@ class _Pool:
                 worker.timed_out = worker.trial[0]
                 worker.process.kill()
 
-    def exited(self) -> list[tuple[int, _Worker]]:
+    def exited(self) -> list[tuple[int, Worker]]:
         """Remove and return the workers whose process has ended (a standby that ended before
         it was needed is just dropped: it ran no trial)."""
         if self.standby is not None and not self.standby.process.is_alive():
@@ -200,10 +220,10 @@ def drive(
     target of finished trials; fail and retry the trials whose worker or machine is gone."""
     name = study.study_name
     target = target_of(study)
-    pool = _Pool(name, url, space, workers, recycle_every, sole, target)
+    pool = WorkerPool(name, url, space, workers, recycle_every, sole, target)
     lost_trials = LostTrials(space.search)
     failures_in_a_row = 0
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
         on_event(events.StudyRunning(study, summarize(study), target, url, workers, pool.sole))
         while True:
@@ -233,14 +253,14 @@ def drive(
         on_event(events.Stopping())
         # Workers close their own trials; the pool closes what a worker could not.
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        closed = pool.running_trials(running) | set(_stop_all(study, pool, on_event))
+        closed = pool.running_trials(running) | set(stop_all(study, pool, on_event))
         raise Interrupted(
             f"stopped by the user; {len(closed) or 'no'} running trial(s) closed as failed, "
             f"nothing else lost. Continue with `dlboost-search resume {name} --storage "
             f"{masked(url)}`."
         ) from None
     except BaseException:
-        _stop_all(study, pool, on_event)
+        stop_all(study, pool, on_event)
         raise
     finally:
         pool.discard_standby()
@@ -263,11 +283,7 @@ def _worker_ended(study, space, pid, worker, failures_in_a_row, on_event) -> int
     code = worker.process.exitcode
     if worker.timed_out is not None:  # not retried: it would most likely hang again
         limit = space.training.trial_timeout_seconds
-        reason = (
-            f"still running after training.trial_timeout_seconds ({limit} s): the worker was "
-            f"stopped and the search moved on"
-        )
-        lost = close_abandoned_trials(study, pid, worker.started, reason)
+        lost = close_abandoned_trials(study, pid, worker.started, timed_out_reason(limit))
         on_event(events.TrialTimedOut(lost, limit))
     else:
         lost = close_abandoned_trials(
@@ -276,23 +292,37 @@ def _worker_ended(study, space, pid, worker, failures_in_a_row, on_event) -> int
         )  # fmt: skip
         on_event(events.WorkerLost(code, lost))
     failures_in_a_row += 1
-    if failures_in_a_row >= space.search.max_consecutive_failures:
-        if worker.timed_out is not None:
-            raise SearchAborted(
-                f"{failures_in_a_row} trials in a row ran past training.trial_timeout_seconds "
-                f"({space.training.trial_timeout_seconds} s). Raise the limit if trials are "
-                f"just slow (see train_seconds in `dlboost-search report`), or look for what "
-                f"blocks them, then `dlboost-search resume {study.study_name}`."
-            )
-        raise SearchAborted(
-            f"the worker process died {failures_in_a_row} times in a row (last exit code "
-            f"{code}). Look for out-of-memory kills in the system log, lower units/batch_size, "
-            f"then `dlboost-search resume {study.study_name}`."
-        )
+    lost_in_a_row(failures_in_a_row, worker, space, study.study_name)
     return failures_in_a_row
 
 
-def _stop_all(study: Any, pool: _Pool, on_event: EventHandler) -> list[int]:
+def timed_out_reason(limit: float) -> str:
+    """The fail_reason of a trial whose worker was stopped past its time limit."""
+    return (
+        f"still running after training.trial_timeout_seconds ({limit} s): the worker was "
+        f"stopped and the search moved on"
+    )
+
+
+def lost_in_a_row(failures_in_a_row: int, worker: Worker, space: SearchSpace, name: str) -> None:
+    """Stop the search once workers stopped past the time limit, or died, too often in a row."""
+    if failures_in_a_row < space.search.max_consecutive_failures:
+        return
+    if worker.timed_out is not None:
+        raise SearchAborted(
+            f"{failures_in_a_row} trials in a row ran past training.trial_timeout_seconds "
+            f"({space.training.trial_timeout_seconds} s). Raise the limit if trials are "
+            f"just slow (see train_seconds in `dlboost-search report`), or look for what "
+            f"blocks them, then `dlboost-search resume {name}`."
+        )
+    raise SearchAborted(
+        f"the worker process died {failures_in_a_row} times in a row (last exit code "
+        f"{worker.process.exitcode}). Look for out-of-memory kills in the system log, lower "
+        f"units/batch_size, then `dlboost-search resume {name}`."
+    )
+
+
+def stop_all(study: Any, pool: WorkerPool, on_event: EventHandler) -> list[int]:
     """Ask every worker to close its trial and exit, wait, and close what they left."""
     # A second Ctrl-C or a SIGTERM must not cut short the workers closing their trials.
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -313,7 +343,8 @@ def _stop_all(study: Any, pool: _Pool, on_event: EventHandler) -> list[int]:
             signal.signal(sig, handler)
 
 
-def _raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
+def raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
+    """SIGTERM's handler while a pool runs: stop as on Ctrl-C."""
     raise KeyboardInterrupt
 
 

@@ -4,8 +4,9 @@ hand it to its backend. This is the one module that reads `search.backend`.
 A backend runs the trials and sends events (events.py) as they go:
     optuna     workers in processes of their own, driven by pool.py (many per machine, and
                other machines joining through `worker`)
-    hyperband  keras-tuner's Hyperband in this process, one trial after another (hyperband.py)
-Neither imports TensorFlow into this process before the study runs.
+    hyperband  keras-tuner's Hyperband schedule in one worker process at a time, through the
+               same pool (hyperband.py)
+Neither imports TensorFlow into this process.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class HyperbandBackend:
         from dlboost_search import hyperband
 
         # Its schedule sets the target: the trials its brackets hold.
-        return hyperband.run(study, url, space, on_event)
+        return hyperband.drive(study, url, space, recycle_every, on_event)
 
 
 BACKENDS: dict[str, Backend] = {"optuna": OptunaBackend(), "hyperband": HyperbandBackend()}

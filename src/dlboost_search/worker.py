@@ -27,6 +27,8 @@ from dlboost_search.spaces import SearchSpace
 __all__ = [
     "INTERRUPTED_REASON",
     "SURPLUS_REASON",
+    "EventQueue",
+    "rss_mb",
     "run_worker",
 ]
 
@@ -78,12 +80,12 @@ def _signals_raise(now: bool) -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-class _Events:
+class EventQueue:
     """The queue to the pool; every event names the worker process it comes from."""
 
     def __init__(self, queue: Any):
@@ -117,7 +119,7 @@ def run_worker(
     os.setpgrp()
     signal.signal(signal.SIGINT, _stop_on_first_signal)
     signal.signal(signal.SIGTERM, _stop_on_first_signal)
-    sent = _Events(queue)
+    sent = EventQueue(queue)
     try:
         stream = 0 if sole_worker else os.getpid()
         _run(
@@ -173,7 +175,7 @@ def _run(
     target: int,
     max_trials: int,
     failures_in_a_row: int,
-    sent: _Events,
+    sent: EventQueue,
     threads: int | None,
     stream: int,
     go: Any = None,
@@ -185,7 +187,7 @@ def _run(
     # Before the slow TensorFlow import: a worker started as the last trial began elsewhere
     # leaves at once.
     if _work_left(study, target) <= 0:
-        sent.put(events.WorkerDone(_rss_mb()))
+        sent.put(events.WorkerDone(rss_mb()))
         return
     import_tensorflow_quietly(threads)
     import keras
@@ -205,7 +207,7 @@ def _run(
             if os.getppid() != parent:  # the pool is gone
                 return
         if _work_left(study, target) <= 0:
-            sent.put(events.WorkerDone(_rss_mb()))
+            sent.put(events.WorkerDone(rss_mb()))
             return
         failures_in_a_row = _trailing_failures(study)
     # Sampled now, not at start-up: a standby sees every trial its predecessor finished.
@@ -250,7 +252,7 @@ def _run(
         finally:
             for key, value in record.as_attrs().items():
                 trial.set_user_attr(key, value)
-            trial.set_user_attr(records.WORKER_RSS_MB, round(_rss_mb(), 1))
+            trial.set_user_attr(records.WORKER_RSS_MB, round(rss_mb(), 1))
             # No full garbage collection per trial (0.2 s): recycling bounds the memory.
             keras.backend.clear_session(free_memory=False)
 
@@ -291,4 +293,4 @@ def _run(
         study.optimize(
             objective, n_trials=max_trials, callbacks=[after_trial], catch=(TrialFailed,)
         )
-    sent.put(events.WorkerDone(_rss_mb()))
+    sent.put(events.WorkerDone(rss_mb()))
