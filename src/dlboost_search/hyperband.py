@@ -121,8 +121,8 @@ def drive(study: Any, url: str, space: SearchSpace, recycle_every: int, on_event
     from dlboost_search.pool import (
         WorkerPool,
         lost_in_a_row,
-        raise_keyboard_interrupt,
         stop_all,
+        stopped_together,
         timed_out_reason,
     )
     from dlboost_search.study import summarize
@@ -145,8 +145,12 @@ def drive(study: Any, url: str, space: SearchSpace, recycle_every: int, on_event
         with_study(event)
 
     abandoned: str | None = None  # why the trial a stopped worker left failed
-    previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    try:
+
+    def interrupted() -> Interrupted:
+        stop_all(study, pool, on_event)  # nothing to close: trials are stored once finished
+        return _interrupted(name, url)
+
+    with stopped_together(study, pool, on_event, interrupted):
         while True:
             if not pool.workers:
                 kwargs = {"abandoned": abandoned} if abandoned else {}
@@ -172,16 +176,6 @@ def drive(study: Any, url: str, space: SearchSpace, recycle_every: int, on_event
                     on_event(events.WorkerLost(worker.process.exitcode, lost))
                 failures_in_a_row += 1
                 lost_in_a_row(failures_in_a_row, worker, space, name)
-    except KeyboardInterrupt:
-        on_event(events.Stopping())
-        stop_all(study, pool, on_event)
-        raise _interrupted(name, url) from None
-    except BaseException:
-        stop_all(study, pool, on_event)
-        raise
-    finally:
-        pool.discard_standby()
-        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 def run_worker(

@@ -14,7 +14,8 @@ import os
 import queue
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -34,8 +35,8 @@ __all__ = [
     "close_abandoned_trials",
     "drive",
     "lost_in_a_row",
-    "raise_keyboard_interrupt",
     "stop_all",
+    "stopped_together",
     "timed_out_reason",
 ]
 
@@ -223,8 +224,18 @@ def drive(
     pool = WorkerPool(name, url, space, workers, recycle_every, sole, target)
     lost_trials = LostTrials(space.search)
     failures_in_a_row = 0
-    previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    try:
+
+    def interrupted() -> Interrupted:
+        # Workers close their own trials; the pool closes what a worker could not.
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        closed = pool.running_trials(running) | set(stop_all(study, pool, on_event))
+        return Interrupted(
+            f"stopped by the user; {len(closed) or 'no'} running trial(s) closed as failed, "
+            f"nothing else lost. Continue with `dlboost-search resume {name} --storage "
+            f"{masked(url)}`."
+        )
+
+    with stopped_together(study, pool, on_event, interrupted):
         on_event(events.StudyRunning(study, summarize(study), target, url, workers, pool.sole))
         while True:
             lost = lost_trials(study)
@@ -249,16 +260,21 @@ def drive(
                 failures_in_a_row = _worker_ended(
                     study, space, pid, worker, failures_in_a_row, on_event
                 )
+
+
+@contextmanager
+def stopped_together(
+    study: Any, pool: WorkerPool, on_event: EventHandler, interrupted: Callable[[], Exception]
+) -> Iterator[None]:
+    """While a backend drives `pool`: SIGTERM stops it as Ctrl-C does, raising what
+    `interrupted()` returns (which stops the workers and says what was closed); any other
+    error stops the workers too, and goes on."""
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        yield
     except KeyboardInterrupt:
         on_event(events.Stopping())
-        # Workers close their own trials; the pool closes what a worker could not.
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        closed = pool.running_trials(running) | set(stop_all(study, pool, on_event))
-        raise Interrupted(
-            f"stopped by the user; {len(closed) or 'no'} running trial(s) closed as failed, "
-            f"nothing else lost. Continue with `dlboost-search resume {name} --storage "
-            f"{masked(url)}`."
-        ) from None
+        raise interrupted() from None
     except BaseException:
         stop_all(study, pool, on_event)
         raise
@@ -343,8 +359,7 @@ def stop_all(study: Any, pool: WorkerPool, on_event: EventHandler) -> list[int]:
             signal.signal(sig, handler)
 
 
-def raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
-    """SIGTERM's handler while a pool runs: stop as on Ctrl-C."""
+def _raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
