@@ -97,6 +97,7 @@ def test_trials_record_what_they_did_and_the_same_seed_repeats_them(
         result = run_cli("start", space, "--storage", url)
         assert result.returncode == 0, result.stderr
         assert "best val_loss" in result.stdout
+        assert "oneDNN" not in result.stderr  # TensorFlow's start-up chatter stays out
         runs.append(load(url))
     study, again = runs
 
@@ -156,6 +157,7 @@ def test_an_interrupt_closes_the_running_trial_and_resume_reaches_the_target(
         cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "Reloading Tuner" not in result.stdout  # keras-tuner's own print stays out
     study = load(storage)
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == backend.long_target

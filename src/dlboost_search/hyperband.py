@@ -20,7 +20,9 @@ training.trial_timeout_seconds is stopped, and its successor records that trial 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import math
 import os
 import signal
@@ -263,16 +265,17 @@ def _run(
 ) -> bool:  # fmt: skip
     """The schedule, in this process; True when it has ended, False when this process ran
     `max_trials` trials and retires."""
+    from dlboost_search._tf import import_tensorflow_quietly
+
+    import_tensorflow_quietly(threads=threads)  # before Keras imports it, chatter and all
     import keras
     import keras_tuner as kt
     import optuna
 
-    from dlboost_search._tf import import_tensorflow_quietly
     from dlboost_search.study import set_target, summarize
     from dlboost_search.training import TrainingRecord
     from dlboost_search.trial import TrialContext
 
-    import_tensorflow_quietly(threads=threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # keras-tuner prints every failed trial's traceback (its config.DEBUG is on by default);
     # our progress line already says why the trial failed.
@@ -431,23 +434,25 @@ def _run(
         not (folder / "hyperband" / "tuner0.json").is_file()
         and (folder / "hyperband" / "oracle.json").is_file()
     )
-    tuner = Tuner(
-        hypermodel=Model(),
-        objective=objective,
-        max_epochs=space.training.max_epochs,
-        factor=space.search.factor,
-        hyperband_iterations=space.search.hyperband_iterations,
-        # keras-tuner takes a seed of 0 for none (`seed or random.randint(...)`), and 0 is
-        # what the shipped spaces use: shift by one so that every seed fixes the schedule.
-        seed=None if space.search.seed is None else space.search.seed + 1,
-        hyperparameters=hyperparameters(space),
-        tune_new_entries=False,
-        allow_new_entries=False,
-        max_consecutive_failed_trials=space.search.max_consecutive_failures,
-        directory=str(folder),
-        project_name="hyperband",
-        overwrite=False,
-    )
+    # keras-tuner prints "Reloading Tuner from ..." each time a worker takes over.
+    with contextlib.redirect_stdout(io.StringIO()):
+        tuner = Tuner(
+            hypermodel=Model(),
+            objective=objective,
+            max_epochs=space.training.max_epochs,
+            factor=space.search.factor,
+            hyperband_iterations=space.search.hyperband_iterations,
+            # keras-tuner takes a seed of 0 for none (`seed or random.randint(...)`), and 0 is
+            # what the shipped spaces use: shift by one so that every seed fixes the schedule.
+            seed=None if space.search.seed is None else space.search.seed + 1,
+            hyperparameters=hyperparameters(space),
+            tune_new_entries=False,
+            allow_new_entries=False,
+            max_consecutive_failed_trials=space.search.max_consecutive_failures,
+            directory=str(folder),
+            project_name="hyperband",
+            overwrite=False,
+        )
     if oracle_only:
         tuner.oracle.reload()  # its running trial is queued to run again, as on a full reload
     for trial in tuner.oracle.trials.values():  # finished before a crash, never copied
