@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
+import yaml
 from test_dashboard import serve, stop
 
 from conftest import TINY_SPACE
@@ -70,6 +72,27 @@ def test_study_page_shows_the_importance_plots_and_the_report_note(browser, serv
     assert page.get_by_text("Best parameters").is_visible()
     page.screenshot(path=tmp_path / "note.png", full_page=True)
     assert (tmp_path / "note.png").stat().st_size > 10_000
+
+
+def test_no_report_figure_is_wider_than_the_page(browser, storage, tmp_path):
+    # Eight parameters: Optuna's own slice plot of them alone is 2,400 px wide.
+    space = space_from_dict(
+        yaml.safe_load(Path("search_spaces/diabetes_mlp.yaml").read_text()), "x"
+    )
+    study = synthetic_study(space, storage, 40)
+    report = reports.build_report(study)
+    page_file = tmp_path / "report.html"
+    page_file.write_text(reports.to_html(report, reports.figures(study, report)))
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(page_file.as_uri())
+    page.locator(".js-plotly-plot").last.wait_for(timeout=30_000)
+    widths = page.evaluate(
+        "[...document.querySelectorAll('.js-plotly-plot')]"
+        ".map(e => e.getBoundingClientRect().right)"
+    )
+    assert len(widths) == len(reports.figures(study, report)) >= 7
+    assert max(widths) <= 1280
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280  # no sideways scrolling
 
 
 def test_a_browser_without_the_token_is_refused(browser, served_study, tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 import re
 
 import optuna
@@ -11,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import TINY_SPACE, call_wsgi
-from dlboost_search import reports
+from dlboost_search import importance, reports
 from dlboost_search.errors import StudyError
 from dlboost_search.spaces import space_from_dict
 from dlboost_search.study import create_or_check
@@ -46,13 +48,109 @@ def test_the_report_holds_what_the_storage_holds(study):
 
 def test_both_importances_are_named_and_cover_the_searched_parameters(study):
     importances = reports.build_report(study)["importances"]
+    complete = sum(t.state == TrialState.COMPLETE for t in study.get_trials())
+    assert complete >= importance.RANK_MIN_TRIALS  # enough: the final values, of those alone
     assert set(importances) == {"fANOVA", "PED-ANOVA"}
-    for name, values in importances.items():
-        assert set(values) == set(study.best_trial.params), name
-        assert sum(values.values()) == pytest.approx(1.0, abs=0.01)
+    for name, found in importances.items():
+        assert (found["n_trials"], found["pruned"], found["epochs"]) == (complete, 0, None)
+        assert found["explains"] == "each trial's final val_loss"
+        assert set(found["params"]) == set(study.best_trial.params), name
+        figures = found["params"].values()
+        assert sum(f["importance"] for f in figures) == pytest.approx(1.0, abs=0.01)
+        assert all(f["low"] <= f["importance"] <= f["high"] for f in figures)
+        assert 0 <= found["top_stays_first"] <= found["resamples"] == importance.RESAMPLES
     # The synthetic value depends on learning_rate most, then units; fANOVA finds it.
-    ranked = sorted(importances["fANOVA"], key=importances["fANOVA"].get, reverse=True)
-    assert ranked[:2] == ["learning_rate", "units"]
+    assert list(importances["fANOVA"]["params"])[:2] == ["learning_rate", "units"]
+
+
+def _halving_study(space, storage, n_trials):
+    """A study of `space` where only the learning rate matters, searched at random under
+    successive halving (rungs at 1, 3, 9 epochs of 27): most trials are pruned."""
+    study = create_or_check(space, storage)
+    study.sampler = optuna.samplers.RandomSampler(seed=0)
+    study.pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    noise = random.Random(0)
+
+    def objective(trial):
+        for name, spec in space.searched().items():  # suggested, and no effect
+            if name != "learning_rate":
+                suggest = trial.suggest_int if isinstance(spec.low, int) else trial.suggest_float
+                suggest(name, spec.low, spec.high, log=spec.log)
+        lr = trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True)
+        for step in range(27):
+            value = (math.log10(lr) + 2.5) ** 2 + 1 / (step + 1) + noise.gauss(0, 0.002)
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    study.optimize(objective, n_trials=n_trials)
+    return study
+
+
+def test_importances_count_the_pruned_trials_and_rank_what_matters_first(storage):
+    space = space_from_dict({**TINY_SPACE, "name": "halving"}, "test")
+    study = _halving_study(space, storage, 40)
+    complete = sum(t.state == TrialState.COMPLETE for t in study.get_trials())
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert complete < importance.RANK_MIN_TRIALS  # on completed trials alone: no ranking
+    report = reports.build_report(study)
+    for name, found in report["importances"].items():
+        assert found["n_trials"] >= importance.RANK_MIN_TRIALS, name
+        assert found["pruned"] == found["n_trials"] - complete > complete, name
+        # Optuna's rungs sit at steps 1, 3, 9 (epochs 2, 4, 10): the deepest enough reached.
+        assert found["epochs"] in (2, 4, 10), name
+        assert complete + sum(max(t.intermediate_values) >= found["epochs"] for t in pruned) < 20
+        assert (
+            found["explains"]
+            == f"each trial's best val_loss within its first {found['epochs']} epochs"
+        )
+        assert next(iter(found["params"])) == "learning_rate", name
+    markdown = reports.to_markdown(report)
+    assert (
+        f"From {report['importances']['fANOVA']['n_trials']} trials ({complete} complete"
+        in markdown
+    )
+    assert "- fANOVA: `learning_rate` ranks first in" in markdown
+
+
+def test_too_few_trials_give_no_ranking_but_the_reason(space, storage):
+    study = _halving_study(space_from_dict({**TINY_SPACE, "name": "few"}, "test"), storage, 8)
+    report = reports.build_report(study)
+    for found in report["importances"].values():
+        assert found["params"] is None and found["n_trials"] == 8
+        assert found["too_few"].startswith("Too few finished trials to rank parameters: 8 (")
+    markdown = reports.to_markdown(report)
+    assert "a ranking needs at least 20. Run `dlboost-search resume few --trials N`" in markdown
+    assert not any(
+        title.startswith("Parameter importances") for title in reports.figures(study, report)
+    )
+
+
+def test_ties_come_out_in_the_same_order_every_time(study):
+    first, again = reports.build_report(study), reports.build_report(study)
+    assert reports.to_markdown(first) == reports.to_markdown(again)
+    for found in first["importances"].values():
+        order = [(-f["importance"], p) for p, f in found["params"].items()]
+        assert order == sorted(order)
+
+
+def test_figures_color_the_best_trial_darkest_and_fit_the_page(study):
+    report = reports.build_report(study)
+    plots = reports.figures(study, report)
+    slices = [f for title, f in plots.items() if title.startswith("Slice plots")]
+    assert len(slices) == 2  # six parameters, at most four a figure
+    for figure in slices:
+        assert figure.layout.width is None and len(figure.data) <= reports.SLICE_PARAMS
+        for trace in figure.data:
+            assert list(trace.marker.color) == list(trace.y) and trace.marker.reversescale
+    lines = [t for t in plots["Parallel coordinates"].data if t.mode == "lines"]
+    darkness = [-sum(int(float(c)) for c in t.line.color[4:-1].split(",")) for t in lines]
+    best = min(range(len(lines)), key=lambda i: lines[i].y[0])  # normalized objective
+    assert darkness[best] == max(darkness)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    history = plots["Optimization history"].data
+    assert [len(t.x) for t in history if t.name == "Pruned (value when stopped)"] == [len(pruned)]
 
 
 def test_a_snapshot_holds_the_stored_trials_and_space(study):
@@ -67,15 +165,15 @@ def test_a_snapshot_holds_the_stored_trials_and_space(study):
 
 
 def test_big_studies_sample_fanova_and_learning_curves_and_say_so(space, storage, monkeypatch):
-    monkeypatch.setattr(reports, "FANOVA_SAMPLE", 30)
+    monkeypatch.setattr(importance, "FANOVA_SAMPLE", 30)
     monkeypatch.setattr(reports, "CURVE_SAMPLE", 25)
     study = reports.snapshot(synthetic_study(space, storage, 80, seed=2))
     report = reports.build_report(study)
-    complete = report["trials"]["complete"]
-    assert complete > 30
-    assert any(f"sample of 30 of the {complete} completed" in note for note in report["notes"])
-    ranked = sorted(report["importances"]["fANOVA"], key=report["importances"]["fANOVA"].get)
-    assert ranked[-1] == "learning_rate"  # the sample still finds what matters most
+    fanova = report["importances"]["fANOVA"]
+    assert fanova["n_trials"] > 30 and fanova["sampled"] == 30
+    assert "sampled" not in report["importances"]["PED-ANOVA"]
+    assert f"a fixed random 30 of {fanova['n_trials']} trials" in reports.to_markdown(report)
+    assert next(iter(fanova["params"])) == "learning_rate"  # the sample still finds it
     with_curves = sum(bool(t.intermediate_values) for t in study.get_trials(deepcopy=False))
     plots = reports.figures(study, report)
     title = f"Learning curves (intermediate values), a random 25 of {with_curves} trials"
@@ -94,10 +192,10 @@ def test_pruning_savings_add_up(study):
 def test_a_study_with_one_trial_says_so(space, storage):
     study = synthetic_study(space, storage, 1, states=(1, 0, 0))
     report = reports.build_report(study)
-    assert report["importances"] == {"fANOVA": None, "PED-ANOVA": None}
+    assert [f["params"] for f in report["importances"].values()] == [None, None]
     assert any("Only one trial" in note for note in report["notes"])
     markdown = reports.to_markdown(report)
-    assert "Importances need at least two completed trials" in markdown
+    assert "Too few finished trials to rank parameters: 1 (1 complete, 0 pruned)" in markdown
     assert "Parallel coordinates" not in reports.figures(study, report)
 
 

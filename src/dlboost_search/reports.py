@@ -12,7 +12,7 @@ import json
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from dlboost_search import records
+from dlboost_search import importance, records
 from dlboost_search.errors import StudyError
 from dlboost_search.study import space_of, summarize
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIGURE_IDS",
+    "SLICE_PARAMS",
     "best_of",
     "build_report",
     "figures",
@@ -35,15 +36,13 @@ __all__ = [
 ]
 
 TOP_TRIALS = 10
-# Importance evaluators, named as users meet them: the dashboard shows PED-ANOVA,
-# fANOVA is the classic one. They often disagree; the report shows both side by side.
-EVALUATORS = {"fANOVA": "fanova", "PED-ANOVA": "ped_anova"}
-FIGURE_IDS = {"fANOVA": "dlboost-importance-fanova", "PED-ANOVA": "dlboost-importance-ped-anova"}
-# fANOVA's forest costs about n^1.4 (here: 1.2 s for 100 trials, 22 s for 800), so past this many
-# completed trials it sees a fixed random sample of them; PED-ANOVA is cheap and sees them all.
-FANOVA_SAMPLE = 300
+FIGURE_IDS = {name: f"dlboost-importance-{name.lower()}" for name in importance.EVALUATORS}
 # More learning curves than this draw as a solid block and slow the browser down.
 CURVE_SAMPLE = 200
+# Parameters per slice-plot figure: more would not fit the page's width.
+SLICE_PARAMS = 4
+# Worst to best: the light end stays visible on white, the best trial is the darkest.
+COLOR_SCALE = [[0.0, "rgb(190,215,235)"], [0.5, "rgb(66,146,198)"], [1.0, "rgb(8,48,107)"]]
 
 
 def snapshot(study: optuna.Study) -> optuna.Study:
@@ -64,24 +63,6 @@ def _in_memory(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> o
     copy = optuna.create_study(study_name=study.study_name, directions=study.directions)
     copy.add_trials(trials)
     return copy
-
-
-def _sample(trials: list[Any], size: int) -> list[Any]:
-    """At most `size` of `trials`, drawn the same way every time, in their original order."""
-    import random
-
-    if len(trials) <= size:
-        return trials
-    kept = set(random.Random(0).sample(range(len(trials)), size))
-    return [t for i, t in enumerate(trials) if i in kept]
-
-
-def _evaluator(name: str) -> Any:
-    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
-
-    if name == "fANOVA":
-        return FanovaImportanceEvaluator(seed=0)
-    return PedAnovaImportanceEvaluator()
 
 
 def best_of(study: optuna.Study, space: SearchSpace | None = None) -> dict[str, Any]:
@@ -130,6 +111,7 @@ def build_report(study: optuna.Study, space: SearchSpace | None = None) -> dict[
     from optuna.trial import TrialState
 
     report = best_of(study, space)
+    basis = importance.basis_of(study, report["metric"])
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     ranked = sorted(complete, key=lambda t: t.value, reverse=report["direction"] == "maximize")
@@ -144,26 +126,12 @@ def build_report(study: optuna.Study, space: SearchSpace | None = None) -> dict[
             }
             for t in ranked[:TOP_TRIALS]
         ],  # fmt: skip
-        "importances": {name: _importances(study, name, complete) for name in EVALUATORS},
+        "importances": {
+            name: importance.importances(study, basis, name) for name in importance.EVALUATORS
+        },
         "pruning": _pruning(trials),
         "notes": _notes(report["trials"]),
     }
-
-
-def _importances(
-    study: optuna.Study, name: str, complete: list[optuna.trial.FrozenTrial]
-) -> dict[str, float] | None:
-    import optuna
-
-    if len(complete) < 2 or not study.best_trial.distributions:
-        return None
-    if name == "fANOVA" and len(complete) > FANOVA_SAMPLE:
-        study = _in_memory(study, _sample(complete, FANOVA_SAMPLE))
-    try:
-        importances = optuna.importance.get_param_importances(study, evaluator=_evaluator(name))
-    except (ValueError, RuntimeError):  # e.g. every trial has the same parameters
-        return None
-    return {k: round(float(v), 4) for k, v in importances.items()}
 
 
 def _pruning(trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
@@ -189,12 +157,6 @@ def _pruning(trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
 
 def _notes(counts: dict[str, int]) -> list[str]:
     notes = []
-    if counts["complete"] > FANOVA_SAMPLE:
-        notes.append(
-            f"fANOVA importances come from a fixed random sample of {FANOVA_SAMPLE} of the "
-            f"{counts['complete']} completed trials (its cost grows faster than the number of "
-            "trials); PED-ANOVA uses them all."
-        )
     if counts["complete"] == 1:
         notes.append(
             "Only one trial has completed: its parameters are the best so far, but importances "
@@ -210,42 +172,130 @@ def figures(study: optuna.Study, report: dict[str, Any]) -> dict[str, go.Figure]
     import optuna.visualization as vis
 
     plots: dict[str, go.Figure] = {}
-    for name, importances in report["importances"].items():
-        if importances:
-            plots[f"Parameter importances ({name})"] = _importance_figure(name, importances)
-    plots["Optimization history"] = vis.plot_optimization_history(study)
+    for name, found in report["importances"].items():
+        if found["params"]:
+            plots[f"Parameter importances ({name})"] = _importance_figure(name, found)
+    plots["Optimization history"] = _history_figure(study, report["metric"])
     curves = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
-    shown = _sample(curves, CURVE_SAMPLE)
+    shown = importance.sample(curves, CURVE_SAMPLE)
     title = "Learning curves (intermediate values)"
     if len(shown) < len(curves):
         title += f", a random {len(shown)} of {len(curves)} trials"
     plots[title] = vis.plot_intermediate_values(_in_memory(study, shown))
     if report["trials"]["complete"] >= 2 and study.best_trial.distributions:
-        plots["Parallel coordinates"] = vis.plot_parallel_coordinate(study)
-        plots["Slice plots"] = vis.plot_slice(study)
+        minimize = report["direction"] == "minimize"
+        plots["Parallel coordinates"] = _recolored_lines(
+            vis.plot_parallel_coordinate(study), minimize
+        )
+        params = sorted(study.best_trial.distributions)
+        chunks = [params[i : i + SLICE_PARAMS] for i in range(0, len(params), SLICE_PARAMS)]
+        for i, chunk in enumerate(chunks):
+            figure = vis.plot_slice(study, params=chunk)
+            title = "Slice plots" + (f" ({i + 1} of {len(chunks)})" if len(chunks) > 1 else "")
+            plots[title] = _colored_by_value(figure, report["metric"], minimize)
     return plots
 
 
-def _importance_figure(name: str, importances: dict[str, float]) -> go.Figure:
+def _importance_figure(name: str, found: dict[str, Any]) -> go.Figure:
     # Drawn from the report's numbers: computing them again, as optuna's plot would, costs
-    # as much as the report itself.
+    # as much as the report itself. The value sits in the axis label, where it is never cut off.
     import plotly.graph_objects as go
 
-    ranked = sorted(importances.items(), key=lambda item: item[1])
+    ranked = list(found["params"].items())[::-1]  # most important at the top
     figure = go.Figure(
         go.Bar(
-            x=[v for _, v in ranked],
-            y=[k for k, _ in ranked],
+            x=[v["importance"] for _, v in ranked],
+            y=[f"{p} {v['importance']:.2f}" for p, v in ranked],
             orientation="h",
-            text=[f"{v:.2f}" for _, v in ranked],
-            textposition="outside",
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": [v["high"] - v["importance"] for _, v in ranked],
+                "arrayminus": [v["importance"] - v["low"] for _, v in ranked],
+            },
         )
     )
     figure.update_layout(
-        title=f"Parameter importances ({name})",
-        xaxis_title="importance (sums to 1)",
-        margin={"l": 120},
+        title=f"Parameter importances ({name})<br><sub>{_basis(found)}</sub>",
+        xaxis_title=(
+            f"importance (sums to 1); bars: 10th-90th percentile over {found['resamples']} "
+            "resamples"
+        ),
+        yaxis={"automargin": True},
     )
+    return figure
+
+
+def _basis(found: dict[str, Any]) -> str:
+    """Which trials and which value importances rest on, in a line."""
+    trials = f"{found['n_trials']} trials"
+    if found["pruned"]:
+        trials += f" ({found['complete']} complete, {found['pruned']} pruned)"
+    if "sampled" in found:
+        trials = f"a fixed random {found['sampled']} of {trials}"
+    return f"{trials}, {found['explains']}"
+
+
+def _history_figure(study: optuna.Study, metric: str) -> go.Figure:
+    """Optuna's history of completed trials, with the pruned ones marked at their last value."""
+    import optuna.visualization as vis
+    import plotly.graph_objects as go
+    from optuna.trial import TrialState
+
+    figure = vis.plot_optimization_history(study, target_name=metric)
+    pruned = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        if t.intermediate_values
+    ]
+    if pruned:
+        figure.add_trace(
+            go.Scatter(
+                x=[t.number for t in pruned],
+                y=[t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+                mode="markers",
+                marker={"symbol": "x", "color": "grey", "size": 7},
+                name="Pruned (value when stopped)",
+            )
+        )
+    return figure
+
+
+def _color_of(position: float) -> str:
+    import plotly.colors
+
+    return plotly.colors.sample_colorscale(COLOR_SCALE, [position])[0]
+
+
+def _recolored_lines(figure: go.Figure, minimize: bool) -> go.Figure:
+    # Optuna draws one line per trial, its first point at the normalized objective value, on a
+    # scale whose weak end is white: recolored on COLOR_SCALE, the best line darkest.
+    for trace in figure.data:
+        if trace.mode == "lines":
+            value = trace.y[0]
+            trace.line.color = _color_of(1 - value if minimize else value)
+            trace.opacity = 0.8
+        elif trace.marker.colorscale is not None:  # the colour bar's stand-in trace
+            trace.marker.colorscale = COLOR_SCALE
+            trace.marker.reversescale = minimize
+    return figure
+
+
+def _colored_by_value(figure: go.Figure, metric: str, minimize: bool) -> go.Figure:
+    # Optuna colours slice points by trial number (early trials near-white, and the best trial
+    # is often an early one): coloured by the objective instead, the best darkest.
+    values = [v for trace in figure.data for v in trace.y]
+    for i, trace in enumerate(figure.data):
+        trace.marker.update(
+            color=list(trace.y),
+            cmin=min(values),
+            cmax=max(values),
+            colorscale=COLOR_SCALE,
+            reversescale=minimize,
+            showscale=i == 0,
+            colorbar={"title": {"text": metric}},
+        )
+    figure.update_layout(width=None, autosize=True)
     return figure
 
 
@@ -275,24 +325,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         "## Parameter importances",
         "",
     ]
-    names = list(report["importances"])
-    if all(report["importances"][n] is None for n in names):
-        lines.append("Importances need at least two completed trials with different parameters.")
-    else:
-        params = sorted(
-            {p for n in names for p in (report["importances"][n] or {})},
-            key=lambda p: -(report["importances"][names[0]] or {}).get(p, 0),
-        )
-        lines += [f"| parameter | {' | '.join(names)} |", "|---|" + "---|" * len(names)]
-        for p in params:
-            cells = [_format((report["importances"][n] or {}).get(p, "-")) for n in names]
-            lines.append(f"| {p} | {' | '.join(cells)} |")
-        lines += [
-            "",
-            "fANOVA measures how much of the metric's variance each parameter explains over the "
-            "whole space; PED-ANOVA how much each parameter separates the best trials from the "
-            "rest. They answer different questions and can disagree.",
-        ]
+    lines += _importance_lines(report)
     pruning = report["pruning"]
     lines += [
         "",
@@ -313,6 +346,50 @@ def to_markdown(report: dict[str, Any]) -> str:
         ],
     ]
     return "\n".join(lines) + "\n"
+
+
+def _importance_lines(report: dict[str, Any]) -> list[str]:
+    found = report["importances"]
+    ranked = {name: f for name, f in found.items() if f["params"]}
+    if not ranked:
+        reason = next(iter(found.values()))["too_few"]
+        return [
+            f"{reason} Run `dlboost-search resume {report['study']} --trials N` to add trials; "
+            "no ranking is shown until then."
+        ]
+    names = list(ranked)
+    first = ranked[names[0]]
+    lines = [
+        f"From {_basis(first)}. In brackets, the 10th to 90th percentile over "
+        f"{first['resamples']} resamples of those trials: how far each figure can move.",
+        "",
+        f"| parameter | {' | '.join(names)} |",
+        "|---|" + "---|" * len(names),
+    ]
+    for param in first["params"]:
+        cells = []
+        for name in names:
+            figure = ranked[name]["params"].get(param)
+            cells.append(
+                f"{figure['importance']:.2f} ({figure['low']:.2f}-{figure['high']:.2f})"
+                if figure
+                else "-"
+            )
+        lines.append(f"| {param} | {' | '.join(cells)} |")
+    lines.append("")
+    for name, f in ranked.items():
+        top = next(iter(f["params"]))
+        lines.append(
+            f"- {name}: `{top}` ranks first in {f['top_stays_first']} of {f['resamples']} "
+            "resamples."
+        )
+    lines += [
+        "",
+        "fANOVA measures how much of the metric's variance each parameter explains over the "
+        "whole space; PED-ANOVA how much each parameter separates the best trials from the "
+        "rest. They answer different questions and can disagree.",
+    ]
+    return lines
 
 
 def to_json(report: dict[str, Any]) -> str:
