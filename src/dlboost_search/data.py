@@ -65,6 +65,8 @@ class PreparedData:
     # How raw input becomes x (see `read_for_prediction`): {"kind": "table", ...} or
     # {"kind": "array", ...}.
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    # Where the validation rows come from, in words: the model card says what its scores measure.
+    validation_rows: str = ""
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -318,6 +320,12 @@ def _split(n_rows: int, y: np.ndarray | None, fraction: float, seed: int, source
         ) from None
 
 
+def _held_out(fraction: float, seed: int, stratified: bool) -> str:
+    """The validation rows of a `_split`, in words."""
+    how = ", stratified by class" if stratified else ""
+    return f"held out at random by `data.validation_split: {fraction:g}` (seed {seed}{how})"
+
+
 def _check_stratifiable(y: np.ndarray, n_rows: int, n_val: int, fraction: float, source: str):
     """Each side of a stratified split needs a row of every class."""
     import pandas as pd
@@ -405,15 +413,17 @@ def _prepare_frame(
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
         raise DataError(f"{source}: no feature columns besides the target {shown(target)}.")
+    val_source = val_source or source
     if validation is None:
         stratify = y_all if task != "regression" else None
         train_idx, val_idx = _split(len(frame), stratify, fraction, seed, source)
         x_train_df, x_val_df = features.iloc[train_idx], features.iloc[val_idx]
         y_train, y_val = y_all[train_idx], y_all[val_idx]
+        validation_rows = f"{source}, {_held_out(fraction, seed, stratify is not None)}"
     else:
         x_train_df, y_train = features, y_all
         x_val_df, y_val = validation.drop(columns=[target]), validation[target].to_numpy()
-    val_source = val_source or source
+        validation_rows = f"{val_source} (`data.validation_path`)"
     x_train, x_val, names, recipe = _encode_features(x_train_df, x_val_df, source, val_source)
     y_train, y_val, labels, mean, std = _encode_target(
         y_train, y_val, task, source, target, val_source
@@ -422,7 +432,7 @@ def _prepare_frame(
         x_train, y_train, x_val, y_val, task,
         n_outputs=len(labels) if task == "multiclass" else 1,
         feature_names=names, class_labels=labels, target_mean=mean, target_std=std,
-        preprocessing={**recipe, "target": target},
+        preprocessing={**recipe, "target": target}, validation_rows=validation_rows,
     )  # fmt: skip
 
 
@@ -532,6 +542,7 @@ def _prepare_npz(path: Path, spec: DataSpec, seed: int) -> PreparedData:
         )
         x_train, x_val, y_train, y_val = x[train_idx], x[val_idx], y[train_idx], y[val_idx]
         names = ("x", "x")
+        held = f"{path}, {_held_out(spec.validation_split, seed, task != 'regression')}"
     elif {"x_train", "y_train", "x_val", "y_val"} <= arrays.keys():
         x_train, y_train, classes = _checked_pair(path, arrays, "x_train", "y_train")
         x_val, y_val, val_classes = _checked_pair(path, arrays, "x_val", "y_val")
@@ -548,13 +559,16 @@ def _prepare_npz(path: Path, spec: DataSpec, seed: int) -> PreparedData:
             )
         task = spec.task or _npz_task(y_train, classes)
         names = ("x_train", "x_val")
+        held = f"{path}, arrays x_val and y_val"
     else:
         raise DataError(
             f"{path}: an NPZ file holds arrays `x` and `y` (split by `data.validation_split`) "
             f"or `x_train`, `y_train`, `x_val`, `y_val`; found: "
             f"{_listed(list(arrays)) or 'none'}."
         )
-    return _prepare_arrays(x_train, y_train, x_val, y_val, task, str(path), names=names)
+    return _prepare_arrays(
+        x_train, y_train, x_val, y_val, task, str(path), validation_rows=held, names=names
+    )
 
 
 def _npz_task(y: np.ndarray, classes: int | None) -> str:
@@ -564,13 +578,14 @@ def _npz_task(y: np.ndarray, classes: int | None) -> str:
 
 
 def _prepare_arrays(
-    x_train, y_train, x_val, y_val, task, source, scale=None, names=("x_train", "x_val")
-) -> PreparedData:
+    x_train, y_train, x_val, y_val, task, source, *, validation_rows, scale=None,
+    names=("x_train", "x_val"),
+) -> PreparedData:  # fmt: skip
     """Arrays of any row shape whose last axis is the features (or channels).
 
     Each feature is standardized with the training split's statistics, or divided by `scale`
     (images: their pixel range) when given. `names`: the arrays of the file that x_train and
-    x_val come from, for messages."""
+    x_val come from, for messages; `validation_rows`: where x_val comes from, in words."""
     what = [f"array {names[0]}, feature {i}" for i in range(x_train.shape[-1])]
     if scale is None:
         mean, std = _statistics(x_train, source, what)
@@ -592,6 +607,7 @@ def _prepare_arrays(
         n_outputs=len(labels) if task == "multiclass" else 1,
         feature_names=[f"x{i}" for i in range(x_train.shape[-1])],
         class_labels=labels, target_mean=t_mean, target_std=t_std, preprocessing=recipe,
+        validation_rows=validation_rows,
     )  # fmt: skip
 
 
@@ -603,8 +619,9 @@ def _digits_images(spec: DataSpec, seed: int) -> PreparedData:
     source = "built-in dataset 'digits_images'"
     train_idx, val_idx = _split(len(x), y, spec.validation_split, seed, source)
     return _prepare_arrays(
-        x[train_idx], y[train_idx], x[val_idx], y[val_idx], "multiclass", source, scale=16.0
-    )
+        x[train_idx], y[train_idx], x[val_idx], y[val_idx], "multiclass", source, scale=16.0,
+        validation_rows=f"{source}, {_held_out(spec.validation_split, seed, True)}",
+    )  # fmt: skip
 
 
 def _sunspots(spec: DataSpec, seed: int) -> PreparedData:
@@ -617,7 +634,10 @@ def _sunspots(spec: DataSpec, seed: int) -> PreparedData:
     x, y = windows[:, :-1, np.newaxis], windows[:, -1]  # (samples, steps, 1 feature)
     n_val = int(np.ceil(len(x) * spec.validation_split))
     source = "built-in dataset 'sunspots'"
-    return _prepare_arrays(x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], "regression", source)
+    held = f"{source}, its last {n_val} years (`data.validation_split: {spec.validation_split:g}`)"
+    return _prepare_arrays(
+        x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], "regression", source, validation_rows=held
+    )
 
 
 ARRAY_BUILTINS = {"digits_images": _digits_images, "sunspots": _sunspots}
@@ -664,8 +684,9 @@ def _prepare_images(spec: DataSpec, seed: int) -> PreparedData:
     task = "binary" if len(classes) == 2 else "multiclass"
     train_idx, val_idx = _split(len(x), y, spec.validation_split, seed, str(folder))
     return _prepare_arrays(
-        x[train_idx], y[train_idx], x[val_idx], y[val_idx], task, str(folder), scale=255.0
-    )
+        x[train_idx], y[train_idx], x[val_idx], y[val_idx], task, str(folder), scale=255.0,
+        validation_rows=f"{folder}, {_held_out(spec.validation_split, seed, True)}",
+    )  # fmt: skip
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
