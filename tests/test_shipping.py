@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run_in
-from dlboost_search.data import prepare
+from conftest import TINY_SPACE, deep_update, run_in
+from dlboost_search.data import prepare, read_for_prediction
+from dlboost_search.spaces import space_from_dict
 from dlboost_search.study import space_of
+from dlboost_search.testing import synthetic_study
 
 pytestmark = pytest.mark.slow  # real studies, retrained models, a CLI process per command
 
@@ -228,3 +230,64 @@ def test_an_array_model_predicts_raw_npz_rows_in_the_targets_units(tmp_path):
     np.savez(tmp_path / "wrong.npz", x=x[:5, :4])
     done = run(tmp_path, "predict", "model", "wrong.npz", "--out", "predicted.csv")
     assert done.returncode == 2 and "this model takes numeric rows shaped (6, 2)" in done.stderr
+
+
+def test_the_card_gives_the_validation_error_in_the_targets_units(tmp_path):
+    """RMSE and MAE of the exported model, recomputed here from what `predict` writes for the
+    raw diabetes rows that validated the study, against their raw target: a card that left
+    the error standardized, or unstandardized it wrongly, would not match."""
+    from sklearn.datasets import load_diabetes
+
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    synthetic_study(space_from_dict(TINY_SPACE, "test"), storage, 3)  # retraining is the cost
+    done = run(tmp_path, "export-model", "tiny", "--storage", storage, "--out", "model")
+    assert done.returncode == 0, done.stderr
+    summary = done.stdout
+    meta = json.loads((tmp_path / "model" / "dlboost_model.json").read_text())
+    validation = meta["validation"]
+
+    raw = load_diabetes(as_frame=True).frame
+    raw.to_csv(tmp_path / "all.csv", index=False)
+    done = run(tmp_path, "predict", "model", "all.csv", "--out", "predicted.csv")
+    assert done.returncode == 0, done.stderr
+    predicted = pd.read_csv(tmp_path / "predicted.csv")["prediction"].to_numpy()
+    # The validation rows among the raw ones: each prepared row is one raw row, preprocessed.
+    x_all, _ = read_for_prediction(meta["preprocessing"], tmp_path / "all.csv")
+    x_val = prepared_of(storage, "tiny").x_val
+    distances = np.linalg.norm(x_val[:, np.newaxis, :] - x_all[np.newaxis, :, :], axis=2)
+    rows = distances.argmin(axis=1)
+    assert np.allclose(distances.min(axis=1), 0, atol=1e-5)
+    assert len(set(rows)) == validation["rows"] == len(x_val) == 89  # 20% of 442, rounded up
+
+    error = predicted[rows] - raw["target"].to_numpy()[rows]
+    assert validation["rmse"] == pytest.approx(np.sqrt(np.mean(error**2)), rel=1e-5)
+    assert validation["mae"] == pytest.approx(np.mean(np.abs(error)), rel=1e-5)
+    card = (tmp_path / "model" / "model_card.md").read_text()
+    figures = f"RMSE {validation['rmse']:.5g}, MAE {validation['mae']:.5g} (in the target's units)"
+    assert figures in card and figures in summary
+    assert (
+        "the 89 rows the study scored its trials on: built-in dataset 'diabetes', held out at "
+        "random by `data.validation_split: 0.2` (seed 0)"
+    ) in card
+
+
+def test_the_card_gives_a_classifiers_validation_accuracy(tmp_path):
+    import keras
+
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    space = deep_update(TINY_SPACE, {"data": {"builtin": "breast_cancer"}})
+    synthetic_study(space_from_dict(space, "test"), storage, 3)
+    done = run(tmp_path, "export-model", "tiny", "--storage", storage, "--out", "model")
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((tmp_path / "model" / "dlboost_model.json").read_text())
+    validation = meta["validation"]
+
+    model = keras.saving.load_model(tmp_path / "model" / "model.keras")
+    prepared = prepared_of(storage, "tiny")
+    second_class = model.predict(prepared.x_val, verbose=0)[:, 0] >= 0.5
+    assert 0 <= validation["accuracy"] <= 1
+    assert validation["accuracy"] == pytest.approx(np.mean(second_class == prepared.y_val))
+    assert validation["loss"] == pytest.approx(meta["validation_score"])  # the objective's
+    figures = f"accuracy {validation['accuracy']:.4f}, loss {validation['loss']:.5g}"
+    assert figures in (tmp_path / "model" / "model_card.md").read_text()
+    assert figures in done.stdout

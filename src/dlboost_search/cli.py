@@ -708,6 +708,11 @@ def export_model(
     scores = f"{metric} {meta['validation_score']:.5g}"
     if ensemble > 1:
         scores += f" for the ensemble, {best_alone:.5g} for the best trial alone"
+    validation = meta["validation"]
+    scores += (
+        f"; the exported model has {shipping.describe_validation(validation)} on the "
+        f"{validation['rows']} validation rows"
+    )
     out.print(
         f"wrote {out_dir}/ ({shipping.MODEL_FILE}, {shipping.META_FILE}, {shipping.CARD_FILE}): "
         f"{scores}. Predict with `dlboost-search predict {out_dir} DATA_FILE --out "

@@ -4,7 +4,9 @@ everything prediction needs, and predict on new files.
 A model directory holds
     model.keras           the Keras model (an ensemble is one model averaging its members)
     dlboost_model.json    preprocessing (columns, scaling, categories), class labels or the
-                          target's scale, the trials it came from, validation scores
+                          target's scale, the trials it came from, validation scores (the
+                          objective's, and under `validation` figures in the data's own terms:
+                          RMSE and MAE in the target's units, or accuracy and loss)
     model_card.md         the same for people: data, parameters, scores, study and storage
 The files are written in a temporary folder first. A new folder is then renamed into place;
 into an earlier export's folder the three files are moved one by one, replacing only them:
@@ -33,6 +35,7 @@ __all__ = [
     "CARD_FILE",
     "META_FILE",
     "MODEL_FILE",
+    "describe_validation",
     "export_model",
     "predict",
 ]
@@ -125,6 +128,7 @@ def export_model(
         )
         members.append((model, predicted))
     final = members[0][0] if len(members) == 1 else _average(members, prepared.input_shape)
+    predicted = np.mean([p for _, p in members], axis=0)
     meta = {
         "format": FORMAT,
         "study": name,
@@ -138,8 +142,13 @@ def export_model(
         "objective": {"metric": metric, "direction": space.direction},
         "refit_all": refit_all,
         "members": described,
-        "validation_score": _score(prepared, metric, np.mean([p for _, p in members], axis=0)),
+        "validation_score": _score(prepared, metric, predicted),
         "versions": {"keras": keras.__version__},
+    }
+    meta["validation"] = {
+        "rows": len(prepared.x_val),
+        "from": prepared.validation_rows,
+        **_readable_scores(meta, prepared, predicted),
     }
     _write(out_dir, final, meta)
     return meta
@@ -193,6 +202,21 @@ def _score(prepared: Any, metric: str, predicted: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y.astype(int)], 1e-7, 1))))
 
 
+def _readable_scores(meta: dict[str, Any], prepared: Any, predicted: Any) -> dict[str, float]:
+    """The exported model's validation scores in the data's own terms: for regression RMSE and
+    MAE in the target's units, for classifiers the accuracy and the loss. Predictions go
+    through `predict`'s own path (`_predictions`), so they are what a user will get."""
+    shown = _predictions(meta, predicted)["prediction"].to_numpy()
+    if meta["task"] == "regression":
+        error = shown - _in_target_units(meta, prepared.y_val)
+        return {"rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error)))}
+    labels = np.array(meta["class_labels"], dtype=object)
+    return {
+        "accuracy": float(np.mean(shown == labels[prepared.y_val.astype(int)])),
+        "loss": _score(prepared, "loss", predicted),
+    }
+
+
 def _write(out_dir: Path, model: Any, meta: dict[str, Any]) -> None:
     out_dir = out_dir.resolve()
     existed = out_dir.is_dir()
@@ -221,6 +245,12 @@ def model_card(meta: dict[str, Any]) -> str:
     metric = meta["objective"]["metric"].removeprefix("val_")
     members = meta["members"]
     trained = "training + validation rows (--refit-all)" if meta["refit_all"] else "training rows"
+    validation = meta["validation"]
+    standardized = (
+        "; in standardized units: training scales the target to mean 0 and standard deviation 1"
+        if meta["task"] == "regression"
+        else ""
+    )
     lines = [
         f"# Model card: {meta['study']}",
         "",
@@ -237,8 +267,16 @@ def model_card(meta: dict[str, Any]) -> str:
             else f", trial {members[0]['trial']}"
         ),  # fmt: skip
         f"- **Validation {metric}** (objective: {meta['objective']['direction']} "
-        f"{meta['objective']['metric']}): {meta['validation_score']:.5g}"
-        + (" — measured on rows it was trained on, so optimistic" if meta["refit_all"] else ""),
+        f"{meta['objective']['metric']}{standardized}): {meta['validation_score']:.5g}",
+        f"- **Validation scores of the exported model**: {describe_validation(validation)}",
+        f"- **Validation rows**: the {validation['rows']} rows the study scored its trials on: "
+        f"{validation['from']}"
+        + (
+            " — the model was trained on them too (--refit-all), so every validation score "
+            "here is optimistic"
+            if meta["refit_all"]
+            else ""
+        ),
         "",
         "| trial | value in the study | validation " + metric + " retrained | epochs |",
         "|---|---|---|---|",
@@ -276,6 +314,13 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def describe_validation(validation: dict[str, Any]) -> str:
+    """The figures of an export's `validation` in words, for its card and summary."""
+    if "rmse" in validation:
+        return f"RMSE {validation['rmse']:.5g}, MAE {validation['mae']:.5g} (in the target's units)"
+    return f"accuracy {validation['accuracy']:.4f}, loss {validation['loss']:.5g}"
 
 
 def _read_model(model_dir: Path) -> tuple[dict[str, Any], Path]:
@@ -319,7 +364,6 @@ def predict(model_dir: Path, data_path: Path, out_path: Path) -> int:
 
     import_tensorflow_quietly(None)
     import keras
-    import pandas as pd
 
     try:
         model = keras.saving.load_model(model_path)
@@ -329,20 +373,33 @@ def predict(model_dir: Path, data_path: Path, out_path: Path) -> int:
             f"{str(exc)[:200]}). Export it again with `dlboost-search export-model STUDY "
             f"--out {model_dir}`."
         ) from None
-    p = np.asarray(model.predict(x, batch_size=4096, verbose=0), dtype="float64")
-    labels = np.array(meta["class_labels"], dtype=object)
-    if meta["task"] == "regression":
-        frame = pd.DataFrame({"prediction": p[:, 0] * meta["target_std"] + meta["target_mean"]})
-    elif meta["task"] == "binary":
-        frame = pd.DataFrame({"prediction": labels[(p[:, 0] >= 0.5).astype(int)],
-                              f"probability_{labels[1]}": p[:, 0]})  # fmt: skip
-    else:
-        frame = pd.DataFrame({"prediction": labels[np.argmax(p, axis=1)]})
-        for i, label in enumerate(labels):
-            frame[f"probability_{label}"] = p[:, i]
+    frame = _predictions(meta, model.predict(x, batch_size=4096, verbose=0))
     frame.index = index
     if out_path.suffix.lower() in (".parquet", ".pq"):
         frame.to_parquet(out_path)
     else:
         frame.to_csv(out_path, index=False)
     return len(frame)
+
+
+def _predictions(meta: dict[str, Any], outputs: Any) -> Any:
+    """The model's `outputs` as `predict` writes them, a pandas DataFrame: `prediction` (the
+    class label, or the value in the target's units) and each class's `probability_LABEL`."""
+    import pandas as pd
+
+    p = np.asarray(outputs, dtype="float64")
+    labels = np.array(meta["class_labels"], dtype=object)
+    if meta["task"] == "regression":
+        return pd.DataFrame({"prediction": _in_target_units(meta, p[:, 0])})
+    if meta["task"] == "binary":
+        return pd.DataFrame({"prediction": labels[(p[:, 0] >= 0.5).astype(int)],
+                             f"probability_{labels[1]}": p[:, 0]})  # fmt: skip
+    frame = pd.DataFrame({"prediction": labels[np.argmax(p, axis=1)]})
+    for i, label in enumerate(labels):
+        frame[f"probability_{label}"] = p[:, i]
+    return frame
+
+
+def _in_target_units(meta: dict[str, Any], standardized: np.ndarray) -> np.ndarray:
+    """Regression values back in the target's own units: training saw it standardized."""
+    return np.asarray(standardized, dtype="float64") * meta["target_std"] + meta["target_mean"]
