@@ -123,12 +123,13 @@ def service_space(tool: str, npz: Path, task: str, seed: int):
     sampler, pruner = {"tpe+sha": ("tpe", "successive_halving"),
                        "tpe+hyperband": ("tpe", "hyperband"), "tpe+median": ("tpe", "median"),
                        "random": ("random", "none")}.get(tool, ("tpe", "none"))  # fmt: skip
-    # The product's default for tpe+sha; the 10 that the other two were measured with.
+    # The product's default for tpe+sha (the search runs to its epoch budget; as a study of 60
+    # trials or more it gets 20 start-up trials); the 10 the other two were measured with.
     startup = {"startup_trials": 10} if tool in ("tpe+hyperband", "tpe+median") else {}
     return space_from_dict({
         "name": "quality", "data": {"path": str(npz), "task": task},
         "training": {"max_epochs": MAX_EPOCHS, "early_stopping": {"patience": PATIENCE}},
-        "search": {"sampler": sampler, "pruner": pruner, "seed": seed, **startup,
+        "search": {"sampler": sampler, "pruner": pruner, "seed": seed, "trials": 10**6, **startup,
                    "max_consecutive_failures": 1000,
                    "backend": "hyperband" if tool == "service-hyperband" else "optuna",
                    "hyperband_iterations": 1000},

@@ -62,10 +62,13 @@ def install(lever: str) -> None:
     study.make_pruner = lambda space: optuna.pruners.SuccessiveHalvingPruner(**pruner)
 
 
-def report(seeds: list[int]) -> str:
+def report(seeds: list[int], budget: int) -> str:
     """Every setting over `seeds` only, so that each row's medians are over the same seeds."""
     # The levers' runs, and random search's from search_quality.jsonl: the mark to reach.
-    runs = {**search_quality.merged(300, seeds), **search_quality.merged(300, seeds, LINES)}
+    runs = {
+        **search_quality.merged(budget, seeds),
+        **search_quality.merged(budget, seeds, LINES),
+    }
     lines = [
         "| dataset | setting | n | best val_loss | test loss | epochs to random's final "
         "(per seed) | models built |",
@@ -99,6 +102,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(search_quality.DATASETS),
                         choices=search_quality.DATASETS)  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=search_quality.SEEDS)
+    parser.add_argument("--budget", type=int, default=300, help="epochs per search (300)")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--one", nargs=3, metavar=("LEVER", "DATASET", "SEED"),
                         help=argparse.SUPPRESS)  # fmt: skip
@@ -106,7 +110,7 @@ def main() -> None:
     if args.one:
         lever, dataset, seed = args.one
         install(lever)
-        run = search_quality.run_one(search_quality.DEFAULT, dataset, int(seed), 300)
+        run = search_quality.run_one(search_quality.DEFAULT, dataset, int(seed), args.budget)
         print(json.dumps({**run, "tool": lever}))
         return
     if not args.report_only:
@@ -114,14 +118,15 @@ def main() -> None:
             for dataset in args.datasets:
                 for seed in args.seeds:
                     done = subprocess.run([sys.executable, __file__, "--one", lever, dataset,
-                                           str(seed)], capture_output=True, text=True)  # fmt: skip
+                                           str(seed), "--budget", str(args.budget)],
+                                          capture_output=True, text=True)  # fmt: skip
                     if done.returncode != 0:
                         print(f"{lever} {dataset} {seed}: FAILED\n{done.stderr[-3000:]}",
                               file=sys.stderr)  # fmt: skip
                         continue
                     with open(LINES, "a") as out:
                         out.write(done.stdout.strip().splitlines()[-1] + "\n")
-    print(report(args.seeds))
+    print(report(args.seeds, args.budget))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,15 @@ def sampled(sampler: optuna.samplers.BaseSampler, space: Any, n: int) -> list[di
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-@pytest.mark.parametrize(("setting", "startup"), [({"startup_trials": 3}, 3), ({}, 20)])
+@pytest.mark.parametrize(
+    ("setting", "startup"),
+    [
+        ({"startup_trials": 3}, 3),
+        ({"trials": 30}, 10),  # by default a third of the trials...
+        ({"trials": 300}, 20),  # ...at most 20
+        ({"trials": 6}, 5),  # ...and at least 5
+    ],
+)
 def test_tpe_samples_at_random_until_its_start_up_trials_are_done(setting, startup):
     space = space_from_dict(
         {"name": "t", "data": {"builtin": "diabetes"}, "params": PARAMS,

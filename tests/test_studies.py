@@ -13,7 +13,18 @@ from datetime import datetime
 import optuna
 import pytest
 
-from conftest import cli_command, cli_env, interruptible, load, wait_for_running_trial
+from conftest import (
+    TINY_SPACE,
+    cli_command,
+    cli_env,
+    deep_update,
+    interruptible,
+    load,
+    wait_for_running_trial,
+)
+from dlboost_search.errors import StudyError
+from dlboost_search.spaces import space_from_dict
+from dlboost_search.study import create_or_check
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +82,16 @@ def test_a_different_space_under_the_same_name_is_refused(write_space, storage, 
     )
     assert result.returncode == 0, result.stderr
     assert sorted(optuna.get_all_study_names(storage)) == ["tiny", "tiny-7"]
+
+
+def test_the_start_up_trials_may_change_between_runs(storage):
+    # Studies made before the default became a share of the trials stored 20: starting them
+    # again with the same YAML must not read as a changed space.
+    before = deep_update(TINY_SPACE, {"search": {"startup_trials": 20}})
+    create_or_check(space_from_dict(before, "test"), storage)
+    create_or_check(space_from_dict(TINY_SPACE, "test"), storage)  # no StudyError
+    with pytest.raises(StudyError, match=r"search.seed: 0 -> 3"):
+        create_or_check(space_from_dict(deep_update(before, {"search": {"seed": 3}}), "t"), storage)
 
 
 def test_workers_are_recycled(write_space, storage, run_cli):

@@ -195,10 +195,8 @@ class SearchSettings(_Strict):
     factor: int = Field(3, ge=2)
     hyperband_iterations: int = Field(1, ge=1)
     sampler: Literal["tpe", "random", "qmc"] = "tpe"
-    # TPE's random start-up trials. 20, not Optuna's 10: successive halving stops most of them
-    # at the first rung (1 epoch), and with 10 TPE settled early on what learns fastest. Ten
-    # seeds on three datasets in benchmarks/README.md, Search quality.
-    startup_trials: int = Field(20, ge=0)
+    # TPE's random start-up trials; None: a third of `trials`, between 5 and 20 (startup()).
+    startup_trials: int | None = Field(None, ge=0)
     pruner: Literal["hyperband", "median", "successive_halving", "patient", "none"] = (
         "successive_halving"
     )
@@ -211,6 +209,16 @@ class SearchSettings(_Strict):
     heartbeat_seconds: int = Field(10, ge=1)
     stale_after_seconds: int = Field(60, ge=2)
     retries: int = Field(1, ge=0)
+
+    def startup(self) -> int:
+        """TPE's random start-up trials: as given, or a third of the study's trials, at most
+        20 and at least 5. With successive halving most start-up trials stop at the first
+        rung, and fewer than 20 let TPE settle on what learns fastest (ten seeds on three
+        datasets, benchmarks/README.md, Search quality); a fixed 20 left a 30-trial study
+        only 10 proposals of TPE's own."""
+        if self.startup_trials is not None:
+            return self.startup_trials
+        return min(20, max(5, self.trials // 3))
 
 
 class SearchSpace(_Strict):

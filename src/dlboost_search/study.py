@@ -43,8 +43,9 @@ __all__ = [
     "target_of",
 ]
 
-# `search.trials` is a target the CLI may change; everything else defines the study.
-_NOT_DEFINING = ("search.trials",)
+# What steers the next trials, not what they mean: may change from one run to the next (the CLI
+# sets `search.trials`); everything else defines the study.
+_NOT_DEFINING = ("search.trials", "search.startup_trials")
 
 
 def make_sampler(
@@ -70,7 +71,7 @@ def make_sampler(
         seed=seed,
         multivariate=True,
         constant_liar=True,
-        n_startup_trials=space.search.startup_trials,
+        n_startup_trials=space.search.startup(),
     )
 
 
