@@ -21,11 +21,14 @@ from dlboost_search.hyperparams import TRAINING_PARAMS
 from dlboost_search.models import family_params
 from dlboost_search.models.mlp import PARAMS as MLP_PARAMS
 from dlboost_search.spaces import (
+    DEFAULT_TRIALS,
     CategoricalParam,
     FixedParam,
     FloatParam,
     IntParam,
+    format_duration,
     load_space,
+    parse_duration,
     space_from_dict,
     suggest,
 )
@@ -673,7 +676,10 @@ def test_defaults_fill_the_rest_of_the_space():
     assert space.training.max_epochs == 100 and space.training.batch_size == 32
     assert space.training.early_stopping.patience == 10
     assert space.search.sampler == "tpe" and space.search.pruner == "successive_halving"
-    assert space.search.trials == 50 and space.search.seed == 0
+    # Neither a trial target nor a time budget: the run's target is DEFAULT_TRIALS.
+    assert space.search.trials is None and space.search.timeout is None
+    assert space.search.trial_target() == DEFAULT_TRIALS == 50 and space.search.seed == 0
+    assert space.search.trial_target(timeout=60) is None  # a time budget alone ends it
     assert space.data.validation_split == 0.2
 
 
@@ -976,3 +982,33 @@ def test_a_study_name_must_not_climb_out_of_a_folder():
     for bad in ("../evil", "a/b", "", ".hidden", "x" * 201):
         with pytest.raises(StudyError, match="a study name is letters, digits"):
             check_study_name(bad, "--as")
+
+
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [
+        (600, 600),
+        ("600", 600),
+        ("90s", 90),
+        ("10m", 600),
+        ("1.5h", 5400),
+        (" 2 H", 7200),
+        (0.5, 0.5),
+    ],  # fmt: skip
+)
+def test_a_timeout_takes_a_friendly_duration(tmp_path: Path, written: Any, seconds: float):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(make(search={"timeout": written})))
+    space = load_space(path)
+    assert space.search.timeout == seconds
+    assert space.search.trials is None  # a timeout alone: time alone ends the search
+    assert parse_duration(format_duration(seconds)) == math.ceil(seconds)
+    # Stored as seconds, read back the same.
+    assert space_from_dict(space.to_dict(), "stored").search.timeout == seconds
+
+
+@pytest.mark.parametrize("written", ["10 minutes", "ten", -5, 0, "10x", True, "1h30m"])
+def test_a_bad_timeout_names_the_key_and_the_forms_it_takes(tmp_path: Path, written: Any):
+    message = load_error(tmp_path, make(search={"timeout": written}))
+    assert "space.yaml: search.timeout: a duration is a number of seconds (600)" in message
+    assert "(90s, 10m, 1.5h)" in message and f"got {written!r}" in message

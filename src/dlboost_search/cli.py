@@ -51,7 +51,16 @@ TrialsOption = typer.Option(
     "--trials",
     min=1,
     help="Target number of finished (complete or pruned) trials for the study; a re-run "
-    "continues up to it. Default: search.trials from the space.",
+    "continues up to it. Default: search.trials from the space (50 when it gives neither "
+    "trials nor a timeout).",
+    show_default=False,
+)
+TimeoutOption = typer.Option(
+    None,
+    "--timeout",
+    help="Time budget: the total time the study searches, over all its runs (600, 90s, 10m, "
+    "1.5h). Once spent no new trial starts and the running ones finish; with --trials, "
+    "whichever comes first. Default: search.timeout from the space.",
     show_default=False,
 )
 WorkersOption = typer.Option(
@@ -154,6 +163,7 @@ def _main(
 def start(
     space_file: str = typer.Argument(..., metavar="SPACE.yaml", help="Search-space YAML file."),
     trials: int | None = TrialsOption,
+    timeout: str | None = TimeoutOption,
     storage: str | None = StorageOption,
     study_name: str | None = typer.Option(
         None, "--study-name", help="Study name to use instead of the space's `name`."
@@ -175,6 +185,7 @@ def start(
     from dlboost_search.spaces import load_space, space_from_dict
     from dlboost_search.storage import storage_url
 
+    seconds = _seconds(timeout)
     url = storage_url(storage)
     space = load_space(space_file)
     if study_name:
@@ -185,8 +196,9 @@ def start(
         space,
         dashboard,
         lambda on_event: runner.start(
-            space, url, target=trials, workers=workers, recycle_every=recycle_every,
-            on_event=on_event, source=space_file, accept_changed_data=accept_changed_data,
+            space, url, target=trials, timeout=seconds, workers=workers,
+            recycle_every=recycle_every, on_event=on_event, source=space_file,
+            accept_changed_data=accept_changed_data,
         ),
     )  # fmt: skip
     if not quiet:
@@ -205,6 +217,14 @@ def resume(
         "study was last run to.",
         show_default=False,
     ),
+    timeout: str | None = typer.Option(
+        None,
+        "--timeout",
+        help="A new time budget: the total time the study searches, earlier runs included "
+        "(600, 90s, 10m, 1.5h); to search 10 more minutes, give the time it has searched plus "
+        "10m (a spent budget says how much that is). Default: the budget it was last given.",
+        show_default=False,
+    ),
     storage: str | None = StorageOption,
     workers: int = WorkersOption,
     recycle_every: int = RecycleOption,
@@ -212,13 +232,15 @@ def resume(
     dashboard: int | None = DashboardOption,
     accept_changed_data: bool = AcceptChangedDataOption,
 ) -> None:
-    """Continue a study from the storage alone: it remembers its space, data and target.
+    """Continue a study from the storage alone: it remembers its space, data, target and
+    time budget, and the time it has searched.
 
     Example: `dlboost-search resume diabetes-mlp --storage sqlite:///storage/studies.db`
     """
     _, study, url, space = _continue(
-        name, storage, trials, workers, recycle_every, quiet, dashboard, accept_changed_data
-    )
+        name, storage, trials, workers, recycle_every, quiet, dashboard, accept_changed_data,
+        timeout=_seconds(timeout),
+    )  # fmt: skip
     if not quiet:
         _print_result(study, url, space)
 
@@ -233,7 +255,8 @@ def worker(
     quiet: bool = QuietOption,
     accept_changed_data: bool = AcceptChangedDataOption,
 ) -> None:
-    """Join a running study from this machine: train its trials until the study has its target.
+    """Join a running study from this machine: train its trials until the study has its
+    target, or its time budget is spent.
 
     The storage must be one every machine reaches (PostgreSQL or MySQL/MariaDB); the study's
     stored space tells the worker what to train, and its data paths must exist here too. A
@@ -262,6 +285,7 @@ def _continue(
     dashboard_port: int | None,
     accept_changed_data: bool,
     joining: bool = False,
+    timeout: float | None = None,
 ) -> tuple[Any, Any, str, Any]:
     """What `resume` and `worker` share: go on with a stored study. A joining worker samples
     from a random stream of its own, since others work on the study beside it."""
@@ -278,11 +302,24 @@ def _continue(
         space,
         dashboard_port,
         lambda on_event: runner.resume(
-            study, url, space, target=trials, workers=workers, recycle_every=recycle_every,
-            on_event=on_event, joining=joining, accept_changed_data=accept_changed_data,
+            study, url, space, target=trials, timeout=timeout, workers=workers,
+            recycle_every=recycle_every, on_event=on_event, joining=joining,
+            accept_changed_data=accept_changed_data,
         ),
     )  # fmt: skip
     return summary, study, url, space
+
+
+def _seconds(timeout: str | None) -> float | None:
+    """--timeout in seconds; a bad duration is a usage error (exit 2)."""
+    if timeout is None:
+        return None
+    from dlboost_search.spaces import parse_duration
+
+    try:
+        return parse_duration(timeout)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{timeout!r}: {exc}.", param_hint="--timeout") from None
 
 
 def _run_study(
@@ -449,7 +486,7 @@ def validate(
     """
     from dlboost_search.data import prepare
     from dlboost_search.runner import check_data
-    from dlboost_search.spaces import load_space
+    from dlboost_search.spaces import format_duration, load_space
 
     space = load_space(space_file)
     warning = check_data(space, space_file)
@@ -464,10 +501,16 @@ def validate(
     for name, spec in space.params.items():
         table.add_row(name, json.dumps(spec.model_dump(exclude_defaults=True)))
     out.print(table)
+    search = space.search
+    trials = search.trial_target()
+    budget = " and ".join(
+        ([f"{trials} trials"] if trials else [])
+        + ([f"{format_duration(search.timeout)} of search"] if search.timeout else [])
+    )
     out.print(
         f"objective: {space.direction} {space.objective.metric}; up to "
-        f"{space.training.max_epochs} epochs per trial; {space.search.trials} trials with "
-        f"{space.search.sampler} sampler and {space.search.pruner} pruner."
+        f"{space.training.max_epochs} epochs per trial; {budget} with "
+        f"{search.sampler} sampler and {search.pruner} pruner."
     )
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "Event",
     "Stopping",
     "StudyRunning",
+    "TimeBudgetSpent",
     "TrialFinished",
     "TrialStarted",
     "TrialTimedOut",
@@ -44,10 +45,20 @@ class Event:
 class StudyRunning(Event):
     study: Any  # the optuna.Study, for whoever reads it in the same process (the report)
     summary: Any  # study.StudySummary
-    target: int
+    target: int | None  # finished trials; None: the time budget alone ends the search
     url: str
     workers: int
     reproducible: bool  # one worker sampling from search.seed
+    budget: float | None = None  # the study's time budget, seconds (None: no limit)
+    searched: float = 0.0  # seconds it had searched when this was sent
+
+
+# Sent by a backend once the study has searched its time budget: no new trial starts, the
+# running ones finish. Sent at once by a run that finds the budget spent already.
+@dataclass(frozen=True)
+class TimeBudgetSpent(Event):
+    searched: float
+    budget: float
 
 
 @dataclass(frozen=True)

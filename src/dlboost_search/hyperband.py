@@ -16,6 +16,8 @@ The schedule runs in worker processes, one at a time, through the pool the Optun
 uses (`drive`): a worker retires after its share of trials and the next reloads the state;
 one that crashes is replaced and keras-tuner runs its trial again; one whose trial runs past
 training.trial_timeout_seconds is stopped, and its successor records that trial as failed.
+Once the study's time budget (search.timeout) is spent, the worker starts no further trial
+of the schedule and retires; `resume` with a larger budget continues the schedule.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -122,17 +125,38 @@ def drive(study: Any, url: str, space: SearchSpace, recycle_every: int, on_event
     a time, until it ends; return the study's summary. This process never imports TensorFlow."""
     from dlboost_search.pool import (
         WorkerPool,
+        clock_kept,
         lost_in_a_row,
         stop_all,
         stopped_together,
         timed_out_reason,
     )
-    from dlboost_search.study import summarize
+    from dlboost_search.study import SearchClock, summarize, target_of
 
     name = study.study_name
-    pool = WorkerPool(name, url, space, 1, recycle_every, sole=True, target=0, entry=run_worker)
+    clock = SearchClock(study)
+    if clock.spent():  # said at once, without a worker's start-up (a TensorFlow import)
+        on_event(
+            events.StudyRunning(
+                study,
+                summarize(study),
+                target_of(study),
+                url,
+                1,
+                reproducible=True,
+                budget=clock.budget,
+                searched=clock.searched(),
+            )  # fmt: skip
+        )
+        on_event(events.TimeBudgetSpent(clock.searched(), clock.budget))
+        return summarize(study)
+    pool = WorkerPool(
+        name, url, space, 1, recycle_every, sole=True, target=0, entry=run_worker,
+        deadline=clock.deadline(),
+    )  # fmt: skip
     limit = space.training.trial_timeout_seconds
-    with_study = _filling_in(study, on_event)
+    with_study = _filling_in(study, on_event, clock)
+    out_of_time = False
     announced: list[bool] = []
     failures_in_a_row = 0  # workers lost or stopped past the time limit, in a row
 
@@ -152,9 +176,15 @@ def drive(study: Any, url: str, space: SearchSpace, recycle_every: int, on_event
         stop_all(study, pool, on_event)  # nothing to close: trials are stored once finished
         return _interrupted(name, url)
 
-    with stopped_together(study, pool, on_event, interrupted):
+    with clock_kept(clock), stopped_together(study, pool, on_event, interrupted):
         while True:
+            # Said once the worker announced the study, not above its heading.
+            if announced and not out_of_time and clock.spent():
+                out_of_time = True  # the worker sees its deadline: it finishes its trial
+                on_event(events.TimeBudgetSpent(clock.searched(), clock.budget))
             if not pool.workers:
+                if out_of_time:
+                    return summarize(study)
                 kwargs = {"abandoned": abandoned} if abandoned else {}
                 on_event(events.WorkerStarted(pid=pool.start(0, **kwargs)))
                 abandoned = None
@@ -178,6 +208,7 @@ def drive(study: Any, url: str, space: SearchSpace, recycle_every: int, on_event
                     on_event(events.WorkerLost(worker.process.exitcode, lost))
                 failures_in_a_row += 1
                 lost_in_a_row(failures_in_a_row, worker, space, name)
+            clock.tick()
 
 
 def run_worker(
@@ -192,10 +223,12 @@ def run_worker(
     sole: bool = True,
     go: Any = None,
     abandoned: str | None = None,
+    deadline: float | None = None,
 ) -> None:
     """Entry point of a Hyperband worker process (the pool starts it, with the spawn method):
-    run at most `max_trials` trials of the schedule, then retire. `abandoned`: the reason to
-    fail the trial the previous worker was stopped in; `go`: see worker.run_worker."""
+    run at most `max_trials` trials of the schedule, and none once time.time() passes
+    `deadline` (the time budget), then retire. `abandoned`: the reason to fail the trial the
+    previous worker was stopped in; `go`: see worker.run_worker."""
     from dlboost_search.storage import load_study
     from dlboost_search.worker import EventQueue, rss_mb
 
@@ -206,7 +239,7 @@ def run_worker(
             study = load_study(study_name, url)
             finished = _run(
                 study, url, space, sent.put, None, stop, threads=threads, max_trials=max_trials,
-                abandoned=abandoned, go=go,
+                abandoned=abandoned, go=go, deadline=deadline,
             )  # fmt: skip
         sent.put(events.WorkerDone(rss_mb()) if finished else events.WorkerRetired(rss_mb()))
     except KeyboardInterrupt:
@@ -237,12 +270,15 @@ def run(
     return summarize(study)
 
 
-def _filling_in(study: Any, on_event: EventHandler) -> EventHandler:
-    """`on_event`, with the study filled into StudyRunning (sent without it, by a worker)."""
+def _filling_in(study: Any, on_event: EventHandler, clock: Any = None) -> EventHandler:
+    """`on_event`, with the study (and the time budget and searched time, from the runner's
+    `clock`) filled into StudyRunning (sent without them, by a worker)."""
 
     def handle(event: events.Event) -> None:
         if isinstance(event, events.StudyRunning):
             event = dataclasses.replace(event, study=study)
+            if clock is not None:
+                event = dataclasses.replace(event, budget=clock.budget, searched=clock.searched())
         on_event(event)
 
     return handle
@@ -256,15 +292,15 @@ def _interrupted(name: str, url: str) -> Interrupted:
 
 
 class _Retire(Exception):
-    """A worker ran its share of trials."""
+    """A worker ran its share of trials, or the time budget ran out."""
 
 
 def _run(
     study, url, space, on_event, observe, stop: StopRequest, *, threads=None, max_trials=None,
-    abandoned=None, go=None,
+    abandoned=None, go=None, deadline=None,
 ) -> bool:  # fmt: skip
     """The schedule, in this process; True when it has ended, False when this process ran
-    `max_trials` trials and retires."""
+    `max_trials` trials, or the time budget ran out (`deadline`), and retires."""
     from dlboost_search._tf import import_tensorflow_quietly
 
     import_tensorflow_quietly(threads=threads)  # before Keras imports it, chatter and all
@@ -357,6 +393,8 @@ def _run(
         def pre_create_trial(self) -> None:
             if max_trials is not None and begun >= max_trials:
                 raise _Retire
+            if deadline is not None and time.time() >= deadline:
+                raise _Retire  # the runner sees the budget spent and starts no successor
 
         def on_trial_begin(self, trial: Any) -> None:
             nonlocal begun

@@ -1,6 +1,7 @@
 """Worker processes for both backends (WorkerPool: start, relay events, time limits,
 recycling with a standby successor), and the Optuna backend's driver: a pool of recycled
-workers takes a study to its target number of finished trials.
+workers takes a study to its target number of finished trials, or to the end of its time
+budget (no new trial starts then; the running ones finish).
 
 It never imports TensorFlow. It starts workers, relays their events to whoever watches, and
 after each worker exits closes any trial the worker left RUNNING (a crash, a kill), so the
@@ -26,12 +27,20 @@ from dlboost_search import events, records
 from dlboost_search.errors import Interrupted, SearchAborted
 from dlboost_search.spaces import SearchSpace
 from dlboost_search.storage import RetryLostTrial, masked
-from dlboost_search.study import LostTrials, StudySummary, fail_trial, summarize, target_of
+from dlboost_search.study import (
+    LostTrials,
+    SearchClock,
+    StudySummary,
+    fail_trial,
+    summarize,
+    target_of,
+)
 from dlboost_search.worker import INTERRUPTED_REASON, run_worker
 
 __all__ = [
     "DEFAULT_RECYCLE_EVERY",
     "WorkerPool",
+    "clock_kept",
     "close_abandoned_trials",
     "drive",
     "lost_in_a_row",
@@ -67,7 +76,9 @@ class WorkerPool:
     """The worker processes of this runner, and the queue their events arrive on.
 
     `entry` is what each process runs, called as entry(name, url, space, target,
-    recycle_every, failures_in_a_row, queue, threads, sole, go, **kwargs of `start`)."""
+    recycle_every, failures_in_a_row, queue, threads, sole, go, deadline=deadline, **kwargs
+    of `start`): `deadline` (time.time(), None for none) is when the study's time budget is
+    spent, after which a worker starts no trial."""
 
     def __init__(
         self,
@@ -77,11 +88,12 @@ class WorkerPool:
         size: int,
         recycle_every: int,
         sole: bool,
-        target: int,
+        target: int | None,
         entry: Callable[..., None] = run_worker,
+        deadline: float | None = None,
     ):
         self.name, self.url, self.space, self.entry = name, url, space, entry
-        self.recycle_every, self.target = recycle_every, target
+        self.recycle_every, self.target, self.deadline = recycle_every, target, deadline
         self.sole = sole and size == 1  # the study's only worker: reproducible sampling
         self.context = multiprocessing.get_context("spawn")
         self.events = self.context.Queue()
@@ -120,7 +132,7 @@ class WorkerPool:
                 self.sole,
                 go,
             ),  # fmt: skip
-            kwargs=kwargs,
+            kwargs={**kwargs, "deadline": self.deadline},
             name=f"dlboost-worker-{self.name}",
         )
         process.start()
@@ -218,12 +230,17 @@ def drive(
     sole: bool = True,
 ) -> StudySummary:
     """Run worker processes on `study` (stored at `url`, with `space`) until it has its
-    target of finished trials; fail and retry the trials whose worker or machine is gone."""
+    target of finished trials or its time budget is spent; fail and retry the trials whose
+    worker or machine is gone."""
     name = study.study_name
     target = target_of(study)
-    pool = WorkerPool(name, url, space, workers, recycle_every, sole, target)
+    clock = SearchClock(study)
+    pool = WorkerPool(
+        name, url, space, workers, recycle_every, sole, target, deadline=clock.deadline()
+    )
     lost_trials = LostTrials(space.search)
     failures_in_a_row = 0
+    out_of_time = False
 
     def interrupted() -> Interrupted:
         # Workers close their own trials; the pool closes what a worker could not.
@@ -235,14 +252,29 @@ def drive(
             f"{masked(url)}`."
         )
 
-    with stopped_together(study, pool, on_event, interrupted):
-        on_event(events.StudyRunning(study, summarize(study), target, url, workers, pool.sole))
+    with clock_kept(clock), stopped_together(study, pool, on_event, interrupted):
+        on_event(
+            events.StudyRunning(
+                study,
+                summarize(study),
+                target,
+                url,
+                workers,
+                pool.sole,
+                budget=clock.budget,
+                searched=clock.searched(),
+            )  # fmt: skip
+        )
         while True:
             lost = lost_trials(study)
             if lost:
                 on_event(events.TrialsLost(lost))
+            if not out_of_time and clock.spent():
+                out_of_time = True  # the workers see their deadline: they finish their trials
+                on_event(events.TimeBudgetSpent(clock.searched(), clock.budget))
             summary = summarize(study)
-            if summary.finished >= target and not pool.workers:
+            reached = target is not None and summary.finished >= target
+            if (reached or out_of_time) and not pool.workers:
                 return summary
             # Running trials of other machines count as work under way; each of our workers
             # as one trial, whether it is training or still importing TensorFlow.
@@ -250,7 +282,8 @@ def drive(
             elsewhere = len(running) - len(pool.running_trials(running))
             while (
                 len(pool.workers) < workers
-                and summary.finished + elsewhere + len(pool.workers) < target
+                and not out_of_time
+                and (target is None or summary.finished + elsewhere + len(pool.workers) < target)
             ):
                 on_event(events.WorkerStarted(pid=pool.start(failures_in_a_row)))
             reported = pool.relay(on_event, timeout=1.0)
@@ -260,6 +293,16 @@ def drive(
                 failures_in_a_row = _worker_ended(
                     study, space, pid, worker, failures_in_a_row, on_event
                 )
+            clock.tick()
+
+
+@contextmanager
+def clock_kept(clock: SearchClock) -> Iterator[None]:
+    """Store the time searched when a backend's drive ends, whatever way it ends."""
+    try:
+        yield
+    finally:
+        clock.save()
 
 
 @contextmanager

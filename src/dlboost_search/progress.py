@@ -12,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
 from dlboost_search import events, records
+from dlboost_search.spaces import format_duration
+from dlboost_search.storage import masked
 
 __all__ = [
     "StudyProgress",
@@ -25,7 +27,8 @@ def format_params(params: dict[str, Any]) -> str:
 
 
 class StudyProgress:
-    """Trials done / pruned / failed of the target, best so far, time per trial, time left."""
+    """Trials done / pruned / failed of the target, best so far, time per trial, time left
+    (to the target, and of the time budget)."""
 
     def __init__(self, console: Console, metric: str, direction: str):
         self.console, self.metric, self.direction = console, metric, direction
@@ -38,7 +41,11 @@ class StudyProgress:
         )
         self.task = self.bar.add_task("trials", total=1, counts="")
         self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
-        self.target = 0
+        self.target: int | None = 0
+        self.name = self.url = ""
+        # When the time budget runs out (time.monotonic()), and the budget; None: no limit.
+        self.deadline: float | None = None
+        self.budget: float | None = None
         self.best: tuple[float, int, dict[str, Any]] | None = None
         self.seconds: list[float] = []
         self.workers = 1
@@ -68,15 +75,18 @@ class StudyProgress:
             lines.append(
                 Text(f"best {self.metric} {value:.5g} (trial {number}): {format_params(params)}")
             )
+        estimates = []
         if self.seconds:
             per_trial = statistics.median(self.seconds)
-            left = max(0, self.target - self.counts["COMPLETE"] - self.counts["PRUNED"])
-            lines.append(
-                Text(
-                    f"{per_trial:.1f} s per trial (median), "
-                    f"about {_duration(per_trial * left / self.workers)} left"
-                )
-            )
+            estimates.append(f"{per_trial:.1f} s per trial (median)")
+            if self.target is not None:
+                left = max(0, self.target - self.counts["COMPLETE"] - self.counts["PRUNED"])
+                estimates.append(f"about {_duration(per_trial * left / self.workers)} left")
+        if self.deadline is not None:
+            left = max(0.0, self.deadline - time.monotonic())
+            estimates.append(f"{_duration(left)} of the {_duration(self.budget)} budget left")
+        if estimates:
+            lines.append(Text(", ".join(estimates)))
         lines += [Text(line, style="dim") for line, _ in self.running.values()]
         return Group(*lines)
 
@@ -93,7 +103,11 @@ class StudyProgress:
         if isinstance(event, events.StudyRunning):
             summary = event.summary
             self.target = event.target
+            self.name, self.url = summary.name, masked(event.url)
             self.workers = event.workers
+            if event.budget is not None:
+                self.budget = event.budget
+                self.deadline = time.monotonic() + event.budget - event.searched
             self.counts = {
                 "COMPLETE": summary.complete,
                 "PRUNED": summary.pruned,
@@ -135,6 +149,16 @@ class StudyProgress:
             self.console.print(
                 f"[red]trials {event.trials} ran past training.trial_timeout_seconds "
                 f"({event.limit} s): failed, worker replaced"
+            )
+        elif isinstance(event, events.TimeBudgetSpent):
+            more = format_duration(event.searched + event.budget)
+            self.console.print(
+                f"[yellow]time budget spent[/yellow]: the study has searched "
+                f"{_duration(event.searched)} of its {_duration(event.budget)} "
+                f"(search.timeout); no new trial starts, the running ones finish. To search "
+                f"about {_duration(event.budget)} more: `dlboost-search resume {self.name} "
+                f"--timeout {more} --storage {self.url}` (the total).",
+                highlight=False,
             )
         elif isinstance(event, events.Stopping):
             self.console.print(

@@ -27,8 +27,10 @@ __all__ = [
     "N_PARAMS",
     "RETRY_OF",
     "ROUND",
+    "SEARCHED_SECONDS",
     "SPEC",
     "TARGET",
+    "TIMEOUT",
     "TRAINING",
     "TRAIN_SECONDS",
     "WORKER",
@@ -43,7 +45,9 @@ __all__ = [
 
 # On the study.
 SPEC = "dlboost_search"  # {"space": the space as a dict, "version": the release that made it}
-TARGET = "dlboost_target"  # the finished trials the study is being driven to
+TARGET = "dlboost_target"  # the finished trials the study is being driven to (null: none)
+TIMEOUT = "dlboost_timeout_seconds"  # its time budget: total search time (null: no limit)
+SEARCHED_SECONDS = "dlboost_searched_seconds"  # the time it has searched, all runs together
 DATA = "dlboost_data_sha256"  # the fingerprint of the files the study searches
 DATA_CHANGES = "dlboost_data_changes"  # when, and from what to what, a change was accepted
 

@@ -26,6 +26,9 @@ from dlboost_search.study import (
     create_or_check,
     delete_study,
     set_target,
+    set_timeout,
+    target_of,
+    timeout_of,
 )
 
 __all__ = [
@@ -54,8 +57,9 @@ class Backend(Protocol):
         on_event: EventHandler,
         joining: bool,
     ) -> StudySummary:
-        """Run trials of the stored `study` until it has `target` finished trials (None: the
-        target it was last driven to); send events on the way; return its summary."""
+        """Run trials of the stored `study` until it has `target` finished trials (None: no
+        target) or its time budget (study.timeout_of) is spent, then let the running trials
+        finish; send events on the way; return its summary."""
 
 
 class OptunaBackend:
@@ -65,8 +69,7 @@ class OptunaBackend:
     def run(self, study, url, space, *, target, workers, recycle_every, on_event, joining):
         from dlboost_search import pool
 
-        if target is not None:
-            set_target(study, target)
+        set_target(study, target)
         return pool.drive(study, url, space, workers, recycle_every, on_event, sole=not joining)
 
 
@@ -109,22 +112,29 @@ def start(
     url: str,
     *,
     target: int | None = None,
+    timeout: float | None = None,
     workers: int = 1,
     recycle_every: int = DEFAULT_RECYCLE_EVERY,
     on_event: EventHandler = lambda event: None,
     source: str = "search space",
     accept_changed_data: bool = False,
 ) -> StudySummary:
+    """Run the study `space` describes, to `target` finished trials and within `timeout`
+    seconds of search in all (each given here, else from the space, like the space's own
+    settings: a re-run without them goes back to the space's)."""
+    timeout = timeout or space.search.timeout
+    target = target or space.search.trial_target(timeout)
     warning = check_data(space, source, workers)
     backend = BACKENDS[space.search.backend]
     backend.check_workers(space.name, workers, joining=False)
     study = create_or_check(space, url)
     check_same_data(study, space, accept_changed_data)
+    set_timeout(study, timeout)
     if warning:
         on_event(events.Warned(warning))
     try:
         return backend.run(
-            study, url, space, target=target or space.search.trials, workers=workers,
+            study, url, space, target=target, workers=workers,
             recycle_every=recycle_every, on_event=on_event, joining=False,
         )  # fmt: skip
     except (SpaceError, DataError) as exc:
@@ -144,6 +154,7 @@ def resume(
     space: SearchSpace,
     *,
     target: int | None = None,
+    timeout: float | None = None,
     workers: int = 1,
     recycle_every: int = DEFAULT_RECYCLE_EVERY,
     on_event: EventHandler = lambda event: None,
@@ -151,11 +162,14 @@ def resume(
     accept_changed_data: bool = False,
 ) -> StudySummary:
     """Go on with a stored study (its `space` as stored), to `target` or to the target it was
-    last driven to: what `resume` does, and `worker` (`joining` others, maybe on other
-    machines) does anywhere."""
+    last driven to, within a total search time of `timeout` seconds or the budget it was last
+    given: what `resume` does, and `worker` (`joining` others, maybe on other machines) does
+    anywhere."""
     name = study.study_name
     warning = check_data(space, f"study {name!r}", workers)
     check_same_data(study, space, accept_changed_data)
+    target = target or target_of(study)
+    set_timeout(study, timeout or timeout_of(study))
     if warning:
         on_event(events.Warned(warning))
     backend = BACKENDS[space.search.backend]

@@ -41,9 +41,12 @@ __all__ = [
     "IntParam",
     "SearchSettings",
     "SearchSpace",
+    "DEFAULT_TRIALS",
     "check_study_name",
     "distributions",
+    "format_duration",
     "load_space",
+    "parse_duration",
     "space_from_dict",
     "suggest",
 ]
@@ -57,6 +60,37 @@ NAME_MAX_LENGTH = 200
 # make a small file stand for billions of values (an "alias bomb"): refused before use.
 MAX_FILE_BYTES = 1_000_000
 MAX_VALUES = 100_000
+# The trial target of a space that gives neither search.trials nor search.timeout.
+DEFAULT_TRIALS = 50
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+DURATION_HELP = (
+    "a duration is a number of seconds (600) or a number with s, m or h (90s, 10m, 1.5h), above 0"
+)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a duration as a user writes it (600, "600", "90s", "10m", "1.5h");
+    ValueError saying what is accepted for anything else."""
+    seconds = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)", value.strip().lower())
+        if match:
+            seconds = float(match[1]) * DURATION_UNITS[match[2] or "s"]
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(DURATION_HELP)
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """`seconds` (rounded up to a whole second) as parse_duration reads it: 90s, 10m, 2h."""
+    whole = math.ceil(seconds)
+    if whole % 3600 == 0:
+        return f"{whole // 3600}h"
+    if whole % 60 == 0:
+        return f"{whole // 60}m"
+    return f"{whole}s"
 
 
 class _DuplicateKey(Exception):
@@ -190,7 +224,7 @@ class TrainingSpec(_Strict):
 class SearchSettings(_Strict):
     # optuna: a sampler + pruner study; hyperband: keras-tuner's Hyperband (hyperband.py),
     # which uses training.max_epochs, factor and hyperband_iterations instead of
-    # sampler, pruner and trials.
+    # sampler, pruner and trials (a timeout applies to both).
     backend: Literal["optuna", "hyperband"] = "optuna"
     factor: int = Field(3, ge=2)
     hyperband_iterations: int = Field(1, ge=1)
@@ -200,7 +234,11 @@ class SearchSettings(_Strict):
     pruner: Literal["hyperband", "median", "successive_halving", "patient", "none"] = (
         "successive_halving"
     )
-    trials: int = Field(50, ge=1)
+    # The target of finished trials, and the time budget (seconds; YAML takes 10m, 1.5h...),
+    # both for the study's whole life: a run stops at whichever comes first. With neither,
+    # the target is DEFAULT_TRIALS; with a timeout alone, time alone ends the search.
+    trials: int | None = Field(None, ge=1)
+    timeout: float | None = None
     seed: int | None = 0
     max_consecutive_failures: int = Field(5, ge=1)
     # Crash recovery, on any machine: a running trial writes a heartbeat every
@@ -210,15 +248,28 @@ class SearchSettings(_Strict):
     stale_after_seconds: int = Field(60, ge=2)
     retries: int = Field(1, ge=0)
 
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
     def startup(self) -> int:
         """TPE's random start-up trials: as given, or a third of the study's trials, at most
-        20 and at least 5. With successive halving most start-up trials stop at the first
-        rung, and fewer than 20 let TPE settle on what learns fastest (ten seeds on three
-        datasets, benchmarks/README.md, Search quality); a fixed 20 left a 30-trial study
-        only 10 proposals of TPE's own."""
+        20 and at least 5 (20 for a search bounded by time alone). With successive halving
+        most start-up trials stop at the first rung, and fewer than 20 let TPE settle on what
+        learns fastest (ten seeds on three datasets, benchmarks/README.md, Search quality); a
+        fixed 20 left a 30-trial study only 10 proposals of TPE's own."""
         if self.startup_trials is not None:
             return self.startup_trials
-        return min(20, max(5, self.trials // 3))
+        target = self.trial_target()
+        return 20 if target is None else min(20, max(5, target // 3))
+
+    def trial_target(self, timeout: float | None = None) -> int | None:
+        """The finished trials to reach: `trials`, else DEFAULT_TRIALS unless a time budget
+        (this space's, or `timeout` given to the run) ends the search."""
+        if self.trials is not None:
+            return self.trials
+        return None if timeout or self.timeout else DEFAULT_TRIALS
 
 
 class SearchSpace(_Strict):
@@ -446,6 +497,8 @@ def _describe(exc: ValidationError, raw: Any, source: str) -> str:
             )
         elif kind == "missing":
             problems.append(f"{key}: required key is missing; add it.")
+        elif kind == "value_error":  # our own validators' messages, without pydantic's prefix
+            problems.append(f"{key}: {error['ctx']['error']}; got {shown(error['input'])}.")
         elif kind in ("union_tag_invalid", "union_tag_not_found"):
             problems.append(
                 f"{key}: a parameter is a plain value (fixed) or a mapping with "

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LostTrials",
+    "SearchClock",
     "StudySummary",
     "all_summaries",
     "check_same_data",
@@ -37,15 +38,17 @@ __all__ = [
     "make_pruner",
     "make_sampler",
     "set_target",
+    "set_timeout",
     "space_differences",
     "space_of",
     "summarize",
     "target_of",
+    "timeout_of",
 ]
 
-# What steers the next trials, not what they mean: may change from one run to the next (the CLI
-# sets `search.trials`); everything else defines the study.
-_NOT_DEFINING = ("search.trials", "search.startup_trials")
+# What steers the next trials and when to stop, not what they mean: may change from one run to
+# the next (the CLI sets `search.trials` and `search.timeout`); everything else defines the study.
+_NOT_DEFINING = ("search.trials", "search.timeout", "search.startup_trials")
 
 
 def make_sampler(
@@ -270,15 +273,77 @@ def check_same_data(study: optuna.Study, space: SearchSpace, accept_changed: boo
     study.set_user_attr(records.DATA, now)
 
 
-def set_target(study: optuna.Study, target: int) -> None:
-    """Record the number of finished trials the study is being driven to: a `worker` joining
-    from another machine, or a later `resume`, goes on to the same target."""
-    if study.user_attrs.get(records.TARGET) != target:
-        study.set_user_attr(records.TARGET, target)
+def set_target(study: optuna.Study, target: int | None) -> None:
+    """Record the number of finished trials the study is being driven to (None: none, its
+    time budget ends it): a `worker` joining from another machine, or a later `resume`, goes
+    on to the same target."""
+    _set(study, records.TARGET, target)
 
 
-def target_of(study: optuna.Study) -> int:
-    return int(study.user_attrs.get(records.TARGET) or space_of(study).search.trials)
+def target_of(study: optuna.Study) -> int | None:
+    attrs = study.user_attrs
+    if records.TARGET in attrs:
+        return attrs[records.TARGET]
+    search = space_of(study).search  # never run yet
+    return search.trial_target()
+
+
+def set_timeout(study: optuna.Study, seconds: float | None) -> None:
+    """Record the study's time budget: the total time it may search, over all its runs
+    (None: no limit), which `resume` and joining workers go on with."""
+    _set(study, records.TIMEOUT, seconds)
+
+
+def timeout_of(study: optuna.Study) -> float | None:
+    attrs = study.user_attrs
+    return attrs[records.TIMEOUT] if records.TIMEOUT in attrs else space_of(study).search.timeout
+
+
+def _set(study: optuna.Study, key: str, value: Any) -> None:
+    attrs = study.user_attrs
+    if key not in attrs or attrs[key] != value:
+        study.set_user_attr(key, value)
+
+
+class SearchClock:
+    """The time a study has searched, against its time budget: what earlier runs stored, plus
+    this run's since the clock was made. Every runner and joining worker keeps one and stores
+    what it counted now and then; the stored time only grows, so runs side by side (other
+    machines) count the study's time once, not once each."""
+
+    SAVE_EVERY_S = 10.0
+
+    def __init__(self, study: optuna.Study):
+        self.study = study
+        self.budget = timeout_of(study)
+        self.before = float(study.user_attrs.get(records.SEARCHED_SECONDS, 0.0))
+        self.started = self.saved = time.monotonic()
+
+    def searched(self) -> float:
+        return self.before + time.monotonic() - self.started
+
+    def left(self) -> float | None:
+        """Seconds of the budget left; None without a budget."""
+        return None if self.budget is None else max(0.0, self.budget - self.searched())
+
+    def spent(self) -> bool:
+        return self.budget is not None and self.searched() >= self.budget
+
+    def deadline(self) -> float | None:
+        """When the budget is spent, on the wall clock (time.time()), for worker processes."""
+        left = self.left()
+        return None if left is None else time.time() + left
+
+    def tick(self) -> None:
+        """Store the searched time if it was last stored a while ago."""
+        if time.monotonic() - self.saved >= self.SAVE_EVERY_S:
+            self.save()
+
+    def save(self) -> None:
+        self.saved = time.monotonic()
+        searched = round(self.searched(), 1)
+        if searched > float(self.study.user_attrs.get(records.SEARCHED_SECONDS, 0.0)):
+            self.study.set_user_attr(records.SEARCHED_SECONDS, searched)
 
 
 @dataclass(frozen=True)

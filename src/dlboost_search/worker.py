@@ -6,7 +6,8 @@ however long the study runs.
 
 Several workers, on this machine or others, may share a study. Each stops when the study has
 its target of finished trials counting the ones running elsewhere, so the study ends with
-exactly the target, not one extra per worker.
+exactly the target, not one extra per worker; and, whatever the target, it starts no trial
+once the study's time budget is spent (its deadline), finishing the one it is training.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -106,11 +108,13 @@ def run_worker(
     threads: int | None = None,
     sole_worker: bool = True,
     go: Any = None,
+    deadline: float | None = None,
 ) -> None:
     """Entry point of a worker process (started with the spawn method): run at most
     `max_trials` trials of the study (its `space` as stored, from the pool: read and checked
-    once, there), fewer once the study has `target` finished trials. Only the study's
-    sole worker samples reproducibly from the space's seed; workers side by side must not.
+    once, there), fewer once the study has `target` finished trials (None: no target) or
+    time.time() passes `deadline` (the time budget). Only the study's sole worker samples
+    reproducibly from the space's seed; workers side by side must not.
 
     `go`: for a standby worker, an event the pool sets when the worker it replaces has
     exited; it imports TensorFlow and loads the data meanwhile, then waits."""
@@ -124,7 +128,7 @@ def run_worker(
         stream = 0 if sole_worker else os.getpid()
         _run(
             study_name, url, space, target, max_trials, failures_in_a_row, sent, threads, stream,
-            go,
+            go, deadline,
         )  # fmt: skip
     except KeyboardInterrupt:
         sent.put(events.WorkerInterrupted())
@@ -132,12 +136,17 @@ def run_worker(
         sent.put(events.WorkerFailed(exc))
 
 
-def _work_left(study: Any, target: int) -> int:
-    """Trials still to start: the target less the finished and the running ones."""
+def _done(study: Any, target: int | None, deadline: float | None) -> bool:
+    """Whether to start no more trials: the time budget is spent, or finished and running
+    trials make up the target."""
     from optuna.trial import TrialState
 
+    if deadline is not None and time.time() >= deadline:
+        return True
+    if target is None:
+        return False
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    return target - len(study.get_trials(deepcopy=False, states=states))
+    return len(study.get_trials(deepcopy=False, states=states)) >= target
 
 
 def _trailing_failures(study: Any) -> int:
@@ -154,11 +163,13 @@ def _trailing_failures(study: Any) -> int:
     return count
 
 
-def _is_surplus(study: Any, number: int, target: int) -> bool:
+def _is_surplus(study: Any, number: int, target: int | None) -> bool:
     """Whether trials ahead of `number` (finished, or running with a lower number) already
     make up the target: two workers asked for the last trial at once, and this one lost."""
     from optuna.trial import TrialState
 
+    if target is None:
+        return False
     ahead = 0
     for t in study.get_trials(deepcopy=False):
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -179,6 +190,7 @@ def _run(
     threads: int | None,
     stream: int,
     go: Any = None,
+    deadline: float | None = None,
 ) -> None:
     from dlboost_search.storage import load_study
 
@@ -186,7 +198,7 @@ def _run(
     study = load_study(study_name, url, recovery=space.search)
     # Before the slow TensorFlow import: a worker started as the last trial began elsewhere
     # leaves at once.
-    if _work_left(study, target) <= 0:
+    if _done(study, target, deadline):
         sent.put(events.WorkerDone(rss_mb()))
         return
     import_tensorflow_quietly(threads)
@@ -206,7 +218,7 @@ def _run(
         while not go.wait(timeout=1.0):
             if os.getppid() != parent:  # the pool is gone
                 return
-        if _work_left(study, target) <= 0:
+        if _done(study, target, deadline):
             sent.put(events.WorkerDone(rss_mb()))
             return
         failures_in_a_row = _trailing_failures(study)
@@ -263,7 +275,7 @@ def _run(
         if records.fail_reason(trial) == SURPLUS_REASON:
             study.stop()
             return
-        if _work_left(study, target) <= 0:
+        if _done(study, target, deadline):
             study.stop()
         failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
         sent.put(
@@ -289,6 +301,9 @@ def _run(
                 f"{study_name}`."
             )
 
+    if _done(study, target, deadline):  # the time ran out while TensorFlow was imported
+        sent.put(events.WorkerDone(rss_mb()))
+        return
     with _signals_raise(False):
         study.optimize(
             objective, n_trials=max_trials, callbacks=[after_trial], catch=(TrialFailed,)
