@@ -135,6 +135,18 @@ ROWS = {f"f{i}": np.arange(30.0) * (i + 1) for i in range(3)}
 # fmt: off
 CASES = {
     # Search spaces
+    "a timeout that is no duration": Case(
+        VALIDATE, 2, ("bad.yaml: search.timeout: a duration is", "(90s, 10m, 1.5h)", "'10m in'"),
+        lambda folder: write_space(folder, search={**TINY_SPACE["search"], "timeout": "10m in"}),
+    ),
+    "a --timeout that is no duration": Case(
+        ("start", "space.yaml", "--storage", DB, "--timeout", "10 minutes"), 2,
+        ("Invalid value for --timeout: '10 minutes': a duration is", "(90s, 10m, 1.5h)"),
+    ),
+    "a --timeout of nothing on resume": Case(
+        ("resume", "tiny", "--storage", DB, "--timeout", "0s"), 2,
+        ("Invalid value for --timeout: '0s'", "above 0"),
+    ),
     "alias bomb": Case(VALIDATE, 2, ("bad.yaml", "anchors and aliases", "expand to"), alias_bomb),
     "duplicate key": Case(
         VALIDATE, 2, ("bad.yaml", "'units' appears twice", "lines 4 and 5"),

@@ -4,6 +4,7 @@ says so in its `Backend` entry or skips with the reason."""
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import time
@@ -15,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import TINY_SPACE, cli_command, cli_env, deep_update, interruptible, load, states
+from dlboost_search import records
 from dlboost_search.runner import BACKENDS
 
 pytestmark = pytest.mark.slow
@@ -31,6 +33,9 @@ class Backend:
     # keras-tuner's trials land in the study only once finished: an interrupted one leaves
     # nothing to close, and runs again from its start on resume.
     stores_running_trials: bool = True
+    # Changes that give a study far more trials than a few seconds run, and its target then.
+    endless: dict[str, Any] = field(default_factory=dict)
+    endless_target: int = 0
     # Optuna's target counts finished trials, so a failed one is replaced; a failed trial
     # in a Hyperband schedule is not, and its bracket promotes fewer.
     failed_trials_are_replaced: bool = True
@@ -48,6 +53,8 @@ CASES = {
             "search": {"trials": 1, "pruner": "none"},
         },
         long_target=1,
+        endless={"search": {"trials": 1000}},
+        endless_target=1000,
     ),
     # max_epochs 3, factor 3: two brackets, six trials (three 1-epoch models, the best of
     # them continued to epoch 3, two 3-epoch models).
@@ -57,6 +64,8 @@ CASES = {
         target=6,
         long_run={},  # six trials: the interrupt comes after the second
         long_target=6,
+        endless={"search": {"hyperband_iterations": 50}},
+        endless_target=300,
         stores_running_trials=False,
         failed_trials_are_replaced=False,
     ),
@@ -162,6 +171,42 @@ def test_an_interrupt_closes_the_running_trial_and_resume_reaches_the_target(
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(finished) == backend.long_target
     assert len(study.trials) >= stopped_at  # nothing stored was lost
+
+
+def test_a_time_budget_stops_the_search_and_resume_goes_on_with_what_is_left(
+    backend, write_space, storage, run_cli
+):
+    changes = deep_update(backend.endless, {"search": {"timeout": "20s"}})
+    space = write_space(**deep_update(backend.changes, changes))
+    result = run_cli("start", str(space), "--storage", storage)
+
+    assert result.returncode == 0, result.stderr
+    assert "time budget spent" in result.stdout
+    study = load(storage)
+    assert TrialState.RUNNING.name not in states(study)  # the running trials finished
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) < backend.endless_target
+    assert study.user_attrs[records.TIMEOUT] == 20
+    searched = study.user_attrs[records.SEARCHED_SECONDS]
+    assert searched >= 20  # it stopped only once the budget was spent
+    trials = len(study.trials)
+
+    # Spent: resume says so and how to extend it, and starts nothing.
+    result = run_cli("resume", "tiny", "--storage", storage)
+    assert result.returncode == 0, result.stderr
+    assert "time budget spent" in result.stdout
+    assert "resume tiny --timeout" in result.stdout
+    assert len(load(storage).trials) == trials
+
+    # A larger total: it goes on from the time already searched, to the new budget.
+    budget = math.ceil(searched) + 20
+    result = run_cli("resume", "tiny", "--storage", storage, "--timeout", f"{budget}s", "-q")
+    assert result.returncode == 0, result.stderr
+    study = load(storage)
+    assert study.user_attrs[records.TIMEOUT] == budget
+    assert study.user_attrs[records.SEARCHED_SECONDS] >= budget
+    assert len(study.trials) >= trials  # nothing stored was lost
+    assert TrialState.RUNNING.name not in states(study)
 
 
 def wait_for_an_epoch(url: str, process: subprocess.Popen, stored: bool, timeout=240) -> int:
