@@ -35,7 +35,7 @@ def sampled(sampler: optuna.samplers.BaseSampler, space: Any, n: int) -> list[di
     ("setting", "startup"),
     [
         ({"startup_trials": 3}, 3),
-        ({"trials": 30}, 10),  # by default a third of the trials...
+        ({"trials": 30}, 15),  # by default half the trials...
         ({"trials": 300}, 20),  # ...at most 20
         ({"trials": 6}, 5),  # ...and at least 5
     ],
