@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,19 @@ def test_every_command_has_help_with_an_example(run_cli, command):
     result = run_cli(command, "--help")
     assert result.returncode == 0
     assert "Example" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "help_start"),
+    [("delete", "--yes -y", "Delete without"), ("report", "--publish", "Also write")],
+)
+def test_help_shows_flags_bare_and_arguments_by_their_metavar(run_cli, command, flag, help_start):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert f" {command} [OPTIONS] NAME" in result.stdout  # the usage line
+    assert "<bool>" not in result.stdout and "{" not in result.stdout
+    # A flag takes no value: nothing stands between it and its help.
+    assert re.search(r"\s+".join([*map(re.escape, flag.split()), help_start]), result.stdout)
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ out = Console()
 err = Console(stderr=True)
 _state = {"debug": False}
 
+StudyNameArgument = typer.Argument(..., metavar="NAME", help="Study name.", show_default=False)
 StorageOption = typer.Option(
     None,
     "--storage",
@@ -208,7 +209,7 @@ def start(
 @app.command()
 @_handles_errors
 def resume(
-    name: str = typer.Argument(..., help="Study name."),
+    name: str = StudyNameArgument,
     trials: int | None = typer.Option(
         None,
         "--trials",
@@ -248,7 +249,7 @@ def resume(
 @app.command()
 @_handles_errors
 def worker(
-    name: str = typer.Argument(..., help="Study name."),
+    name: str = StudyNameArgument,
     storage: str | None = StorageOption,
     workers: int = WorkersOption,
     recycle_every: int = RecycleOption,
@@ -447,7 +448,7 @@ def _params_table(params: dict[str, Any]) -> Table:
 @app.command()
 @_handles_errors
 def best(
-    name: str = typer.Argument(..., help="Study name."),
+    name: str = StudyNameArgument,
     storage: str | None = StorageOption,
     format: str = typer.Option("table", "--format", "-f", help="table, json or yaml."),
 ) -> None:
@@ -517,7 +518,7 @@ def validate(
 @app.command()
 @_handles_errors
 def report(
-    name: str = typer.Argument(..., help="Study name."),
+    name: str = StudyNameArgument,
     storage: str | None = StorageOption,
     out_file: str | None = typer.Option(
         None,
@@ -582,7 +583,7 @@ def report(
 @app.command()
 @_handles_errors
 def delete(
-    name: str = typer.Argument(..., help="Study name."),
+    name: str = StudyNameArgument,
     storage: str | None = StorageOption,
     yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking (for scripts)."),
 ) -> None:
@@ -628,7 +629,7 @@ AsOption = typer.Option(
 @app.command()
 @_handles_errors
 def export(
-    name: str = typer.Argument(..., help="Study name."),
+    name: str = StudyNameArgument,
     to: str = typer.Option(..., "--to", help="Storage URL to copy the study into."),
     storage: str | None = StorageOption,
     as_name: str | None = AsOption,
@@ -645,7 +646,7 @@ def export(
 @app.command("import")
 @_handles_errors
 def import_(
-    name: str = typer.Argument(..., help="Study name."),
+    name: str = StudyNameArgument,
     from_url: str = typer.Option(..., "--from", help="Storage URL to copy the study from."),
     storage: str | None = StorageOption,
     as_name: str | None = AsOption,
@@ -675,7 +676,9 @@ def _copy(name: str, storage_from: str | None, storage_to: str | None, as_name: 
 @app.command()
 @_handles_errors
 def merge(
-    name: str = typer.Argument(..., help="Study name, the same in both storages."),
+    name: str = typer.Argument(
+        ..., metavar="NAME", help="Study name, the same in both storages.", show_default=False
+    ),
     from_url: str = typer.Option(..., "--from", help="Storage URL of the other copy."),
     storage: str | None = StorageOption,
 ) -> None:
@@ -706,7 +709,7 @@ def merge(
 @app.command("export-model")
 @_handles_errors
 def export_model(
-    name: str = typer.Argument(..., help="Study name."),
+    name: str = StudyNameArgument,
     out_dir: str = typer.Option(
         ...,
         "--out",
