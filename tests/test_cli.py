@@ -15,6 +15,7 @@ import optuna
 import pytest
 import yaml
 
+import dlboost_search
 from conftest import TINY_SPACE, cli_command, cli_env
 from dlboost_search.storage import open_storage
 
@@ -44,6 +45,12 @@ def test_every_command_has_help_with_an_example(run_cli, command):
     assert "Example" in result.stdout
 
 
+def test_version_prints_the_package_version(run_cli):
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"dlboost-search {dlboost_search.__version__}\n"
+
+
 @pytest.mark.parametrize(
     ("command", "flag", "help_start"),
     [("delete", "--yes -y", "Delete without"), ("report", "--publish", "Also write")],
@@ -58,7 +65,7 @@ def test_help_shows_flags_bare_and_arguments_by_their_metavar(run_cli, command, 
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["status"], ["best", "tiny"], ["validate", "space.yaml"]]
+    "args", [["--help"], ["--version"], ["status"], ["best", "tiny"], ["validate", "space.yaml"]]
 )
 def test_light_commands_do_not_import_tensorflow(tmp_path, write_space, args):
     write_space()

@@ -152,9 +152,25 @@ def _storage_failure(exc: Exception, options: dict[str, Any]) -> StorageError | 
     )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from dlboost_search import __version__
+
+        out.print(f"dlboost-search {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        expose_value=False,
+        help="Print the version and exit.",
+    ),
 ) -> None:
     _state["debug"] = debug
 
