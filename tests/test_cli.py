@@ -17,7 +17,9 @@ import yaml
 
 import dlboost_search
 from conftest import TINY_SPACE, cli_command, cli_env
+from dlboost_search.spaces import space_from_dict
 from dlboost_search.storage import open_storage
+from dlboost_search.testing import synthetic_study
 
 COMMANDS = ["start", "resume", "status", "best", "validate", "export-model", "predict"]
 
@@ -92,6 +94,48 @@ def test_status_lists_each_study_with_its_trials(run_cli, finished_study):
     pruned = sum(t.state.name == "PRUNED" for t in study.trials)
     assert cells[:5] == ["tiny", str(complete), str(pruned), "0", "0"]
     assert cells[5] == f"{study.best_value:.6g}"
+
+
+LONG_NAME = "diabetes-mlp-with-a-name-as-long-as-an-experiment-log-would-give-it-" + "x" * 40
+
+
+@pytest.fixture
+def long_named_study(storage) -> optuna.Study:
+    space = space_from_dict({**TINY_SPACE, "name": LONG_NAME}, "space.yaml")
+    return synthetic_study(space, storage, 5)
+
+
+def test_status_piped_gives_whole_names_and_values(tmp_path, storage, long_named_study):
+    env = {key: value for key, value in cli_env().items() if key != "COLUMNS"}  # as in a pipe
+    result = subprocess.run(
+        cli_command("status", "--storage", storage), cwd=tmp_path, env=env,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert storage in result.stdout  # the title, unwrapped
+    row = next(line for line in result.stdout.splitlines() if LONG_NAME in line)
+    assert f"{long_named_study.best_value:.6g}" in row and "minimize" in row
+
+
+def test_status_as_json(run_cli, storage, long_named_study):
+    result = run_cli("status", "--storage", storage, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["storage"] == storage
+    [study] = report["studies"]
+    trials = long_named_study.trials
+    assert study["name"] == LONG_NAME and study["direction"] == "minimize"
+    assert study["complete"] == sum(t.state.name == "COMPLETE" for t in trials)
+    assert study["failed"] == sum(t.state.name == "FAIL" for t in trials)
+    assert study["best_value"] == pytest.approx(long_named_study.best_value)
+    assert study["best_trial"] == long_named_study.best_trial.number
+
+
+def test_status_as_json_of_an_empty_storage(run_cli, storage):
+    open_storage(storage, create=True)
+    result = run_cli("status", "--storage", storage, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"storage": storage, "studies": []}
 
 
 def test_status_of_an_empty_storage_says_how_to_start(run_cli, storage):

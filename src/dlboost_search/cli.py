@@ -404,7 +404,7 @@ def _print_result(study: Any, url: str, space: Any) -> None:
         f"\n[bold]best {report['metric']}[/bold] {best['value']:.6g} "
         f"(trial {best['trial']}, {best['epochs_trained']} epochs)"
     )
-    out.print(_params_table(best["params"]))
+    _print_whole(_params_table(best["params"]))
     out.print(
         f"stored in {masked(url)} as study [bold]{name}[/bold]. "
         f"See `dlboost-search best {name}` and `dlboost-search status`."
@@ -413,16 +413,33 @@ def _print_result(study: Any, url: str, space: Any) -> None:
 
 @app.command()
 @_handles_errors
-def status(storage: str | None = StorageOption) -> None:
+def status(
+    storage: str | None = StorageOption,
+    format: str = typer.Option("table", "--format", "-f", help="table or json."),
+) -> None:
     """Every study in the storage: its trials by state, best value and last activity.
 
-    Example: `dlboost-search status --storage sqlite:///storage/studies.db`
+    Example: `dlboost-search status --format json > studies.json`
     """
     from dlboost_search.storage import masked, storage_url
     from dlboost_search.study import all_summaries
 
+    if format not in ("table", "json"):
+        raise typer.BadParameter(f"{format!r}: use table or json", param_hint="--format")
     url = storage_url(storage)
     summaries = all_summaries(url)
+    if format == "json":
+        studies = [
+            {
+                "name": s.name, "direction": s.direction, "complete": s.complete,
+                "pruned": s.pruned, "failed": s.failed, "running": s.running,
+                "best_value": s.best_value, "best_trial": s.best_trial,
+                "last_activity": s.last_activity.isoformat() if s.last_activity else None,
+            }
+            for s in summaries
+        ]  # fmt: skip
+        sys.stdout.write(json.dumps({"storage": masked(url), "studies": studies}, indent=2) + "\n")
+        return
     if not summaries:
         out.print(
             f"no studies in {masked(url)} yet. Start one with `dlboost-search start SPACE.yaml`."
@@ -449,7 +466,21 @@ def status(storage: str | None = StorageOption) -> None:
             s.direction,
             s.last_activity.strftime("%Y-%m-%d %H:%M:%S") if s.last_activity else "-",
         )  # fmt: skip
-    out.print(table)
+    _print_whole(table)
+
+
+def _print_whole(table: Table) -> None:
+    """A table as wide as the terminal; elsewhere (a pipe, a file) as wide as its longest
+    values and title, since a script or a log needs every name and value whole."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    from rich.cells import cell_len
+    from rich.measure import Measurement
+
+    table.min_width = cell_len(str(table.title or ""))
+    width = Measurement.get(out, out.options.update_width(1_000_000), table).maximum
+    Console(file=out.file, width=width).print(table)
 
 
 def _params_table(params: dict[str, Any]) -> Table:
@@ -489,7 +520,7 @@ def best(
             f"[bold]{name}[/bold]: best {report['metric']} {report['best']['value']:.6g} "
             f"(trial {report['best']['trial']})"
         )
-        out.print(_params_table(report["best"]["params"]))
+        _print_whole(_params_table(report["best"]["params"]))
 
 
 @app.command()
@@ -517,7 +548,7 @@ def validate(
     table = Table("parameter", "searched as")
     for name, spec in space.params.items():
         table.add_row(name, json.dumps(spec.model_dump(exclude_defaults=True)))
-    out.print(table)
+    _print_whole(table)
     search = space.search
     trials = search.trial_target()
     budget = " and ".join(
