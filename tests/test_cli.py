@@ -205,6 +205,31 @@ def test_validate_accepts_a_good_space_and_touches_no_storage(run_cli, write_spa
     assert not (tmp_path / "storage").exists()
 
 
+def test_validate_prints_the_spaces_own_words_as_written(run_cli, write_space):
+    """Rich would read [true, false] or [draft] as its markup and drop them."""
+    choices = {"type": "categorical", "choices": [True, False]}
+    space = write_space("[draft]space.yaml", params={**TINY_SPACE["params"], "batch_norm": choices})
+    result = run_cli("validate", str(space))
+    assert result.returncode == 0, result.stderr
+    assert f"ok {space}:" in result.stdout
+    assert '"choices": [true, false]' in result.stdout
+    result = run_cli("validate", "[draft]nowhere.yaml")
+    assert result.returncode == 2 and "[draft]nowhere.yaml" in result.stderr
+
+
+def test_validate_describes_the_hyperband_backend(run_cli, write_space):
+    space = write_space(search={"backend": "hyperband", "factor": 3})
+    result = run_cli("validate", str(space))
+    assert result.returncode == 0, result.stderr
+    assert "keras-tuner's Hyperband (factor 3, 1 iteration), up to 4 epochs per trial" in (
+        result.stdout
+    )
+    assert "sampler" not in result.stdout and "pruner" not in result.stdout
+    # The Optuna backend is described by its sampler and pruner.
+    result = run_cli("validate", str(write_space()))
+    assert "3 trials with tpe sampler and median pruner" in result.stdout
+
+
 def test_validate_rejects_a_bad_space_with_file_key_and_fix(run_cli, write_space, tmp_path):
     space = write_space(params={"units": {"type": "int", "low": 64, "high": 8}})
     result = run_cli("validate", str(space))

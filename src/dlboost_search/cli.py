@@ -15,7 +15,9 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from dlboost_search.errors import DlboostError, StorageError, StudyError
 
@@ -117,7 +119,7 @@ def _handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 def _fail(exc: DlboostError) -> None:
     if _state["debug"]:
         raise exc
-    err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code) from None
 
 
@@ -539,27 +541,39 @@ def validate(
     space = load_space(space_file)
     warning = check_data(space, space_file)
     if warning:
-        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     if space.data.images:  # decoding the images needs TensorFlow: left to the workers
         summary = f"images in {space.data.images}, resized to {space.data.image_size}"
     else:
         summary = prepare(space.data, space.search.seed or 0).summary()
-    out.print(f"[green]ok[/green] {space_file}: study {space.name!r}, {summary}")
+    # The file's own words (names, choices such as [true, false]) are no rich markup.
+    out.print("[green]ok[/green] " + escape(f"{space_file}: study {space.name!r}, {summary}"))
     table = Table("parameter", "searched as")
     for name, spec in space.params.items():
-        table.add_row(name, json.dumps(spec.model_dump(exclude_defaults=True)))
+        table.add_row(Text(name), Text(json.dumps(spec.model_dump(exclude_defaults=True))))
     _print_whole(table)
+    objective = f"objective: {space.direction} {space.objective.metric}"
     search = space.search
-    trials = search.trial_target()
-    budget = " and ".join(
-        ([f"{trials} trials"] if trials else [])
-        + ([f"{format_duration(search.timeout)} of search"] if search.timeout else [])
-    )
-    out.print(
-        f"objective: {space.direction} {space.objective.metric}; up to "
-        f"{space.training.max_epochs} epochs per trial; {budget} with "
-        f"{search.sampler} sampler and {search.pruner} pruner."
-    )
+    within = f" within {format_duration(search.timeout)} of search" if search.timeout else ""
+    if search.backend == "hyperband":
+        how = (
+            f"keras-tuner's Hyperband (factor {search.factor}, {search.hyperband_iterations} "
+            f"iteration{'s' if search.hyperband_iterations > 1 else ''}), up to "
+            f"{space.training.max_epochs} epochs per trial{within}: its brackets set the number "
+            f"of trials and the epochs each trains, a promoted configuration going on from its "
+            f"parent's checkpoint."
+        )
+    else:
+        trials = search.trial_target()
+        budget = " and ".join(
+            ([f"{trials} trials"] if trials else [])
+            + ([f"{format_duration(search.timeout)} of search"] if search.timeout else [])
+        )
+        how = (
+            f"up to {space.training.max_epochs} epochs per trial; {budget} with "
+            f"{search.sampler} sampler and {search.pruner} pruner."
+        )
+    out.print(escape(f"{objective}; {how}"))
 
 
 @app.command()
