@@ -189,6 +189,28 @@ def test_best_of_a_study_without_completed_trials(run_cli, storage):
     assert "no completed trial" in result.stderr and "1 failed" in result.stderr
 
 
+def test_the_end_of_a_run_says_what_to_run_next_on_its_storage(run_cli, write_space, storage):
+    space = write_space(search={"trials": 1})
+    result = run_cli("start", str(space), "--storage", storage)
+    assert result.returncode == 0, result.stderr
+    hints = re.findall(r"`(dlboost-search [^`]*)`", result.stdout)
+    assert hints == [
+        f"dlboost-search best tiny --storage {storage}",
+        f"dlboost-search report tiny --storage {storage}",
+        f"dlboost-search status --storage {storage}",
+    ]
+    followed = run_cli(*hints[0].split()[1:])  # as the user would, from the same folder
+    assert followed.returncode == 0, followed.stderr
+    assert not (Path(storage.removeprefix("sqlite:///")).parent / "storage").exists()
+
+
+def test_the_end_of_a_run_on_the_default_storage_needs_no_storage_option(run_cli, write_space):
+    result = run_cli("start", str(write_space(search={"trials": 1})))
+    assert result.returncode == 0, result.stderr
+    assert "`dlboost-search best tiny`" in result.stdout
+    assert "--storage" not in result.stdout
+
+
 def test_resume_of_a_study_made_elsewhere_says_what_to_do(run_cli, storage):
     optuna.create_study(study_name="foreign", storage=storage)
     result = run_cli("resume", "foreign", "--storage", storage)

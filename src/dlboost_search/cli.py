@@ -283,14 +283,17 @@ def worker(
 
     Example: `dlboost-search worker diabetes-mlp --storage postgresql://user@db-host/studies -w 2`
     """
-    summary, *_ = _continue(
+    summary, _, url, _ = _continue(
         name, storage, None, workers, recycle_every, quiet, None, accept_changed_data,
         joining=True,
     )  # fmt: skip
     if not quiet:
         out.print(
-            f"study {name!r} has {summary.finished} finished trials; this worker is done. "
-            f"See `dlboost-search best {name}`."
+            escape(
+                f"study {name!r} has {summary.finished} finished trials; this worker is done. "
+                f"See `dlboost-search best {name}{_storage_option(url)}`."
+            ),
+            soft_wrap=True,
         )
 
 
@@ -399,7 +402,7 @@ def _print_result(study: Any, url: str, space: Any) -> None:
     try:
         report = best_of(study, space)
     except StudyError as exc:
-        out.print(str(exc))
+        out.print(escape(str(exc)))
         return
     best = report["best"]
     out.print(
@@ -407,10 +410,23 @@ def _print_result(study: Any, url: str, space: Any) -> None:
         f"(trial {best['trial']}, {best['epochs_trained']} epochs)"
     )
     _print_whole(_params_table(best["params"]))
+    on = _storage_option(url)
     out.print(
-        f"stored in {masked(url)} as study [bold]{name}[/bold]. "
-        f"See `dlboost-search best {name}` and `dlboost-search status`."
-    )
+        escape(f"stored in {masked(url)} as study ") + f"[bold]{name}[/bold]. "
+        + escape(
+            f"See `dlboost-search best {name}{on}`, `dlboost-search report {name}{on}` and "
+            f"`dlboost-search status{on}`."
+        ),
+        soft_wrap=True,  # commands to copy, whole on their line
+    )  # fmt: skip
+
+
+def _storage_option(url: str) -> str:
+    """What a command we suggest needs to reach the storage: ` --storage URL` (its password
+    masked), unless it is the default one, which the command finds alone."""
+    from dlboost_search.storage import DEFAULT_STORAGE, masked
+
+    return "" if url == DEFAULT_STORAGE else f" --storage {masked(url)}"
 
 
 @app.command()

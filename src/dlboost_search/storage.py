@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from dlboost_search.spaces import SearchSettings
 
 __all__ = [
+    "DEFAULT_STORAGE",
     "RetryLostTrial",
     "SERVER_CHECK",
     "SQLITE_DAMAGE",
