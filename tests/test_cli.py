@@ -67,10 +67,23 @@ def test_help_shows_flags_bare_and_arguments_by_their_metavar(run_cli, command, 
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["--version"], ["status"], ["best", "tiny"], ["validate", "space.yaml"]]
+    "args",
+    [
+        ["--help"],
+        ["--version"],
+        ["status"],
+        ["best", "tiny"],
+        ["validate", "space.yaml"],
+        ["validate", "custom.yaml"],  # a builder that imports Keras: checked without running it
+    ],
 )
 def test_light_commands_do_not_import_tensorflow(tmp_path, write_space, args):
     write_space()
+    write_space("custom.yaml", model={"family": "custom", "builder": "my_models:build"})
+    (tmp_path / "my_models.py").write_text(
+        "import keras\n\n\ndef build(params, input_shape, task, n_outputs):\n"
+        "    return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(n_outputs)])\n"
+    )
     code = (
         "import sys\n"
         "from dlboost_search.cli import main\n"

@@ -126,6 +126,41 @@ def test_a_builder_that_cannot_work_stops_before_any_trial(
     )
 
 
+@pytest.mark.parametrize(
+    ("builder", "fragment"),
+    [
+        ("no_such_module:build", "cannot import module 'no_such_module': there is no such module"),
+        ("my_models:nope", "has no function 'nope'. Its functions: build, needs_width_over_8, "
+         "not_a_model, refuses_second."),
+        ("broken:build", "is not valid Python: '(' was never closed at line 1."),
+    ],
+)  # fmt: skip
+def test_validate_checks_the_builders_file_without_importing_it(
+    builder_module, write_space, run_cli, builder, fragment
+):
+    (builder_module / "broken.py").write_text("def build(params:\n")
+    space = write_space(**deep_update(CUSTOM, {"model": {"builder": builder}}))
+    done = run_cli("validate", str(space))
+    assert done.returncode == 2, done.stderr
+    assert f"{space}: model.builder: " in done.stderr and fragment in done.stderr
+
+
+def test_validate_finds_a_builder_in_a_package_and_runs_none_of_it(write_space, run_cli, tmp_path):
+    """Importing would run the package's __init__ and the module (and so TensorFlow)."""
+    package = tmp_path / "lab" / "models"
+    package.mkdir(parents=True)
+    (tmp_path / "lab" / "__init__.py").write_text("raise SystemExit('lab/__init__.py ran')\n")
+    (package / "wide.py").write_text(
+        "raise SystemExit('wide.py ran')\n"
+        "try:\n    from fast_models import build\nexcept ImportError:\n"
+        "    def build(params, input_shape, task, n_outputs): ...\n"
+    )
+    space = write_space(**deep_update(CUSTOM, {"model": {"builder": "lab.models.wide:build"}}))
+    done = run_cli("validate", str(space))
+    assert done.returncode == 0, done.stderr
+    assert "__init__.py ran" not in done.stderr and "wide.py ran" not in done.stderr
+
+
 @pytest.mark.slow
 def test_following_a_refused_builders_advice_starts_under_the_same_name(
     builder_module, write_space, storage, run_cli

@@ -15,10 +15,14 @@ with the same contract; its hyperparameters are whatever the space names.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from importlib.machinery import ModuleSpec, PathFinder
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -87,12 +91,89 @@ def check_input(model: Any, input_shape: tuple[int, ...], source: str) -> None:
     """Fail before anything is stored when the family cannot take this data (a cnn given
     tables, a backbone expecting other rows) or its builder cannot be imported."""
     if model.family == "custom":
-        load_builder(model.builder, source)
+        check_builder(model.builder, source)
         return
     module = importlib.import_module(_FAMILY_MODULES[model.family])
     problem = getattr(module, "input_problem", lambda shape, model: None)(input_shape, model)
     if problem:
         raise SpaceError(f"{source}: {problem}")
+
+
+def check_builder(path: str, source: str) -> None:
+    """Without importing it (a builder imports Keras, so TensorFlow: seconds, and the CLI
+    never does): the module's file is found and defines the function. Importing it and
+    building a model are tried by the workers, before the first trial (model_builder)."""
+    module_name, _, function_name = path.partition(":")
+    spec = _module_spec(module_name)
+    if spec is None:
+        raise SpaceError(
+            f"{source}: model.builder: cannot import module {module_name!r}: there is no such "
+            f"module in the working directory ({os.getcwd()}) or on PYTHONPATH."
+        )
+    if not (spec.origin or "").endswith(".py"):
+        return  # compiled, or a namespace package: only importing it tells
+    try:
+        tree = ast.parse(Path(spec.origin).read_bytes(), spec.origin)
+    except SyntaxError as exc:
+        raise SpaceError(
+            f"{source}: model.builder: module {module_name!r} ({spec.origin}) is not valid "
+            f"Python: {exc.msg} at line {exc.lineno}."
+        ) from None
+    defined, functions = _top_level_names(tree.body)
+    if function_name not in defined and "*" not in defined:  # `import *` could bring it
+        public = sorted(name for name in functions if not name.startswith("_"))
+        raise SpaceError(
+            f"{source}: model.builder: module {module_name!r} ({spec.origin}) has no "
+            f"function {function_name!r}. Its functions: {', '.join(public) or 'none'}."
+        )
+
+
+def _module_spec(module_name: str) -> ModuleSpec | None:
+    """Where "a.b.c" would be imported from, as importing finds it (the working directory
+    first), without running any of it: its packages' __init__ files included."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    top, *rest = module_name.split(".")
+    try:
+        spec = importlib.util.find_spec(top)  # no parent package: nothing runs
+        for part in rest:
+            if spec is None or spec.submodule_search_locations is None:
+                return None
+            # By its own name in its parent's folders: the full name would look the parent
+            # up in sys.modules, where it is not, since it was never imported.
+            spec = PathFinder.find_spec(part, list(spec.submodule_search_locations))
+    except (ImportError, ValueError):
+        return None
+    return spec
+
+
+def _top_level_names(body: list[ast.stmt]) -> tuple[set[str], set[str]]:
+    """Names a module defines (functions, classes, assignments, imports; '*' for `import *`),
+    and of those its functions and classes."""
+    defined: set[str] = set()
+    functions: set[str] = set()
+    for node in _statements(body):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defined.add(node.name)
+            functions.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            defined.update((alias.asname or alias.name).partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return defined, functions
+
+
+def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """A module's statements, with those of its if, try, with and loop blocks (a definition
+    under `if` or `try` counts), not those inside functions and classes."""
+    for node in body:
+        yield node
+        if isinstance(node, ast.If | ast.Try | ast.TryStar | ast.With | ast.For | ast.While):
+            for block in ("body", "orelse", "finalbody"):
+                yield from _statements(getattr(node, block, []))
+            for handler in getattr(node, "handlers", []):
+                yield from _statements(handler.body)
 
 
 def load_builder(path: str, source: str) -> Callable[..., Any]:
