@@ -103,11 +103,23 @@ def any_storage(request, tmp_path: Path):
 _storages: dict[str, optuna.storages.RDBStorage] = {}
 
 
-def load(url: str, name: str = "tiny") -> optuna.Study:
-    """The study as stored now; one storage object per URL, closed when its test ends."""
+def _opened(url: str) -> optuna.storages.RDBStorage:
+    """One storage object per URL, closed when its test ends."""
     if url not in _storages:
         _storages[url] = optuna.storages.RDBStorage(url)
-    return optuna.load_study(study_name=name, storage=_storages[url])
+    return _storages[url]
+
+
+def load(url: str, name: str = "tiny") -> optuna.Study:
+    """The study as stored now."""
+    return optuna.load_study(study_name=name, storage=_opened(url))
+
+
+def system_attrs(url: str, name: str = "tiny") -> dict[str, Any]:
+    """The study's system attributes as stored now: its space, data fingerprints, dashboard
+    notes (Optuna's Study has no reader of them; its storage's is public)."""
+    storage = _opened(url)
+    return storage.get_study_system_attrs(storage.get_study_id_from_name(name))
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,16 @@ import optuna_dashboard
 import pytest
 from optuna.trial import TrialState
 
-from conftest import TINY_SPACE, cli_command, cli_env, deep_update, interruptible, load, states
+from conftest import (
+    TINY_SPACE,
+    cli_command,
+    cli_env,
+    deep_update,
+    interruptible,
+    load,
+    states,
+    system_attrs,
+)
 from dlboost_search import records
 from dlboost_search.runner import BACKENDS
 
@@ -113,7 +122,7 @@ def test_trials_record_what_they_did_and_the_same_seed_repeats_them(
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == backend.target
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    assert study.user_attrs["dlboost_search"]["space"]["name"] == "tiny"
+    assert system_attrs(url)["dlboost_search"]["space"]["name"] == "tiny"
     for trial in trials:
         assert set(trial.params) == backend.params
         assert trial.user_attrs["epochs_trained"] == len(trial.intermediate_values) >= 1

@@ -21,6 +21,7 @@ from conftest import (
     interruptible,
     load,
     states,
+    system_attrs,
     wait_for_running_trial,
 )
 from dlboost_search.worker import SURPLUS_REASON
@@ -281,4 +282,4 @@ def test_ten_processes_creating_one_new_study_at_once_make_it_once(any_storage):
         process.join(timeout=60)
     assert [kind for kind, _ in outcomes] == ["ok"] * 10, outcomes
     assert len({study_id for _, study_id in outcomes}) == 1
-    assert load(any_storage).user_attrs["dlboost_search"]["space"]["name"] == "tiny"
+    assert system_attrs(any_storage)["dlboost_search"]["space"]["name"] == "tiny"

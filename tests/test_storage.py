@@ -1,7 +1,9 @@
-"""Storage URLs and the SQLite tuning (storage.py), on real SQLite files."""
+"""Storage URLs and the SQLite tuning (storage.py), on real SQLite files; where a study keeps
+its search space (records.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -14,8 +16,12 @@ import optuna
 import pytest
 from sqlalchemy import text
 
+from conftest import TINY_SPACE, call_wsgi, deep_update, load, system_attrs
+from dlboost_search.dashboard import dashboard_app
 from dlboost_search.errors import StorageError
+from dlboost_search.spaces import space_from_dict
 from dlboost_search.storage import masked, open_storage, storage_url
+from dlboost_search.study import check_same_data, create_or_check, set_target, space_of
 
 
 def pragmas(storage) -> list:
@@ -131,3 +137,40 @@ def test_a_read_only_sqlite_file_can_still_be_read(tmp_path):
         assert sorted(p.name for p in folder.iterdir()) == ["studies.db"]
     finally:
         shutil.rmtree(folder)
+
+
+def test_a_new_study_keeps_its_space_out_of_what_people_read(tmp_path):
+    """The space (some 1,700 characters) and the data's fingerprints are study system
+    attributes: the dashboard's "Study User Attributes" panel and `optuna studies` show only
+    short user attributes, and every reader still finds the space."""
+    rows = "\n".join(f"{i % 7},{i % 5},{i * 0.5}" for i in range(40))
+    (tmp_path / "d.csv").write_text("a,b,y\n" + rows + "\n")
+    changes = {"data": {"path": str(tmp_path / "d.csv"), "target": "y"}}
+    space = space_from_dict(deep_update(TINY_SPACE, changes), "test")
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    # What `start` stores before its first trial.
+    check_same_data(create_or_check(space, url), space, accept_changed=False)
+    set_target(load(url), 40)
+
+    shown = load(url).user_attrs
+    assert sorted(shown) == ["dlboost_search_version", "dlboost_target"]
+    assert all(len(json.dumps(value)) < 200 for value in shown.values()), shown
+    kept = system_attrs(url)
+    assert len(json.dumps(kept["dlboost_search"])) > 1000  # the whole space, there
+    assert set(kept["dlboost_data_sha256"]) == {"path"}
+    assert space_of(load(url)) == space
+
+    listed = subprocess.run(
+        [str(Path(sys.executable).parent / "optuna"), "studies", "--storage", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "tiny" in listed.stdout and "dlboost_target" in listed.stdout
+    assert max(len(line) for line in listed.stdout.splitlines()) < 160, listed.stdout
+
+    status, _, body = call_wsgi(dashboard_app(url, None), "/api/studies/1")
+    assert status == 200
+    panel = json.loads(body)["user_attrs"]
+    assert sorted(a["key"] for a in panel) == ["dlboost_search_version", "dlboost_target"]

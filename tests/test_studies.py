@@ -20,6 +20,7 @@ from conftest import (
     deep_update,
     interruptible,
     load,
+    system_attrs,
     wait_for_running_trial,
 )
 from dlboost_search.errors import StudyError
@@ -75,7 +76,7 @@ def test_a_different_space_under_the_same_name_is_refused(write_space, storage, 
     assert "resume tiny" in result.stderr and "--study-name" in result.stderr
     study = load(storage)
     assert len(study.trials) == 1
-    assert study.user_attrs["dlboost_search"]["space"]["training"]["max_epochs"] == 4
+    assert system_attrs(storage)["dlboost_search"]["space"]["training"]["max_epochs"] == 4
     # The suggested fix works: another name makes another study beside it.
     result = run_cli(
         "start", str(changed), "--storage", storage, "--study-name", "tiny-7", "--trials", "1", "-q"
@@ -160,8 +161,8 @@ def test_a_changed_data_file_is_refused_on_resume_unless_accepted(
     assert accepted.returncode == 0, accepted.stderr
     study = load(storage)
     assert len(study.trials) == 2
-    (change,) = study.user_attrs["dlboost_data_changes"]
+    (change,) = system_attrs(storage)["dlboost_data_changes"]
     assert change["before"]["path"] != change["after"]["path"]
-    assert study.user_attrs["dlboost_data_sha256"] == change["after"]
+    assert system_attrs(storage)["dlboost_data_sha256"] == change["after"]
     again = run_cli("resume", "tiny", "--storage", storage, "--trials", "2", "-q")
     assert again.returncode == 0, again.stderr  # the new file is the study's file now

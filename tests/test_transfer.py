@@ -10,7 +10,7 @@ import optuna_dashboard
 import pytest
 from optuna.trial import TrialState
 
-from conftest import TINY_SPACE, load, states
+from conftest import TINY_SPACE, load, states, system_attrs
 from dlboost_search.spaces import space_from_dict
 from dlboost_search.study import set_target
 from dlboost_search.testing import synthetic_study
@@ -37,10 +37,11 @@ def test_export_copies_everything_and_leaves_the_source_alone(space, storage, an
     assert "copied study 'tiny' (30 trials)" in result.stdout
     copy = load(any_storage)
     assert [fingerprint(t) for t in copy.get_trials(deepcopy=False)] == before
-    assert copy.user_attrs == source.user_attrs  # the stored space and the target (42)
-    # optuna-dashboard keeps notes as study system attributes.
-    copied_attrs = copy._storage.get_study_system_attrs(copy._study_id)
-    assert copied_attrs == source._storage.get_study_system_attrs(source._study_id)
+    assert copy.user_attrs == source.user_attrs  # the target (42)
+    # The stored space, and the notes optuna-dashboard keeps, are study system attributes.
+    copied_attrs = system_attrs(any_storage)
+    assert copied_attrs == system_attrs(storage)
+    assert copied_attrs["dlboost_search"]["space"]["name"] == "tiny"
     assert "# the report" in "".join(str(v) for v in copied_attrs.values())
     assert [fingerprint(t) for t in load(storage).get_trials(deepcopy=False)] == before
 

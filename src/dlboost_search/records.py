@@ -1,8 +1,15 @@
 """Every name dlboost-search stores in a study, in one place, with the readers other modules use.
 
-Optuna keeps what we add as user attributes of the study and of each trial; these names are
-the stored format (tests/test_stored_format.py reads databases an earlier release wrote), so
-a name here is never renamed, only added. Optuna's own dashboard and CLI show them as they are.
+These names are the stored format (tests/test_stored_format.py reads databases an earlier
+release wrote), so a name here is never renamed, only added. Where each one lives:
+
+- what dlboost-search needs to run a study and people do not read (the search space, the
+  data's fingerprints) is a *system* attribute of the study (`study_record`,
+  `set_study_record`), which optuna-dashboard does not list and `optuna studies` does not
+  print. Release 0.1.0 kept these as user attributes, where the 1,700-character space flooded
+  both; for its studies `study_record` reads them there;
+- what people read (the target, the release that made the study, and everything on a trial)
+  is a user attribute, short, shown by optuna-dashboard and Optuna's CLI as it is.
 """
 
 from __future__ import annotations
@@ -36,20 +43,26 @@ __all__ = [
     "WORKER",
     "WORKER_RSS_MB",
     "WORKER_STARTED",
+    "VERSION",
     "epochs_from_scratch",
     "epochs_trained",
     "fail_reason",
+    "set_study_record",
+    "study_record",
     "worker_id",
     "worker_of",
 ]
 
-# On the study.
+# On the study, as system attributes (study_record): what dlboost-search reads.
 SPEC = "dlboost_search"  # {"space": the space as a dict, "version": the release that made it}
+DATA = "dlboost_data_sha256"  # the fingerprint of the files the study searches
+DATA_CHANGES = "dlboost_data_changes"  # when, and from what to what, a change was accepted
+
+# On the study, as user attributes: short, for people.
 TARGET = "dlboost_target"  # the finished trials the study is being driven to (null: none)
 TIMEOUT = "dlboost_timeout_seconds"  # its time budget: total search time (null: no limit)
 SEARCHED_SECONDS = "dlboost_searched_seconds"  # the time it has searched, all runs together
-DATA = "dlboost_data_sha256"  # the fingerprint of the files the study searches
-DATA_CHANGES = "dlboost_data_changes"  # when, and from what to what, a change was accepted
+VERSION = "dlboost_search_version"  # the release that created the study
 
 # On each trial: who ran it and how it ended.
 WORKER = "worker"  # "host:pid" of the worker process (worker_id)
@@ -74,6 +87,18 @@ BRACKET = "bracket"
 ROUND = "round"
 INITIAL_EPOCH = "initial_epoch"  # epochs it continued from, trained by the trial it continues
 CONTINUES = "continues"  # keras-tuner's id of that trial
+
+
+def study_record(study: Any, key: str) -> Any:
+    """What the study keeps under `key` (SPEC, DATA, DATA_CHANGES), or None: its system
+    attribute, else the user attribute a study made by release 0.1.0 keeps it in."""
+    # Optuna's Study has no public reader of system attributes; its storage's is public.
+    stored = study._storage.get_study_system_attrs(study._study_id)
+    return stored[key] if key in stored else study.user_attrs.get(key)
+
+
+def set_study_record(study: Any, key: str, value: Any) -> None:
+    study._storage.set_study_system_attr(study._study_id, key, value)
 
 
 def worker_id(pid: int | None = None) -> str:

@@ -54,6 +54,8 @@ def snapshot(study: optuna.Study) -> optuna.Study:
     copy = _in_memory(study, study.get_trials(deepcopy=False))
     for key, value in study.user_attrs.items():
         copy.set_user_attr(key, value)
+    for key, value in study._storage.get_study_system_attrs(study._study_id).items():
+        copy._storage.set_study_system_attr(copy._study_id, key, value)  # the stored space
     return copy
 
 

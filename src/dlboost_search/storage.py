@@ -262,7 +262,7 @@ def load_study(name: str, url: str, recovery: SearchSettings | None = None) -> o
 
 
 def stored_spec(study: optuna.Study) -> dict[str, Any]:
-    spec = study.user_attrs.get(records.SPEC)
+    spec = records.study_record(study, records.SPEC)
     if not isinstance(spec, dict) or "space" not in spec:
         raise StudyError(
             f"study {study.study_name!r} was not created by dlboost-search (it has no stored "

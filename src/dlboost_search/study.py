@@ -131,9 +131,10 @@ def create_or_check(space: SearchSpace, url: str) -> optuna.Study:
         direction=space.direction,
         load_if_exists=True,
     )
-    spec = study.user_attrs.get(records.SPEC)
-    if spec is None:
-        study.set_user_attr(records.SPEC, {"space": space.to_dict(), "version": __version__})
+    if records.study_record(study, records.SPEC) is None:
+        spec = {"space": space.to_dict(), "version": __version__}
+        records.set_study_record(study, records.SPEC, spec)
+        study.set_user_attr(records.VERSION, __version__)
         return study
     # Through today's model: settings added since the study was made compare as their defaults.
     stored = space_from_dict(stored_spec(study)["space"], f"study {space.name!r}").to_dict()
@@ -249,9 +250,9 @@ def check_same_data(study: optuna.Study, space: SearchSpace, accept_changed: boo
     on when one changed (trials scored on two datasets are not comparable), unless
     `accept_changed`, which the study records."""
     now = fingerprint(space.data)
-    before = study.user_attrs.get(records.DATA)
+    before = records.study_record(study, records.DATA)
     if before is None:  # a new study, or one made before studies kept fingerprints
-        study.set_user_attr(records.DATA, now)
+        records.set_study_record(study, records.DATA, now)
         return
     changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
     if not changed:
@@ -268,9 +269,9 @@ def check_same_data(study: optuna.Study, space: SearchSpace, accept_changed: boo
             f"apart, start a study of another name."
         )
     change = {"at": datetime.now().isoformat(timespec="seconds"), "before": before, "after": now}
-    changes = [*study.user_attrs.get(records.DATA_CHANGES, []), change]
-    study.set_user_attr(records.DATA_CHANGES, changes)
-    study.set_user_attr(records.DATA, now)
+    changes = [*(records.study_record(study, records.DATA_CHANGES) or []), change]
+    records.set_study_record(study, records.DATA_CHANGES, changes)
+    records.set_study_record(study, records.DATA, now)
 
 
 def set_target(study: optuna.Study, target: int | None) -> None:

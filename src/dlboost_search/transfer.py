@@ -1,8 +1,8 @@
 """Moving studies between storages, and merging two copies of one study.
 
 A copy carries everything: trials with their parameters, values, intermediate values and
-attributes, the study's stored space and target, and its dashboard notes and figures (which
-optuna-dashboard keeps as study system attributes). The source is only read.
+attributes, and the study's user and system attributes (records.py): its target, stored space
+and data fingerprints, and its dashboard notes and figures. The source is only read.
 This module never imports TensorFlow.
 """
 
