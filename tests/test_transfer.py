@@ -3,6 +3,7 @@ between SQLite, PostgreSQL and MariaDB; and a storage written by another Optuna 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import optuna
@@ -10,7 +11,8 @@ import optuna_dashboard
 import pytest
 from optuna.trial import TrialState
 
-from conftest import TINY_SPACE, load, states, system_attrs
+from conftest import TINY_SPACE, call_wsgi, load, states, system_attrs
+from dlboost_search.dashboard import dashboard_app
 from dlboost_search.spaces import space_from_dict
 from dlboost_search.study import set_target
 from dlboost_search.testing import synthetic_study
@@ -99,6 +101,60 @@ def test_merge_adds_each_trial_once(space, storage, any_storage, run_cli):
     result = run_cli("merge", "tiny", "--from", any_storage, "--storage", storage)
     assert "0 trials added, 16 already there" in result.stdout
     assert len(load(storage).trials) == 20
+
+
+def dashboard_note(url: str, name: str) -> str:
+    """The study's note as optuna-dashboard serves it."""
+    app = dashboard_app(url, None)
+    listed = json.loads(call_wsgi(app, "/api/studies")[2])["study_summaries"]
+    study_id = next(s["study_id"] for s in listed if s["study_name"] == name)
+    return json.loads(call_wsgi(app, f"/api/studies/{study_id}")[2])["note"]["body"]
+
+
+def test_merge_takes_a_copy_import_renamed_and_writes_its_note_again(
+    space, storage, tmp_path, run_cli
+):
+    laptop = f"sqlite:///{tmp_path / 'laptop.db'}"
+    synthetic_study(space, laptop, 10, seed=1)
+    imported = run_cli("import", "tiny", "--from", laptop, "--storage", storage, "--as", "home")
+    assert imported.returncode == 0, imported.stderr
+    published = run_cli("report", "home", "--storage", storage, "--format", "md", "--publish")
+    assert published.returncode == 0, published.stderr
+    before = dashboard_note(storage, "home")
+    synthetic_study(space, laptop, 5, seed=2)  # the laptop goes on
+    result = run_cli("merge", "tiny", "--from", laptop, "--storage", storage, "--as", "home")
+    assert result.returncode == 0, result.stderr
+    assert "into 'home' in sqlite:///" in result.stdout
+    assert "5 trials added, 10 already there" in result.stdout
+    assert "dashboard note now reports the merged study" in result.stdout
+    merged = states(load(storage, "home"))
+    assert len(merged) == 15
+    counts = (merged.count("COMPLETE"), merged.count("PRUNED"), merged.count("FAIL"))
+    note = dashboard_note(storage, "home")
+    assert "Trials: {} complete, {} pruned, {} failed".format(*counts) in note
+    assert note != before
+
+
+def test_merge_names_the_copy_it_lacks_and_refuses_a_study_that_is_no_copy(
+    space, storage, tmp_path, run_cli
+):
+    laptop = f"sqlite:///{tmp_path / 'laptop.db'}"
+    synthetic_study(space, laptop, 3)
+    run_cli("import", "tiny", "--from", laptop, "--storage", storage, "--as", "home")
+    result = run_cli("merge", "tiny", "--from", laptop, "--storage", storage)
+    assert result.returncode == 2
+    assert "no study named 'tiny'" in result.stderr and "(studies there: home)" in result.stderr
+    assert "pass it with --as" in result.stderr and "Traceback" not in result.stderr
+    # A study of another space, under the name given, is no copy of this one.
+    seeded = {**TINY_SPACE, "name": "other", "search": {**TINY_SPACE["search"], "seed": 7}}
+    synthetic_study(space_from_dict(seeded, "t"), storage, 2)
+    result = run_cli("merge", "tiny", "--from", laptop, "--storage", storage, "--as", "other")
+    assert result.returncode == 2
+    assert "study 'other' in sqlite:///" in result.stderr and "study 'tiny' in" in result.stderr
+    assert "search.seed: 7 -> 0" in result.stderr
+    assert "not copies of one study; nothing was merged" in result.stderr
+    assert len(load(storage, "other").trials) == 2
+    assert len(load(storage, "home").trials) == 3
 
 
 def test_merging_studies_of_different_spaces_is_refused(space, storage, tmp_path, run_cli):

@@ -754,31 +754,44 @@ def _copy(name: str, storage_from: str | None, storage_to: str | None, as_name: 
 @_handles_errors
 def merge(
     name: str = typer.Argument(
-        ..., metavar="NAME", help="Study name, the same in both storages.", show_default=False
+        ..., metavar="NAME", help="Study name in the --from storage.", show_default=False
     ),
     from_url: str = typer.Option(..., "--from", help="Storage URL of the other copy."),
     storage: str | None = StorageOption,
+    as_name: str | None = typer.Option(
+        None,
+        "--as",
+        help="Name of this storage's copy, when it differs from NAME (as `import --as` or "
+        "`export --as` named it).",
+        show_default=False,
+    ),
 ) -> None:
     """Combine two copies of one study run apart (say, on two machines without a shared
     database): the trials of the --from copy that this storage's copy lacks are added to it,
-    none twice. Both must have the same search space. Run it again: it adds nothing new.
+    none twice, and the report in its dashboard note is written again. Both must have the
+    same search space. Run it again: it adds nothing new.
 
-    Example: `dlboost-search merge digits-mlp --from sqlite:///laptop.db`
+    Example: `dlboost-search merge digits-mlp --from sqlite:///laptop.db --as digits-laptop`
     """
     from dlboost_search import transfer
     from dlboost_search.storage import masked, storage_url
 
     source, destination = storage_url(from_url), storage_url(storage)
-    result = transfer.merge(name, source, destination)
+    result = transfer.merge(name, source, destination, as_name)
+    # As at the end of a run: the note must not describe the study before the merge.
+    published = result.added > 0 and _publish(result.study, result.space)
     out.print(
-        f"merged study {name!r} from {masked(source)} into {masked(destination)}: "
-        f"{result.added} trials added, {result.already_there} already there"
+        f"merged study {name!r} from {masked(source)} into "
+        + (f"{as_name!r} in " if as_name else "")
+        + f"{masked(destination)}: {result.added} trials added, {result.already_there} "
+        f"already there"
         + (
             f", {result.skipped_unfinished} running or waiting there left out"
             if result.skipped_unfinished
             else ""
         )
-        + ".",
+        + "."
+        + (" The dashboard note now reports the merged study." if published else ""),
         soft_wrap=True,
     )
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dlboost_search.errors import StudyError
-from dlboost_search.spaces import check_study_name
+from dlboost_search.spaces import SearchSpace, check_study_name
 from dlboost_search.storage import load_study, masked, open_storage
 from dlboost_search.study import fail_trial, space_differences, space_of
 
@@ -68,6 +68,8 @@ class MergeResult:
     added: int
     already_there: int
     skipped_unfinished: int
+    study: Any  # the destination's copy, merged
+    space: SearchSpace  # its search space
 
 
 def _identity(trial: Any) -> str:
@@ -77,21 +79,51 @@ def _identity(trial: Any) -> str:
     return json.dumps([started, trial.params], sort_keys=True)
 
 
-def merge(name: str, source_url: str, destination_url: str) -> MergeResult:
-    """Add to study `name` in the destination the trials of its other copy (the source) that
-    it lacks. Both copies must have the same search space. Trials still running or waiting
-    in the source are left out: nobody would run them in the destination."""
+def _load_copy(name: str, url: str, hint: str) -> Any:
+    """Study `name` in `url`, or a StudyError listing the studies there, with `hint`."""
+    import optuna
+
+    storage = open_storage(url)
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name not in names:
+        raise StudyError(
+            f"no study named {name!r} in {masked(url)} (studies there: "
+            f"{', '.join(names) or 'none'}); nothing was merged. {hint}"
+        )
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def merge(
+    name: str, source_url: str, destination_url: str, destination_name: str | None = None
+) -> MergeResult:
+    """Add to the destination's copy of study `name` (named `destination_name` there, when a
+    copy renamed it) the trials of the source's copy that it lacks. Both copies must have the
+    same stored search space, or they are not copies of one study. Trials still running or
+    waiting in the source are left out: nobody would run them in the destination."""
     from optuna.trial import TrialState
 
-    source = load_study(name, source_url)
-    destination = load_study(name, destination_url)
-    differences = space_differences(space_of(destination).to_dict(), space_of(source).to_dict())
+    into = destination_name or name
+    source = _load_copy(
+        name,
+        source_url,
+        "NAME is the study's name in the --from storage; --as gives its name here when it differs.",
+    )
+    destination = _load_copy(
+        into,
+        destination_url,
+        f"If the copy here has another name (as `import --as` gives it), pass it with --as; "
+        f"to copy the study here instead, run `dlboost-search import {name} --from "
+        f"{masked(source_url)}`.",
+    )
+    space = space_of(destination)
+    differences = space_differences(space.to_dict(), space_of(source).to_dict())
     if differences:
         raise StudyError(
-            f"study {name!r} in {masked(source_url)} and in {masked(destination_url)} have "
-            f"different search spaces ({'; '.join(differences[:8])}), so they are not copies "
-            f"of one study; nothing was merged. Copy it under another name instead: "
-            f"`dlboost-search export {name} --to URL --as NEW_NAME`."
+            f"study {into!r} in {masked(destination_url)} and study {name!r} in "
+            f"{masked(source_url)} have different search spaces "
+            f"({'; '.join(differences[:8])}), so they are not copies of one study; nothing "
+            f"was merged. Copy it under another name instead: `dlboost-search export {name} "
+            f"--storage {masked(source_url)} --to {masked(destination_url)} --as NEW_NAME`."
         )
     known = {_identity(t) for t in destination.get_trials(deepcopy=False) if t.datetime_start}
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -104,4 +136,4 @@ def merge(name: str, source_url: str, destination_url: str) -> MergeResult:
         else:
             new.append(trial)
     destination.add_trials(new)
-    return MergeResult(len(new), already_there, unfinished)
+    return MergeResult(len(new), already_there, unfinished, destination, space)
