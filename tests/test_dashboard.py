@@ -291,11 +291,8 @@ def test_cli_refuses_an_empty_token_from_the_environment(storage, tmp_path, valu
     )
 
 
-@pytest.mark.parametrize(
-    ("port", "rule"),
-    [("70000", "less than or equal to 65535"), ("-1", "greater than or equal to 0")],
-)
-def test_cli_port_out_of_range_is_a_usage_error(run_cli, storage, write_space, port, rule):
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_cli_port_out_of_range_is_a_usage_error(run_cli, storage, write_space, port):
     # Before: 70000 reached socket.bind, which raised OverflowError with a traceback.
     for command, option in (
         (["dashboard", "--storage", storage, "--port", port], "--port"),
@@ -303,7 +300,9 @@ def test_cli_port_out_of_range_is_a_usage_error(run_cli, storage, write_space, p
     ):
         result = run_cli(*command, timeout=60)
         assert result.returncode == 2, result.stdout
-        assert f"Invalid value for '{option}': Input should be {rule}" in result.stderr
+        assert f"Invalid value for '{option}': {port} is not in the range 0<=x<=65535" in (
+            result.stderr
+        )
 
 
 def test_cli_unresolvable_host_names_the_host(run_cli, study_url):
