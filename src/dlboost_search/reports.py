@@ -55,7 +55,7 @@ def snapshot(study: optuna.Study) -> optuna.Study:
     for key, value in study.user_attrs.items():
         copy.set_user_attr(key, value)
     for key, value in study._storage.get_study_system_attrs(study._study_id).items():
-        copy._storage.set_study_system_attr(copy._study_id, key, value)  # the stored space
+        records.set_study_record(copy, key, value)  # the stored space among them
     return copy
 
 
