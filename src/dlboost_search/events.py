@@ -1,7 +1,7 @@
 """What a running study tells whoever watches it: workers and backends send these, the runner
 passes them on, the progress display and the CLI read them.
 
-Events cross from worker processes to the pool (pool.py) through a multiprocessing queue, so
+Events cross from worker processes to the pool (pool.py) through a pipe per worker, so
 each is a small frozen dataclass of plain values (they pickle). `pid` names the worker process
 an event comes from; the pool's and backends' own events leave it 0.
 """

@@ -218,7 +218,7 @@ def run_worker(
     target: int,
     max_trials: int,
     failures_in_a_row: int,
-    queue: Any,
+    events_out: Any,
     threads: int | None = None,
     sole: bool = True,
     go: Any = None,
@@ -230,10 +230,10 @@ def run_worker(
     `deadline` (the time budget), then retire. `abandoned`: the reason to fail the trial the
     previous worker was stopped in; `go`: see worker.run_worker."""
     from dlboost_search.storage import load_study
-    from dlboost_search.worker import EventQueue, rss_mb
+    from dlboost_search.worker import EventPipe, rss_mb
 
     os.setpgrp()  # Ctrl-C reaches the pool only, which forwards it once
-    sent = EventQueue(queue)
+    sent = EventPipe(events_out)
     try:
         with _stopped_by_signals() as stop:
             study = load_study(study_name, url)

@@ -11,8 +11,8 @@ storage never holds a trial that nobody is running.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -56,27 +56,37 @@ DEFAULT_RECYCLE_EVERY = 50
 # (several seconds) while the old one finishes, so no trial waits for an import.
 STANDBY_LEAD_TRIALS = 10
 SHUTDOWN_GRACE_S = 120  # how long a worker may take to close its trial after Ctrl-C
+# A worker's last event says how it ended; a worker that sent none crashed.
+WORKER_OUTCOMES = (
+    events.WorkerDone,
+    events.WorkerRetired,
+    events.WorkerFailed,
+    events.WorkerInterrupted,
+)
 
 
 @dataclass
 class Worker:
     process: Any
     started: datetime
-    # How it ended: its last event (WorkerDone, WorkerRetired, WorkerFailed,
-    # WorkerInterrupted); None if it sent none (it crashed).
     outcome: events.Event | None = None
     timed_out: int | None = None  # the trial it was stopped in, past the time limit
     # The trial it is training and when that began (time.monotonic), between its events.
     trial: tuple[int, float] | None = None
     trials_started: int = 0
     go: Any = None  # a standby's start signal
+    # The read end of the worker's own event pipe; None once the worker closed it (it exited).
+    # One pipe per worker, not one queue for all: a worker killed in the middle of a write
+    # (SIGKILL, the OOM killer) would leave a shared queue's write lock held for ever, and
+    # every other worker hung at exit waiting to flush its events.
+    events: Any = None
 
 
 class WorkerPool:
-    """The worker processes of this runner, and the queue their events arrive on.
+    """The worker processes of this runner, each with the pipe its events arrive on.
 
     `entry` is what each process runs, called as entry(name, url, space, target,
-    recycle_every, failures_in_a_row, queue, threads, sole, go, deadline=deadline, **kwargs
+    recycle_every, failures_in_a_row, events_out, threads, sole, go, deadline=deadline, **kwargs
     of `start`): `deadline` (time.time(), None for none) is when the study's time budget is
     spent, after which a worker starts no trial."""
 
@@ -96,7 +106,6 @@ class WorkerPool:
         self.recycle_every, self.target, self.deadline = recycle_every, target, deadline
         self.sole = sole and size == 1  # the study's only worker: reproducible sampling
         self.context = multiprocessing.get_context("spawn")
-        self.events = self.context.Queue()
         self.workers: dict[int, Worker] = {}
         # Several workers share the cores; one alone keeps TensorFlow's defaults.
         self.threads = max(1, len(os.sched_getaffinity(0)) // size) if size > 1 else None
@@ -118,6 +127,7 @@ class WorkerPool:
         return worker.process.pid
 
     def _spawn(self, failures_in_a_row: int, go: Any, kwargs: dict[str, Any]) -> Worker:
+        events_in, events_out = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=self.entry,
             args=(
@@ -127,7 +137,7 @@ class WorkerPool:
                 self.target,
                 self.recycle_every,
                 failures_in_a_row,
-                self.events,
+                events_out,
                 self.threads,
                 self.sole,
                 go,
@@ -136,7 +146,8 @@ class WorkerPool:
             name=f"dlboost-worker-{self.name}",
         )
         process.start()
-        return Worker(process, datetime.now(), go=go)
+        events_out.close()  # the worker's copy alone: its exit is the pipe's end
+        return Worker(process, datetime.now(), go=go, events=events_in)
 
     def prepare_successor(self, worker: Worker) -> None:
         """Start a standby when `worker` nears its last trial (one standby at a time)."""
@@ -151,6 +162,8 @@ class WorkerPool:
         if self.standby is not None:
             self.standby.process.kill()
             self.standby.process.join()
+            if self.standby.events is not None:
+                self.standby.events.close()
             self.standby = None
 
     def relay(self, on_event: EventHandler, timeout: float) -> int | None:
@@ -159,33 +172,38 @@ class WorkerPool:
         failures = None
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            try:
-                event = self.events.get(timeout=left)
-            except queue.Empty:
+            listening = {w.events: w for w in self._all() if w.events is not None}
+            ready = multiprocessing.connection.wait(list(listening), timeout=left)
+            if not ready:
                 break
-            on_event(event)
-            if isinstance(event, events.TrialFinished) and event.failures_in_a_row is not None:
-                failures = event.failures_in_a_row
-            worker = self.workers.get(event.pid)
-            if worker is None:
-                continue
-            if isinstance(event, events.TrialStarted):
-                worker.trial = (event.number, time.monotonic())
-                worker.trials_started += 1
-                self.prepare_successor(worker)
-            elif isinstance(event, events.TrialFinished):
-                worker.trial = None
-            elif isinstance(
-                event,
-                (
-                    events.WorkerDone,
-                    events.WorkerRetired,
-                    events.WorkerFailed,
-                    events.WorkerInterrupted,
-                ),
-            ):
-                worker.outcome = event
+            for events_in in ready:
+                worker = listening[events_in]
+                try:
+                    event = events_in.recv()
+                except (EOFError, OSError):  # the worker exited (or died mid-write)
+                    events_in.close()
+                    worker.events = None
+                    continue
+                on_event(event)
+                if isinstance(event, events.TrialFinished) and event.failures_in_a_row is not None:
+                    failures = event.failures_in_a_row
+                if worker is not self.standby:
+                    self._note(worker, event)
         return failures
+
+    def _all(self) -> list[Worker]:
+        return [*self.workers.values(), *([self.standby] if self.standby else [])]
+
+    def _note(self, worker: Worker, event: events.Event) -> None:
+        """Keep track of what `worker` is doing from the event it sent."""
+        if isinstance(event, events.TrialStarted):
+            worker.trial = (event.number, time.monotonic())
+            worker.trials_started += 1
+            self.prepare_successor(worker)
+        elif isinstance(event, events.TrialFinished):
+            worker.trial = None
+        elif isinstance(event, WORKER_OUTCOMES):
+            worker.outcome = event
 
     def stop_overdue(self, limit: float | None) -> None:
         """Kill the workers whose trial has run longer than `limit` seconds: stuck in a read
@@ -198,13 +216,19 @@ class WorkerPool:
                 worker.process.kill()
 
     def exited(self) -> list[tuple[int, Worker]]:
-        """Remove and return the workers whose process has ended (a standby that ended before
-        it was needed is just dropped: it ran no trial)."""
+        """Remove and return the workers whose process has ended and whose events were all
+        relayed (a standby that ended before it was needed is just dropped: it ran no trial)."""
         if self.standby is not None and not self.standby.process.is_alive():
             self.discard_standby()
-        ended = [(pid, w) for pid, w in self.workers.items() if not w.process.is_alive()]
+        ended = [
+            (pid, w)
+            for pid, w in self.workers.items()
+            if not w.process.is_alive() and (w.events is None or not w.events.poll())
+        ]
         for pid, worker in ended:
             worker.process.join()
+            if worker.events is not None:
+                worker.events.close()
             del self.workers[pid]
         return ended
 

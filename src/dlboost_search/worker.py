@@ -29,7 +29,7 @@ from dlboost_search.spaces import SearchSpace
 __all__ = [
     "INTERRUPTED_REASON",
     "SURPLUS_REASON",
-    "EventQueue",
+    "EventPipe",
     "rss_mb",
     "run_worker",
 ]
@@ -87,14 +87,23 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-class EventQueue:
-    """The queue to the pool; every event names the worker process it comes from."""
+class EventPipe:
+    """This worker's pipe to the pool; every event names the worker process it comes from."""
 
-    def __init__(self, queue: Any):
-        self.queue, self.pid = queue, os.getpid()
+    def __init__(self, connection: Any):
+        self.connection, self.pid = connection, os.getpid()
 
     def put(self, event: events.Event) -> None:
-        self.queue.put(dataclasses.replace(event, pid=self.pid))
+        # A stop signal waits until the event is written whole: a KeyboardInterrupt in the
+        # middle of a write would leave half a message in the pipe.
+        stops = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        try:
+            self.connection.send(dataclasses.replace(event, pid=self.pid))
+        except BrokenPipeError:
+            pass  # the pool is gone: nobody is left to tell
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
 
 def run_worker(
@@ -104,7 +113,7 @@ def run_worker(
     target: int,
     max_trials: int,
     failures_in_a_row: int,
-    queue: Any,
+    events_out: Any,
     threads: int | None = None,
     sole_worker: bool = True,
     go: Any = None,
@@ -123,7 +132,7 @@ def run_worker(
     os.setpgrp()
     signal.signal(signal.SIGINT, _stop_on_first_signal)
     signal.signal(signal.SIGTERM, _stop_on_first_signal)
-    sent = EventQueue(queue)
+    sent = EventPipe(events_out)
     try:
         stream = 0 if sole_worker else os.getpid()
         _run(
@@ -186,7 +195,7 @@ def _run(
     target: int,
     max_trials: int,
     failures_in_a_row: int,
-    sent: EventQueue,
+    sent: EventPipe,
     threads: int | None,
     stream: int,
     go: Any = None,
