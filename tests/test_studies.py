@@ -73,7 +73,8 @@ def test_a_different_space_under_the_same_name_is_refused(write_space, storage, 
     assert result.returncode == 2
     assert "different search space" in result.stderr
     assert "training.max_epochs: 4 -> 7" in result.stderr
-    assert "resume tiny" in result.stderr and "--study-name" in result.stderr
+    assert f"resume tiny --storage {storage}" in result.stderr  # not the default storage
+    assert "--study-name" in result.stderr
     study = load(storage)
     assert len(study.trials) == 1
     assert system_attrs(storage)["dlboost_search"]["space"]["training"]["max_epochs"] == 4

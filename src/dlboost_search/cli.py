@@ -288,10 +288,12 @@ def worker(
         joining=True,
     )  # fmt: skip
     if not quiet:
+        from dlboost_search.storage import storage_option
+
         out.print(
             escape(
                 f"study {name!r} has {summary.finished} finished trials; this worker is done. "
-                f"See `dlboost-search best {name}{_storage_option(url)}`."
+                f"See `dlboost-search best {name}{storage_option(url)}`."
             ),
             soft_wrap=True,
         )
@@ -396,7 +398,7 @@ def _publish(study: Any, space: Any) -> bool:
 
 def _print_result(study: Any, url: str, space: Any) -> None:
     from dlboost_search.reports import best_of
-    from dlboost_search.storage import masked
+    from dlboost_search.storage import masked, storage_option
 
     name = study.study_name
     try:
@@ -410,7 +412,7 @@ def _print_result(study: Any, url: str, space: Any) -> None:
         f"(trial {best['trial']}, {best['epochs_trained']} epochs)"
     )
     _print_whole(_params_table(best["params"]))
-    on = _storage_option(url)
+    on = storage_option(url)
     out.print(
         escape(f"stored in {masked(url)} as study ") + f"[bold]{name}[/bold]. "
         + escape(
@@ -419,14 +421,6 @@ def _print_result(study: Any, url: str, space: Any) -> None:
         ),
         soft_wrap=True,  # commands to copy, whole on their line
     )  # fmt: skip
-
-
-def _storage_option(url: str) -> str:
-    """What a command we suggest needs to reach the storage: ` --storage URL` (its password
-    masked), unless it is the default one, which the command finds alone."""
-    from dlboost_search.storage import DEFAULT_STORAGE, masked
-
-    return "" if url == DEFAULT_STORAGE else f" --storage {masked(url)}"
 
 
 @app.command()

@@ -49,7 +49,7 @@ from dlboost_search.spaces import (
     SearchSpace,
     distributions,
 )
-from dlboost_search.storage import masked, state_dir
+from dlboost_search.storage import state_dir, storage_option
 
 __all__ = [
     "drive",
@@ -207,7 +207,7 @@ def drive(study: Any, url: str, space: SearchSpace, recycle_every: int, on_event
                     lost = [worker.trial[0]] if worker.trial else []
                     on_event(events.WorkerLost(worker.process.exitcode, lost))
                 failures_in_a_row += 1
-                lost_in_a_row(failures_in_a_row, worker, space, name)
+                lost_in_a_row(failures_in_a_row, worker, space, name, url)
             clock.tick()
 
 
@@ -287,7 +287,7 @@ def _filling_in(study: Any, on_event: EventHandler, clock: Any = None) -> EventH
 def _interrupted(name: str, url: str) -> Interrupted:
     return Interrupted(
         f"stopped by the user; the running Hyperband trial will run again on the next "
-        f"`dlboost-search resume {name} --storage {masked(url)}`, nothing else lost."
+        f"`dlboost-search resume {name}{storage_option(url)}`, nothing else lost."
     )
 
 
@@ -520,7 +520,7 @@ def _run(
             f"{space.search.max_consecutive_failures} Hyperband trials failed in a row "
             f"(search.max_consecutive_failures); last reason: {_last_line(str(exc))}. Narrow "
             f"the space (a lower learning_rate or a clipvalue usually cures NaN losses), then "
-            f"`dlboost-search resume {study_name}`."
+            f"`dlboost-search resume {study_name}{storage_option(url)}`."
         ) from None
     finally:
         keras.backend.clear_session(free_memory=False)

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from dlboost_search import events, records
 from dlboost_search.errors import Interrupted, SearchAborted
 from dlboost_search.spaces import SearchSpace
-from dlboost_search.storage import RetryLostTrial, masked
+from dlboost_search.storage import RetryLostTrial, storage_option
 from dlboost_search.study import (
     LostTrials,
     SearchClock,
@@ -272,8 +272,8 @@ def drive(
         closed = pool.running_trials(running) | set(stop_all(study, pool, on_event))
         return Interrupted(
             f"stopped by the user; {len(closed) or 'no'} running trial(s) closed as failed, "
-            f"nothing else lost. Continue with `dlboost-search resume {name} --storage "
-            f"{masked(url)}`."
+            f"nothing else lost. Continue with `dlboost-search resume {name}"
+            f"{storage_option(url)}`."
         )
 
     with clock_kept(clock), stopped_together(study, pool, on_event, interrupted):
@@ -315,7 +315,7 @@ def drive(
             pool.stop_overdue(space.training.trial_timeout_seconds)
             for pid, worker in pool.exited():
                 failures_in_a_row = _worker_ended(
-                    study, space, pid, worker, failures_in_a_row, on_event
+                    study, url, space, pid, worker, failures_in_a_row, on_event
                 )
             clock.tick()
 
@@ -350,7 +350,7 @@ def stopped_together(
         signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-def _worker_ended(study, space, pid, worker, failures_in_a_row, on_event) -> int:
+def _worker_ended(study, url, space, pid, worker, failures_in_a_row, on_event) -> int:
     """Close what an exited worker left behind; raise if the search must stop."""
     outcome = worker.outcome
     if worker.timed_out is None and isinstance(outcome, events.WorkerInterrupted):
@@ -375,7 +375,7 @@ def _worker_ended(study, space, pid, worker, failures_in_a_row, on_event) -> int
         )  # fmt: skip
         on_event(events.WorkerLost(code, lost))
     failures_in_a_row += 1
-    lost_in_a_row(failures_in_a_row, worker, space, study.study_name)
+    lost_in_a_row(failures_in_a_row, worker, space, study.study_name, url)
     return failures_in_a_row
 
 
@@ -387,7 +387,9 @@ def timed_out_reason(limit: float) -> str:
     )
 
 
-def lost_in_a_row(failures_in_a_row: int, worker: Worker, space: SearchSpace, name: str) -> None:
+def lost_in_a_row(
+    failures_in_a_row: int, worker: Worker, space: SearchSpace, name: str, url: str
+) -> None:
     """Stop the search once workers stopped past the time limit, or died, too often in a row."""
     if failures_in_a_row < space.search.max_consecutive_failures:
         return
@@ -396,12 +398,12 @@ def lost_in_a_row(failures_in_a_row: int, worker: Worker, space: SearchSpace, na
             f"{failures_in_a_row} trials in a row ran past training.trial_timeout_seconds "
             f"({space.training.trial_timeout_seconds} s). Raise the limit if trials are "
             f"just slow (see train_seconds in `dlboost-search report`), or look for what "
-            f"blocks them, then `dlboost-search resume {name}`."
+            f"blocks them, then `dlboost-search resume {name}{storage_option(url)}`."
         )
     raise SearchAborted(
         f"the worker process died {failures_in_a_row} times in a row (last exit code "
         f"{worker.process.exitcode}). Look for out-of-memory kills in the system log, lower "
-        f"units/batch_size, then `dlboost-search resume {name}`."
+        f"units/batch_size, then `dlboost-search resume {name}{storage_option(url)}`."
     )
 
 

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from dlboost_search import events, records
 from dlboost_search.spaces import format_duration
-from dlboost_search.storage import masked
+from dlboost_search.storage import masked, storage_option
 
 __all__ = [
     "StudyProgress",
@@ -157,7 +157,7 @@ class StudyProgress:
                 f"{_duration(event.searched)} of its {_duration(event.budget)} "
                 f"(search.timeout); no new trial starts, the running ones finish. To search "
                 f"about {_duration(event.budget)} more: `dlboost-search resume {self.name} "
-                f"--timeout {more} --storage {self.url}` (the total).",
+                f"--timeout {more}{storage_option(self.url)}` (the total).",
                 highlight=False,
             )
         elif isinstance(event, events.Stopping):

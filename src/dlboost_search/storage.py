@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_STORAGE",
+    "storage_option",
     "RetryLostTrial",
     "SERVER_CHECK",
     "SQLITE_DAMAGE",
@@ -77,6 +78,12 @@ def storage_url(given: str | None) -> str:
             f"user name or password as %40 (URL encoding), e.g. postgresql://me:top%40secret@host/db."
         )
     return url
+
+
+def storage_option(url: str) -> str:
+    """What a command we suggest needs to reach the storage: ` --storage URL` (its password
+    masked), unless it is the default one, which the command finds alone."""
+    return "" if url == DEFAULT_STORAGE else f" --storage {masked(url)}"
 
 
 def masked(url: str) -> str:

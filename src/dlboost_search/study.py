@@ -20,6 +20,7 @@ from dlboost_search.storage import (
     masked,
     open_storage,
     state_dir,
+    storage_option,
     stored_spec,
 )
 
@@ -144,8 +145,8 @@ def create_or_check(space: SearchSpace, url: str) -> optuna.Study:
         raise StudyError(
             f"study {space.name!r} in {masked(url)} was created with a different search space "
             f"({listed}). Nothing was changed. To continue it as stored, run "
-            f"`dlboost-search resume {space.name}`; to search the new space, give it another "
-            f"`name:` in the YAML or pass --study-name."
+            f"`dlboost-search resume {space.name}{storage_option(url)}`; to search the new "
+            f"space, give it another `name:` in the YAML or pass --study-name."
         )
     return study
 
