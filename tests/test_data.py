@@ -340,11 +340,11 @@ def test_unknown_target_column(tmp_path: Path):
     assert "Fix `data.target`" in message
 
 
-def test_nan_in_a_column(tmp_path: Path):
+def test_nan_in_a_column_under_missing_refuse(tmp_path: Path):
     columns = regression_columns()
     columns["a"][[3, 7]] = np.nan
     path = write_csv(tmp_path / "nan.csv", columns)
-    message = data_error(file_spec(path))
+    message = data_error(file_spec(path, missing="refuse"))
     assert message.startswith(f"{path}: column 'a' has 2 rows with NaN or inf (rows 3, 7...)")
     assert "Drop or fill those rows" in message
 
@@ -353,8 +353,11 @@ def test_inf_in_a_column(tmp_path: Path):
     columns = regression_columns()
     columns["y"][4] = np.inf
     path = write_csv(tmp_path / "inf.csv", columns)
-    message = data_error(file_spec(path))
+    message = data_error(file_spec(path, missing="refuse"))
     assert "column 'y' has 1 rows with NaN or inf (rows 4...)" in message
+    # Imputed or dropped, a missing value is an empty cell; inf stays refused.
+    message = data_error(file_spec(path))
+    assert message.startswith(f"{path}: column 'y' has 1 rows with inf (rows 4...). An infinite")
 
 
 def test_missing_values_in_several_columns_are_all_named(tmp_path: Path):
@@ -362,7 +365,7 @@ def test_missing_values_in_several_columns_are_all_named(tmp_path: Path):
     columns["a"][0] = np.nan
     columns["b"] = [None if i in (1, 2, 3) else "x" for i in range(40)]
     path = write_csv(tmp_path / "holes.csv", columns)
-    message = data_error(file_spec(path))
+    message = data_error(file_spec(path, missing="refuse"))
     assert "column 'a' has 1 rows" in message
     assert "column 'b' has 3 rows with NaN or inf (rows 1, 2, 3...)" in message
 
@@ -373,7 +376,7 @@ def test_nan_in_the_validation_file_names_that_file(tmp_path: Path):
     val_columns["b"] = val_columns["b"].astype(float)
     val_columns["b"][5] = np.nan
     val = write_csv(tmp_path / "val.csv", val_columns)
-    message = data_error(file_spec(train, validation_path=str(val)))
+    message = data_error(file_spec(train, validation_path=str(val), missing="refuse"))
     assert message.startswith(f"{val}: column 'b' has 1 rows with NaN or inf (rows 5...)")
 
 
@@ -701,7 +704,9 @@ def test_numeric_column_with_a_stray_text_cell(tmp_path: Path, stray: str):
     assert data_error(file_spec(path)) == (
         f"{path}: column 'a' holds numbers except in 1 row: row 6 {stray!r} (row numbers count "
         f"from 0, header excluded). Read as text, the column would be encoded as categories, one "
-        f"per distinct value. Fix those cells, or remove the column."
+        f"per distinct value. Fix those cells, or declare the column in `data.columns`: 'a': "
+        f"numeric reads those cells as missing values, categorical keeps every value as a "
+        f"category."
     )
 
 
@@ -869,13 +874,14 @@ def test_prediction_of_a_table_model_refuses_an_npz(tmp_path: Path):
 
 
 def test_prediction_nan_message_speaks_of_predicting(tmp_path: Path):
-    recipe = prepare(file_spec(write_csv(tmp_path / "t.csv", regression_columns()))).preprocessing
+    train = write_csv(tmp_path / "t.csv", regression_columns())
+    recipe = prepare(file_spec(train, missing="refuse")).preprocessing
     rows = regression_columns(5, seed=45)
     rows["a"][1] = np.nan
     path = write_csv(tmp_path / "new.csv", rows)
     assert prediction_error(recipe, path) == (
         f"{path}: column 'a' has 1 rows with NaN or inf (rows 1...). Drop or fill those rows "
-        f"before predicting (row numbers count from 0, header excluded)."
+        f"before predicting (`data.missing: refuse`) (row numbers count from 0, header excluded)."
     )
 
 
@@ -915,7 +921,7 @@ def test_number_like_column_names_are_found_as_text(tmp_path: Path):
     data = prepare(file_spec(path, target="2"), 0)
     assert data.feature_names == ["0", "1"]
     assert data.preprocessing["target"] == "2"
-    x, _ = read_for_prediction(data.preprocessing, path)  # the target column is ignored
+    x, _, _ = read_for_prediction(data.preprocessing, path)  # the target column is ignored
     assert x.shape == (20, 2)
 
 

@@ -252,7 +252,7 @@ def test_the_card_gives_the_validation_error_in_the_targets_units(tmp_path):
     assert done.returncode == 0, done.stderr
     predicted = pd.read_csv(tmp_path / "predicted.csv")["prediction"].to_numpy()
     # The validation rows among the raw ones: each prepared row is one raw row, preprocessed.
-    x_all, _ = read_for_prediction(meta["preprocessing"], tmp_path / "all.csv")
+    x_all, _, _ = read_for_prediction(meta["preprocessing"], tmp_path / "all.csv")
     x_val = prepared_of(storage, "tiny").x_val
     distances = np.linalg.norm(x_val[:, np.newaxis, :] - x_all[np.newaxis, :, :], axis=2)
     rows = distances.argmin(axis=1)

@@ -128,7 +128,7 @@ BAD_SPACES = [
         [
             "training.max_epoch: unknown key 'max_epoch'.",
             "Did you mean 'max_epochs'?",
-            "Allowed here: max_epochs, batch_size, early_stopping, engine, trial_timeout_seconds.",
+            "Allowed here: max_epochs, batch_size, early_stopping, engine, trial_timeout_seconds, class_weight.",
         ],
         id="unknown-nested-key",
     ),
@@ -462,8 +462,8 @@ BAD_SPACES = [
         make(objective={"metric": "val_los"}),
         [
             "objective.metric: unknown metric 'val_los'. Did you mean 'val_loss'? "
-            "Known: val_accuracy, val_auc, val_loss, val_mae (and the same without val_, on the "
-            "training data)."
+            "Known: val_accuracy, val_auc, val_balanced_accuracy, val_loss, val_macro_f1, "
+            "val_mae (and the same without val_, on the training data)."
         ],
         id="unknown-metric",
     ),

@@ -552,12 +552,16 @@ def validate(
     warning = check_data(space, space_file)
     if warning:
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+    notes: tuple[str, ...] = ()
     if space.data.images:  # decoding the images needs TensorFlow: left to the workers
         summary = f"images in {space.data.images}, resized to {space.data.image_size}"
     else:
-        summary = prepare(space.data, space.search.seed or 0).summary()
+        prepared = prepare(space.data, space.search.seed or 0)
+        summary, notes = prepared.summary(), prepared.notes
     # The file's own words (names, choices such as [true, false]) are no rich markup.
     out.print("[green]ok[/green] " + escape(f"{space_file}: study {space.name!r}, {summary}"))
+    for note in notes:
+        out.print(Text(f"data: {note}"), soft_wrap=True, highlight=False)
     table = Table("parameter", "searched as")
     for name, spec in space.params.items():
         table.add_row(Text(name), Text(json.dumps(spec.model_dump(exclude_defaults=True))))
@@ -858,7 +862,8 @@ def predict(
     data_file: str = typer.Argument(
         ...,
         help="Rows to predict: CSV/Parquet with the training columns (the target may be "
-        "there and is ignored), or NPZ with an array x for array-trained models.",
+        "there and is ignored), NPZ with an array x for array-trained models, or an image "
+        "file or folder for models trained on an image folder.",
     ),
     out_file: str = typer.Option(
         "predictions.csv",
@@ -876,7 +881,10 @@ def predict(
 
     from dlboost_search import shipping
 
-    rows = shipping.predict(Path(model_dir), Path(data_file), Path(out_file))
+    rows = shipping.predict(
+        Path(model_dir), Path(data_file), Path(out_file),
+        on_note=lambda line: out.print(escape(line), highlight=False, soft_wrap=True),
+    )  # fmt: skip
     out.print(f"wrote {rows} predictions to {out_file}", highlight=False)
 
 

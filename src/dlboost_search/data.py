@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dlboost_search import tables
 from dlboost_search.catalog import BUILTIN_TASKS
 from dlboost_search.errors import DataError, shown
 
@@ -30,6 +31,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "PreparedData",
     "fingerprint",
+    "preparation_notes",
     "prepare",
     "read_for_prediction",
     "task_and_shape",
@@ -42,9 +44,9 @@ MIN_TRAIN_ROWS = 8
 MIN_VALIDATION_ROWS = 2
 # An integer target with at most this many distinct values is taken for classes.
 MAX_INFERRED_CLASSES = 20
-# A text column whose values read as numbers at least this often, but not always, is a numeric
-# column with a few typos: encoded as categories, it would become one column per distinct value.
-NUMERIC_TEXT_SHARE = 0.9
+# `data.target_transform: auto` takes log(1 + y) of a positive regression target whose sample
+# skewness is above this: a long right tail, as prices, incomes and counts have.
+SKEWED_TARGET = 1.0
 # What a message quotes of a value: a cell or a column name can be megabytes long.
 QUOTE_LIMIT = 80
 
@@ -67,6 +69,11 @@ class PreparedData:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     # Where the validation rows come from, in words: the model card says what its scores measure.
     validation_rows: str = ""
+    # A regression target's transform before standardizing: "log1p" or "none".
+    target_transform: str = "none"
+    # What preparation did that the user should hear of (imputed, dropped, ignored columns...),
+    # one line each: validate and start print them, the model card lists them.
+    notes: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -101,17 +108,28 @@ def prepare(spec: DataSpec, seed: int = 0) -> PreparedData:
             return _prepare_npz(path, spec, seed)
         frame = _read_table(path, "data.path")
         target = _check_target(frame, spec.target, source)
-        _check_values(frame, source, target)
         validation = None
         if spec.validation_path:
             validation = _read_table(Path(spec.validation_path), "data.validation_path")
             _check_same_columns(frame, validation, spec.validation_path)
-            _check_values(validation, spec.validation_path, target)
-        # Inferred only now: a list cell or a typo in the target would mislead the inference.
-        task = spec.task or _infer_task(frame[target])
+        task = None
+    _check_values(frame, source, target, spec)
+    types, notes = tables.column_types(frame.drop(columns=[target]), dict(spec.columns), source)
+    _check_types(frame, types, source)
+    frame, dropped = _drop_missing(frame, target, types, spec.missing, source)
+    notes += dropped
+    if validation is not None:
+        val_source = spec.validation_path
+        _check_values(validation, val_source, target, spec)
+        _check_kinds(validation, types, spec.columns, val_source, "the training rows")
+        _check_types(validation, types, val_source)
+        validation, dropped = _drop_missing(validation, target, types, spec.missing, val_source)
+        notes += dropped
+    # Inferred only now: a list cell or a typo in the target would mislead the inference.
+    task = task or spec.task or _infer_task(frame[target])
     return _prepare_frame(
-        frame, validation, target, task, spec.validation_split, seed, source,
-        spec.validation_path or source,
+        frame, validation, target, task, spec, seed, (source, spec.validation_path or source),
+        types, notes,
     )  # fmt: skip
 
 
@@ -124,6 +142,12 @@ def task_and_shape(spec: DataSpec, seed: int = 0) -> tuple[str, tuple[int, ...]]
         return ("binary" if len(classes) == 2 else "multiclass"), (*spec.image_size, channels)
     prepared = prepare(spec, seed)
     return prepared.task, prepared.input_shape
+
+
+def preparation_notes(spec: DataSpec, seed: int = 0) -> tuple[str, ...]:
+    """What preparing the data does that the user should hear of, one line each (none for an
+    image folder: decoding it is left to the workers)."""
+    return () if spec.images else prepare(spec, seed).notes
 
 
 def fingerprint(spec: DataSpec) -> dict[str, str]:
@@ -263,28 +287,114 @@ def _check_cells(frame: pd.DataFrame, source: str) -> None:
             )
 
 
-def _check_values(frame: pd.DataFrame, source: str, target: str) -> None:
-    """Every cell usable: no NaN or inf, no nested values, no stray text in a numeric column."""
-    import pandas as pd
-
-    _check_finite(frame, source)
+def _check_values(frame: pd.DataFrame, source: str, target: str, spec: DataSpec) -> None:
+    """Every cell usable: no nested values, no inf, no stray text in a numeric column (unless
+    `data.columns` says what the column is), and under `missing: refuse` no missing value."""
+    if spec.missing == "refuse":
+        _check_finite(frame, source)
+    else:
+        _check_infinite(frame, source)
     _check_cells(frame, source)
     for column in frame.columns:
-        values = frame[column]
-        if values.dtype.kind != "O":
+        if column in spec.columns:
             continue
-        text = ~pd.to_numeric(values, errors="coerce").notna()
-        if text.any() and 1 - text.mean() >= NUMERIC_TEXT_SHARE:
-            rows = np.flatnonzero(text.to_numpy())
+        values = frame[column]
+        rows = tables.stray_text(values)
+        if rows is not None:
             cells = ", ".join(f"row {i} {shown(values.iloc[i], 40)}" for i in rows[:5])
             cells += "..." if len(rows) > 5 else ""
-            fix = "drop those rows" if column == target else "remove the column"
+            fix = (
+                "drop those rows"
+                if column == target
+                else f"declare the column in `data.columns`: {shown(column)}: numeric reads "
+                f"those cells as missing values, categorical keeps every value as a category"
+            )
             raise DataError(
                 f"{source}: column {shown(column)} holds numbers except in {len(rows)} "
                 f"row{'s' if len(rows) > 1 else ''}: {cells} (row numbers count from 0, "
                 f"header excluded). Read as text, the column would be encoded as categories, "
                 f"one per distinct value. Fix those cells, or {fix}."
             )
+
+
+def _check_infinite(frame: pd.DataFrame, source: str) -> None:
+    """inf is no missing value: it is refused, where an empty cell is imputed or dropped."""
+    problems = []
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype.kind not in "fc":
+            continue
+        bad = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
+        if bad.any():
+            rows = ", ".join(str(i) for i in np.flatnonzero(bad)[:5])
+            problems.append(
+                f"column {shown(column)} has {int(bad.sum())} rows with inf (rows {rows}...)"
+            )
+    if problems:
+        raise DataError(
+            f"{source}: {'; '.join(problems)}. An infinite value is not a missing one: replace "
+            f"it with a number, or empty the cell to have it treated as missing (`data.missing`) "
+            f"(row numbers count from 0, header excluded)."
+        )
+
+
+def _check_types(frame: pd.DataFrame, types: dict[str, str], source: str) -> None:
+    """Dates that do not parse, named by their row in the file, before any split."""
+    for column, kind in types.items():
+        if kind == "datetime":
+            tables.dates(frame[column], column, source)
+
+
+def _check_kinds(
+    frame: pd.DataFrame, types: dict[str, str], declared: Any, source: str, trained: str
+) -> None:
+    """A column read as numbers in training that holds text in `frame`."""
+    wrong = [
+        c for c, kind in types.items()
+        if kind == "numeric" and c not in declared and frame[c].dtype.kind == "O"
+        and tables.text_cells(frame[c]).any()
+    ]  # fmt: skip
+    if wrong and trained == "the training rows":
+        raise DataError(
+            f"{source}: column {shown(wrong[0])} holds numbers in the training rows but text "
+            f"here; a column must hold the same kind of values in both files. Fix those values."
+        )
+    if wrong:
+        raise DataError(
+            f"{source}: columns {_listed(wrong)} were numbers in the training data but "
+            f"hold text here; fix those values."
+        )
+
+
+def _drop_missing(frame, target, types, missing: str, source: str):
+    """Rows without a target go (never imputed), and under `missing: drop` rows with a
+    missing feature; each count in a note."""
+    notes = []
+    no_target = frame[target].isna().to_numpy()
+    if no_target.any():
+        rows = ", ".join(str(i) for i in np.flatnonzero(no_target)[:5])
+        notes.append(
+            f"{source}: {int(no_target.sum())} rows without a target value dropped (rows "
+            f"{rows}{'...' if no_target.sum() > 5 else ''}; a target is never imputed)"
+        )
+    holes = np.zeros(len(frame), dtype=bool)
+    if missing == "drop":
+        for column, kind in types.items():
+            if kind == "ignore":
+                continue
+            holes |= frame[column].isna().to_numpy()
+            if kind == "numeric":
+                holes |= tables.text_cells(frame[column])
+        holes &= ~no_target
+        if holes.any():
+            notes.append(
+                f"{source}: {int(holes.sum())} rows with a missing value dropped "
+                f"(`data.missing: drop`)"
+            )
+    kept = ~(no_target | holes)
+    if not kept.any():
+        raise DataError(f"{source}: no row is left once rows with missing values are dropped.")
+    return (frame if kept.all() else frame[kept]), notes
 
 
 def _infer_task(target: pd.Series) -> str:
@@ -368,14 +478,44 @@ def _check_stratifiable(y: np.ndarray, n_rows: int, n_val: int, fraction: float,
     )
 
 
-def _encode_target(y_train, y_val, task: str, source: str, target: str, val_source=None):
-    """Targets as float32 arrays, plus class labels or the regression scale."""
+def _target_transform(y_train: np.ndarray, setting: str, source: str, target: str) -> str:
+    """log1p or none: `auto` takes log1p when the training targets are all above 0 and skewed
+    (sample skewness above SKEWED_TARGET), as prices and counts are."""
+    if setting == "none":
+        return "none"
+    if setting == "log":
+        if np.min(y_train) <= -1:
+            raise DataError(
+                f"{source}: `data.target_transform: log` takes log(1 + y), but target "
+                f"{shown(target)} goes down to {np.min(y_train):g}; it needs values above -1. "
+                f"Set `data.target_transform: none` or auto."
+            )
+        return "log1p"
+    positive = np.min(y_train) > 0
+    return "log1p" if positive and tables.skewness(y_train) > SKEWED_TARGET else "none"
+
+
+def _encode_target(
+    y_train, y_val, task: str, source: str, target: str, val_source=None, transform="none"
+):
+    """Targets as float32 arrays, plus class labels or the regression scale and transform."""
     if task == "regression":
         if y_train.dtype.kind not in "iuf":
             raise DataError(
                 f"{source}: target {shown(target)} is not numeric ({y_train.dtype}), so it "
                 f"cannot be regressed. Set `data.task: binary` or `multiclass` for a class label."
             )
+        transform = _target_transform(y_train.astype("float64"), transform, source, target)
+        if transform == "log1p":
+            y_train = np.log1p(y_train.astype("float64"))
+            with np.errstate(invalid="ignore", divide="ignore"):  # a validation y <= -1: NaN
+                y_val = np.log1p(y_val.astype("float64"))
+            if not np.isfinite(y_val).all():
+                raise DataError(
+                    f"{val_source or source}: target {shown(target)} has values of -1 or below "
+                    f"in the validation rows, which log(1 + y) cannot take. Set "
+                    f"`data.target_transform: none`."
+                )
         what = f"target {shown(target)}"
         mean, std = _statistics(y_train[:, np.newaxis], source, [what])
         mean, std = float(mean[0]), float(std[0])
@@ -387,7 +527,7 @@ def _encode_target(y_train, y_val, task: str, source: str, target: str, val_sour
         scaled = []
         for y, side in ((y_train, source), (y_val, val_source or source)):
             scaled.append(_standardized(y[:, np.newaxis], [mean], [std], side, [what])[:, 0])
-        return *scaled, [], mean, std
+        return *scaled, [], mean, std, transform
     labels = set(y_train.tolist()) | set(y_val.tolist())
     numeric = all(isinstance(v, (int, float)) for v in labels)
     labels = sorted(labels, key=None if numeric else str)
@@ -403,17 +543,20 @@ def _encode_target(y_train, y_val, task: str, source: str, target: str, val_sour
         )
     index = {label: i for i, label in enumerate(labels)}
     encode = lambda y: np.array([index[v] for v in y.tolist()], dtype="float32")  # noqa: E731
-    return encode(y_train), encode(y_val), labels, 0.0, 1.0
+    return encode(y_train), encode(y_val), labels, 0.0, 1.0, "none"
 
 
 def _prepare_frame(
-    frame, validation, target, task, fraction, seed, source, val_source=None
+    frame, validation, target, task, spec, seed, sources, types, notes
 ) -> PreparedData:
+    source, val_source = sources
+    fraction = spec.validation_split
     y_all = frame[target].to_numpy()
+    if y_all.dtype.kind == "f" and task != "regression" and np.all(y_all == np.round(y_all)):
+        y_all = y_all.astype("int64")  # whole-number classes of a column that had empty cells
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
         raise DataError(f"{source}: no feature columns besides the target {shown(target)}.")
-    val_source = val_source or source
     if validation is None:
         stratify = y_all if task != "regression" else None
         train_idx, val_idx = _split(len(frame), stratify, fraction, seed, source)
@@ -423,71 +566,100 @@ def _prepare_frame(
     else:
         x_train_df, y_train = features, y_all
         x_val_df, y_val = validation.drop(columns=[target]), validation[target].to_numpy()
+        if y_val.dtype.kind == "f" and y_all.dtype.kind == "i":
+            y_val = y_val.astype("int64")
         validation_rows = f"{val_source} (`data.validation_path`)"
-    x_train, x_val, names, recipe = _encode_features(x_train_df, x_val_df, source, val_source)
-    y_train, y_val, labels, mean, std = _encode_target(
-        y_train, y_val, task, source, target, val_source
+    x_train, x_val, names, recipe, fitted = _encode_features(
+        x_train_df, x_val_df, types, spec, source, val_source
     )
+    raw_y = y_train
+    y_train, y_val, labels, mean, std, transform = _encode_target(
+        y_train, y_val, task, source, target, val_source, spec.target_transform
+    )
+    if transform == "log1p":
+        fitted.append(
+            f"target {shown(target)} learned as log(1 + y) (`data.target_transform: "
+            f"{spec.target_transform}`, skewness {tables.skewness(raw_y):.2g}); predictions "
+            f"and scores are in its own units"
+        )
     return PreparedData(
         x_train, y_train, x_val, y_val, task,
         n_outputs=len(labels) if task == "multiclass" else 1,
         feature_names=names, class_labels=labels, target_mean=mean, target_std=std,
-        preprocessing={**recipe, "target": target}, validation_rows=validation_rows,
+        preprocessing={**recipe, "target": target, "target_transform": transform},
+        validation_rows=validation_rows, target_transform=transform,
+        notes=tuple(notes) + tuple(fitted),
     )  # fmt: skip
 
 
-def _encode_features(train: pd.DataFrame, val: pd.DataFrame, source: str, val_source: str):
-    """Standardize numeric columns and one-hot encode the others, fitted on `train` only."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
-
-    numeric = [c for c in train.columns if train[c].dtype.kind in "iuf"]
-    categorical = [c for c in train.columns if c not in numeric]
-    for column in train.columns:
-        if (column in numeric) != (val[column].dtype.kind in "iuf"):
-            kinds = ("numbers", "text") if column in numeric else ("text", "numbers")
-            raise DataError(
-                f"{val_source}: column {shown(column)} holds {kinds[0]} in the training rows "
-                f"but {kinds[1]} here; a column must hold the same kind of values in both "
-                f"files. Fix those values."
-            )
-    what = [f"column {shown(c)}" for c in numeric]
-    if numeric:  # before the scaler, whose statistics would overflow unnamed
-        _statistics(train[numeric].to_numpy(dtype="float64"), source, what)
-    transformer = ColumnTransformer(
-        [
-            ("numeric", StandardScaler(), numeric),
-            (
-                "categorical",
-                OneHotEncoder(handle_unknown="ignore", sparse_output=False),
-                categorical,
-            ),
-        ],
-        verbose_feature_names_out=False,
+def _encode_features(train, val, types, spec, source: str, val_source: str):
+    """The table recipe fitted on `train` (tables.py), applied to both sides; numeric features
+    standardized with the training rows' statistics, the others one-hot encoded."""
+    recipe = tables.fit(
+        train, types, missing=spec.missing, max_categories=spec.max_categories, source=source
     )
-    with np.errstate(over="ignore", invalid="ignore"):  # checked just below
-        x_train = transformer.fit_transform(train).astype("float32")
-        x_val = transformer.transform(val).astype("float32")
-    scaler = transformer.named_transformers_["numeric"]
-    encoder = transformer.named_transformers_["categorical"]
-    if numeric:
-        for x, raw, side in ((x_train, train, source), (x_val, val, val_source)):
-            _check_standardized(
-                x[:, : len(numeric)], raw[numeric].to_numpy(dtype="float64"),
-                scaler.mean_, scaler.scale_, side, what,
-            )  # fmt: skip
-    recipe = {
-        "kind": "table",
-        "columns": [str(c) for c in train.columns],
-        "numeric": [str(c) for c in numeric],
-        "mean": scaler.mean_.tolist() if numeric else [],
-        "scale": scaler.scale_.tolist() if numeric else [],
-        "categorical": {
-            str(c): [v.item() if hasattr(v, "item") else v for v in cats]
-            for c, cats in zip(categorical, getattr(encoder, "categories_", []), strict=True)
-        },
-    }
-    return x_train, x_val, [str(n) for n in transformer.get_feature_names_out()], recipe
+    applied = tables.apply(recipe, train, source)
+    what = [f"column {shown(n)}" for n in applied.numeric_names]
+    if applied.numeric_names:
+        mean, std = _statistics(applied.numeric, source, what)
+        std[std == 0] = 1.0
+    else:
+        mean, std = np.zeros(0), np.ones(0)
+    sides, done_sides = [], []
+    for frame, side in ((train, source), (val, val_source)):
+        done = applied if frame is train else tables.apply(recipe, frame, side)
+        done_sides.append(done)
+        numeric = np.zeros((len(frame), 0), dtype="float32")
+        if applied.numeric_names:
+            numeric = _standardized(done.numeric, mean, std, side, what)
+        sides.append(np.concatenate([numeric, done.onehot.astype("float32")], axis=1))
+    recipe.update(numeric=applied.numeric_names, mean=mean.tolist(), scale=std.tolist())
+    recipe["coerce"] = [c for c, kind in spec.columns.items() if kind == "numeric"]
+    return (
+        *sides,
+        applied.numeric_names + applied.onehot_names,
+        recipe,
+        _fitted_notes(recipe, train, *done_sides),
+    )
+
+
+def _fitted_notes(recipe: dict[str, Any], train: pd.DataFrame, applied, val_applied) -> list[str]:
+    """What the recipe does to the training and validation rows, one line per column it
+    changes."""
+    notes = []
+
+    def both(counts: str) -> dict[str, tuple[int, int]]:
+        first, second = getattr(applied, counts), getattr(val_applied, counts)
+        return {c: (first.get(c, 0), second.get(c, 0)) for c in {**first, **second}}
+
+    def rows(pair: tuple[int, int]) -> str:
+        return f"{sum(pair)} ({pair[0]} training, {pair[1]} validation rows)"
+
+    for column, pair in sorted(both("coerced").items()):
+        notes.append(
+            f"column {shown(column)}: {rows(pair)} text cells read as missing (declared numeric)"
+        )
+    for column, pair in sorted(both("imputed").items()):
+        kind = recipe["types"][column]
+        if kind == "categorical":
+            how = f"the category {tables.MISSING!r}"
+        elif kind == "datetime":
+            how = "the training rows' median year, month, day..."
+        else:
+            how = f"the training median {recipe['fill'][column]:.6g}"
+        if column in recipe["indicators"]:
+            how += f", plus a was-missing column {column}.missing"
+        notes.append(f"column {shown(column)}: {rows(pair)} missing values imputed with {how}")
+    for column in recipe["other"]:
+        kept = len(recipe["categorical"][column])
+        notes.append(
+            f"column {shown(column)}: {train[column].nunique()} categories capped at "
+            f"{kept + 1} (`data.max_categories`): the {kept} most frequent, the other "
+            f"{applied.unknown.get(column, 0)} rows grouped as {tables.OTHER!r}"
+        )
+    for column, parts in recipe["dates"].items():
+        notes.append(f"column {shown(column)}: dates, as {', '.join(parts)}")
+    return notes
 
 
 def _too_large(source: str, what: str, values: np.ndarray, how: str) -> DataError:
@@ -567,8 +739,9 @@ def _prepare_npz(path: Path, spec: DataSpec, seed: int) -> PreparedData:
             f"{_listed(list(arrays)) or 'none'}."
         )
     return _prepare_arrays(
-        x_train, y_train, x_val, y_val, task, str(path), validation_rows=held, names=names
-    )
+        x_train, y_train, x_val, y_val, task, str(path), validation_rows=held, names=names,
+        target_transform=spec.target_transform,
+    )  # fmt: skip
 
 
 def _npz_task(y: np.ndarray, classes: int | None) -> str:
@@ -579,7 +752,7 @@ def _npz_task(y: np.ndarray, classes: int | None) -> str:
 
 def _prepare_arrays(
     x_train, y_train, x_val, y_val, task, source, *, validation_rows, scale=None,
-    names=("x_train", "x_val"),
+    names=("x_train", "x_val"), target_transform="none",
 ) -> PreparedData:  # fmt: skip
     """Arrays of any row shape whose last axis is the features (or channels).
 
@@ -595,19 +768,22 @@ def _prepare_arrays(
     x_train = _standardized(x_train, mean, std, source, what)
     what = [f"array {names[1]}, feature {i}" for i in range(x_val.shape[-1])]
     x_val = _standardized(x_val, mean, std, source, what)
-    y_train, y_val, labels, t_mean, t_std = _encode_target(y_train, y_val, task, source, "y")
+    y_train, y_val, labels, t_mean, t_std, transform = _encode_target(
+        y_train, y_val, task, source, "y", transform=target_transform
+    )
     recipe = {
         "kind": "array",
         "shape": list(x_train.shape[1:]),
         "mean": mean.tolist(),
         "std": std.tolist(),
+        "target_transform": transform,
     }
     return PreparedData(
         x_train, y_train, x_val, y_val, task,
         n_outputs=len(labels) if task == "multiclass" else 1,
         feature_names=[f"x{i}" for i in range(x_train.shape[-1])],
         class_labels=labels, target_mean=t_mean, target_std=t_std, preprocessing=recipe,
-        validation_rows=validation_rows,
+        validation_rows=validation_rows, target_transform=transform,
     )  # fmt: skip
 
 
@@ -683,10 +859,15 @@ def _prepare_images(spec: DataSpec, seed: int) -> PreparedData:
     y = np.array([classes[label] for _, label in pairs])
     task = "binary" if len(classes) == 2 else "multiclass"
     train_idx, val_idx = _split(len(x), y, spec.validation_split, seed, str(folder))
-    return _prepare_arrays(
+    prepared = _prepare_arrays(
         x[train_idx], y[train_idx], x[val_idx], y[val_idx], task, str(folder), scale=255.0,
         validation_rows=f"{folder}, {_held_out(spec.validation_split, seed, True)}",
     )  # fmt: skip
+    # predict takes image files and folders: decoded and resized as these were.
+    prepared.preprocessing["images"] = {
+        "image_size": list(spec.image_size), "color_mode": spec.color_mode,
+    }  # fmt: skip
+    return prepared
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -773,10 +954,22 @@ def _series(values: np.ndarray):
     return pd.Series(values)
 
 
-def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray, Any]:
-    """Rows of a new file, prepared as the model's training data was (`recipe` is a
-    PreparedData.preprocessing). Returns the model's input and the file's row index."""
+def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray, Any, list[str]]:
+    """Rows of a new file (or image folder), prepared as the model's training data was
+    (`recipe` is a PreparedData.preprocessing). Returns the model's input, the rows' index (an
+    image's path) and what was done to them that the user should hear of (imputed values,
+    categories the model does not know), one line per column."""
     if recipe["kind"] == "array":
+        if recipe.get("images") and (path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES):
+            x, index = _read_images(recipe["images"], path)
+            what = [f"channel {i}" for i in range(x.shape[-1])]
+            return _standardized(x, recipe["mean"], recipe["std"], str(path), what), index, []
+        if path.suffix.lower() != ".npz" and recipe.get("images"):
+            raise DataError(
+                f"{path}: this model was trained on images; give an image file "
+                f"({', '.join(IMAGE_SUFFIXES)}), a folder of them (sub-folders included), or an "
+                f"NPZ file with an array `x` of rows shaped {tuple(recipe['shape'])}."
+            )
         arrays = _read_npz(path)
         if "x" not in arrays:
             raise DataError(
@@ -791,7 +984,8 @@ def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray,
             )
         _check_rows_finite(path, "x", x)
         what = [f"array x, feature {i}" for i in range(x.shape[-1])]
-        return _standardized(x, recipe["mean"], recipe["std"], str(path), what), np.arange(len(x))
+        x = _standardized(x, recipe["mean"], recipe["std"], str(path), what)
+        return x, np.arange(len(x)), []
     if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise DataError(
             f"{path}: this model was trained on a table and takes a CSV or Parquet file "
@@ -808,6 +1002,82 @@ def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray,
             f"ignored). Missing: {_listed(missing) or 'none'}; extra: {_listed(extra) or 'none'}."
         )
     frame = frame[columns]
+    if "version" not in recipe:  # exported by 0.1.0: no missing value, no type but its own
+        return _legacy_table_rows(recipe, frame, path), frame.index, []
+    used = [c for c, kind in recipe["types"].items() if kind != "ignore"]
+    if recipe["missing"] == "impute":
+        _check_infinite(frame[used], str(path))
+    else:  # the training rows had no missing value to learn a fill from
+        fix = f"Drop or fill those rows before predicting (`data.missing: {recipe['missing']}`)"
+        _check_finite(frame[used], str(path), fix=fix)
+    _check_cells(frame[used], str(path))
+    _check_kinds(frame, recipe["types"], recipe.get("coerce", ()), str(path), "training")
+    _check_types(frame, recipe["types"], str(path))
+    applied = tables.apply(recipe, frame, str(path))
+    what = [f"column {shown(n)}" for n in applied.numeric_names]
+    numeric = np.zeros((len(frame), 0), dtype="float32")
+    if applied.numeric_names:
+        numeric = _standardized(applied.numeric, recipe["mean"], recipe["scale"], str(path), what)
+    x = np.concatenate([numeric, applied.onehot.astype("float32")], axis=1)
+    return x, frame.index, _prediction_notes(recipe, applied)
+
+
+def _prediction_notes(recipe: dict[str, Any], applied: Any) -> list[str]:
+    notes = []
+    for column, count in applied.coerced.items():
+        notes.append(f"column {shown(column)}: {count} text cells read as missing")
+    for column, count in applied.imputed.items():
+        if recipe["types"][column] != "categorical":
+            notes.append(
+                f"column {shown(column)}: {count} missing values imputed as in training "
+                f"(the training median)"
+            )
+        else:
+            notes.append(f"column {shown(column)}: {count} missing values as {tables.MISSING!r}")
+    for column, count in applied.unknown.items():
+        where = (
+            f"grouped as {tables.OTHER!r}"
+            if column in recipe["other"]
+            else "given no category (the training rows had no rare group to put them in)"
+        )
+        notes.append(
+            f"column {shown(column)}: {count} values the model has no category for (unseen "
+            f"in training, or too rare to keep) {where}"
+        )
+    return notes
+
+
+def _read_images(settings: dict[str, Any], path: Path) -> tuple[np.ndarray, list[str]]:
+    """Image files, or every image under a folder, decoded, resized and colored as the
+    training images were (Keras' own loader and resizing: bilinear, no crop)."""
+    files = [path] if path.is_file() else sorted(
+        f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
+    )  # fmt: skip
+    if not path.exists():
+        raise DataError(f"{path}: no such image file or folder.")
+    if not files:
+        raise DataError(
+            f"{path}: holds no image ({', '.join(IMAGE_SUFFIXES)} files, sub-folders included)."
+        )
+    import tensorflow as tf
+
+    channels = 1 if settings["color_mode"] == "grayscale" else 3
+    images = []
+    for file in files:  # as keras.utils.image_dataset_from_directory loads each image
+        try:
+            image = tf.image.decode_image(
+                tf.io.read_file(str(file)), channels=channels, expand_animations=False
+            )
+            image = tf.image.resize(image, tuple(settings["image_size"]), method="bilinear")
+        except Exception as exc:  # TensorFlow's decoders raise their own types
+            raise DataError(f"{file}: cannot be decoded as an image: {exc}") from None
+        images.append(image.numpy())
+    root = path.parent if path.is_file() else path
+    return np.stack(images), [str(f.relative_to(root)) for f in files]
+
+
+def _legacy_table_rows(recipe: dict[str, Any], frame: pd.DataFrame, path: Path) -> np.ndarray:
+    """Rows for a recipe of release 0.1.0: numeric columns standardized, others one-hot."""
     _check_finite(frame, str(path), fix="Drop or fill those rows before predicting")
     _check_cells(frame, str(path))
     blocks = []
@@ -826,4 +1096,4 @@ def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray,
         values = frame[column].to_numpy()
         # A category the training data never had gets all zeros, as OneHotEncoder does.
         blocks.append(np.stack([values == c for c in categories], axis=1))
-    return np.concatenate(blocks, axis=1).astype("float32"), frame.index
+    return np.concatenate(blocks, axis=1).astype("float32")

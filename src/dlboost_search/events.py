@@ -16,6 +16,7 @@ from dlboost_search.errors import DlboostError
 __all__ = [
     "EpochEnded",
     "Event",
+    "Noted",
     "Stopping",
     "StudyRunning",
     "TimeBudgetSpent",
@@ -63,6 +64,13 @@ class TimeBudgetSpent(Event):
 
 @dataclass(frozen=True)
 class Warned(Event):
+    message: str
+
+
+# What preparing the data did that the user should hear of (values imputed, rows dropped,
+# columns ignored): one line each, before the first trial.
+@dataclass(frozen=True)
+class Noted(Event):
     message: str
 
 

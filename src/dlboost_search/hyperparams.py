@@ -69,10 +69,23 @@ TASKS = ("regression", "binary", "multiclass")
 
 # Metrics Keras logs for each task, with the direction that makes them better. Each is also
 # logged with a "val_" prefix on the validation split.
+# macro_f1 and balanced_accuracy weigh every class alike, however few its rows: the metrics of
+# imbalanced classes (training.py computes them from each epoch's confusion matrix).
 TASK_METRICS: dict[str, dict[str, str]] = {
     "regression": {"loss": "minimize", "mae": "minimize"},
-    "binary": {"loss": "minimize", "accuracy": "maximize", "auc": "maximize"},
-    "multiclass": {"loss": "minimize", "accuracy": "maximize"},
+    "binary": {
+        "loss": "minimize",
+        "accuracy": "maximize",
+        "auc": "maximize",
+        "macro_f1": "maximize",
+        "balanced_accuracy": "maximize",
+    },
+    "multiclass": {
+        "loss": "minimize",
+        "accuracy": "maximize",
+        "macro_f1": "maximize",
+        "balanced_accuracy": "maximize",
+    },
 }
 
 

@@ -99,6 +99,9 @@ class StudyProgress:
         if isinstance(event, events.Warned):
             self.console.print(f"[yellow]warning:[/yellow] {event.message}", highlight=False)
             return
+        if isinstance(event, events.Noted):
+            self.console.print(Text(f"data: {event.message}"), highlight=False)
+            return
         self._show()
         if isinstance(event, events.StudyRunning):
             summary = event.summary

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from dlboost_search import events, memory
-from dlboost_search.data import task_and_shape
+from dlboost_search.data import preparation_notes, task_and_shape
 from dlboost_search.errors import DataError, SpaceError, StudyError
 from dlboost_search.models import check_input
 from dlboost_search.pool import DEFAULT_RECYCLE_EVERY
@@ -130,6 +130,8 @@ def start(
     study = create_or_check(space, url)
     check_same_data(study, space, accept_changed_data)
     set_timeout(study, timeout)
+    for note in preparation_notes(space.data, space.search.seed or 0):
+        on_event(events.Noted(note))
     if warning:
         on_event(events.Warned(warning))
     try:
@@ -170,6 +172,8 @@ def resume(
     check_same_data(study, space, accept_changed_data)
     target = target or target_of(study)
     set_timeout(study, timeout or timeout_of(study))
+    for note in preparation_notes(space.data, space.search.seed or 0):
+        on_event(events.Noted(note))
     if warning:
         on_event(events.Warned(warning))
     backend = BACKENDS[space.search.backend]

@@ -138,6 +138,8 @@ def export_model(
         "class_labels": prepared.class_labels,
         "target_mean": prepared.target_mean,
         "target_std": prepared.target_std,
+        "target_transform": prepared.target_transform,
+        "preparation": list(prepared.notes),
         "preprocessing": prepared.preprocessing,
         "objective": {"metric": metric, "direction": space.direction},
         "refit_all": refit_all,
@@ -188,6 +190,13 @@ def _score(prepared: Any, metric: str, predicted: np.ndarray) -> float:
     if prepared.task == "regression":
         error = p[:, 0] - y
         return float(np.mean(error**2) if name == "loss" else np.mean(np.abs(error)))
+    if name in ("macro_f1", "balanced_accuracy"):
+        from sklearn.metrics import balanced_accuracy_score, f1_score
+
+        chosen = (p[:, 0] >= 0.5) if prepared.task == "binary" else np.argmax(p, axis=1)
+        if name == "macro_f1":
+            return float(f1_score(y, chosen.astype(int), average="macro", zero_division=0))
+        return float(balanced_accuracy_score(y, chosen.astype(int)))
     if prepared.task == "binary":
         q = np.clip(p[:, 0], 1e-7, 1 - 1e-7)
         if name == "auc":
@@ -248,6 +257,7 @@ def model_card(meta: dict[str, Any]) -> str:
     validation = meta["validation"]
     standardized = (
         "; in standardized units: training scales the target to mean 0 and standard deviation 1"
+        + (", after log(1 + y)" if meta.get("target_transform") == "log1p" else "")
         if meta["task"] == "regression"
         else ""
     )
@@ -286,6 +296,12 @@ def model_card(meta: dict[str, Any]) -> str:
             for m in members
         ),
     ]
+    if meta.get("preparation"):
+        lines += ["", "## Data preparation", "", *(f"- {note}" for note in meta["preparation"])]
+        lines += [
+            "",
+            "`predict` prepares new rows the same way: the same fills, categories and columns.",
+        ]
     if len(members) > 1:
         lines += [
             "",
@@ -351,14 +367,23 @@ def _read_model(model_dir: Path) -> tuple[dict[str, Any], Path]:
 _META_KEYS = ("task", "class_labels", "target_mean", "target_std", "preprocessing")
 
 
-def predict(model_dir: Path, data_path: Path, out_path: Path) -> int:
-    """Predict every row of `data_path` with an exported model; write them to `out_path`
-    (CSV, or Parquet by its suffix). Returns the number of rows."""
+def predict(
+    model_dir: Path,
+    data_path: Path,
+    out_path: Path,
+    on_note: Callable[[str], None] = lambda line: None,
+) -> int:
+    """Predict every row of `data_path` (a table, an NPZ file, or for a model trained on
+    images an image file or folder) with an exported model; write them to `out_path` (CSV, or
+    Parquet by its suffix). `on_note` hears what was done to the rows (values imputed,
+    categories the model does not know). Returns the number of rows."""
     outputs.check_file(out_path, "--out", keep=(data_path,))
     meta, model_path = _read_model(model_dir)
     from dlboost_search.data import read_for_prediction
 
-    x, index = read_for_prediction(meta["preprocessing"], data_path)
+    x, index, notes = read_for_prediction(meta["preprocessing"], data_path)
+    for note in notes:
+        on_note(note)
 
     from dlboost_search._tf import import_tensorflow_quietly
 
@@ -366,7 +391,8 @@ def predict(model_dir: Path, data_path: Path, out_path: Path) -> int:
     import keras
 
     try:
-        model = keras.saving.load_model(model_path)
+        # Not compiled: prediction needs no loss or metric (and ours are not registered here).
+        model = keras.saving.load_model(model_path, compile=False)
     except Exception as exc:  # Keras raises many types for a damaged file
         raise DataError(
             f"{model_path}: cannot be loaded as a Keras model ({type(exc).__name__}: "
@@ -375,6 +401,8 @@ def predict(model_dir: Path, data_path: Path, out_path: Path) -> int:
         ) from None
     frame = _predictions(meta, model.predict(x, batch_size=4096, verbose=0))
     frame.index = index
+    if meta["preprocessing"].get("images"):  # each prediction names its image
+        frame.insert(0, "image", list(index))
     if out_path.suffix.lower() in (".parquet", ".pq"):
         frame.to_parquet(out_path)
     else:
@@ -401,5 +429,10 @@ def _predictions(meta: dict[str, Any], outputs: Any) -> Any:
 
 
 def _in_target_units(meta: dict[str, Any], standardized: np.ndarray) -> np.ndarray:
-    """Regression values back in the target's own units: training saw it standardized."""
-    return np.asarray(standardized, dtype="float64") * meta["target_std"] + meta["target_mean"]
+    """Regression values back in the target's own units: training saw it standardized, after
+    log(1 + y) when `target_transform` says so (absent in exports of 0.1.0: none)."""
+    values = np.asarray(standardized, dtype="float64") * meta["target_std"] + meta["target_mean"]
+    if meta.get("target_transform", "none") == "log1p":
+        with np.errstate(over="ignore"):
+            values = np.expm1(values)
+    return values

@@ -176,6 +176,21 @@ class DataSpec(_Strict):
     validation_path: str | None = None
     validation_split: float = Field(0.2, gt=0, lt=1)
     task: Literal["regression", "binary", "multiclass"] | None = None
+    # Tables: what becomes of missing values (impute: training medians plus a was-missing
+    # column, or a "(missing)" category; drop: the rows go; refuse: an error, as before 0.2).
+    missing: Literal["impute", "drop", "refuse"] = "impute"
+    # Column types given by name; the others are inferred (docs/data.md).
+    columns: dict[str, Literal["numeric", "categorical", "datetime", "ignore"]] = Field(
+        default_factory=dict
+    )
+    # The categories kept per text column, most frequent first; the rest become "(other)".
+    # None: no cap.
+    max_categories: int | None = Field(50, ge=2)
+    # Regression targets: auto takes log1p when the target is positive and skewed (tables.py).
+    target_transform: Literal["auto", "log", "none"] = "auto"
+
+    def __hash__(self) -> int:  # `columns` is a dict: prepare() caches on the spec
+        return hash(self.model_dump_json())
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -219,6 +234,8 @@ class TrainingSpec(_Strict):
     # A trial still running after this long (a stuck read, a deadlock) is failed and its
     # worker replaced; None: no limit.
     trial_timeout_seconds: int | None = Field(None, ge=1)
+    # balanced: each class weighs rows / (classes x its rows) in the training loss.
+    class_weight: Literal["balanced", "none"] = "none"
 
 
 class SearchSettings(_Strict):
@@ -553,6 +570,11 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
         problems.append(
             "data: an image folder's classes are its sub-folders; remove `target`, "
             "`validation_path` and `task`."
+        )
+    if data.target is not None and data.target in data.columns:
+        problems.append(
+            f"data.columns: {shown(data.target)} is the target, not a feature; remove it from "
+            f"`columns` (the target's kind is `data.task`)."
         )
     if data.builtin is not None and data.builtin not in BUILTIN_TASKS:
         problems.append(

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from dlboost_search import records
 from dlboost_search.data import PreparedData
 from dlboost_search.errors import SearchAborted, TrialFailed
@@ -20,6 +22,7 @@ from dlboost_search.hyperparams import logged_metrics, metric_direction
 __all__ = [
     "TrainingRecord",
     "as_tensors",
+    "class_weights",
     "compile_model",
     "epoch_function",
     "resolve_engine",
@@ -53,7 +56,63 @@ class TrainingRecord:
         }
 
 
-def compile_model(model: Any, params: dict[str, Any], task: str, monitor: str = "val_loss") -> None:
+def class_weights(y: np.ndarray, setting: str) -> np.ndarray | None:
+    """Each class's weight in the training loss (`training.class_weight`), indexed by class:
+    balanced gives class k rows / (classes x rows of k), as scikit-learn's "balanced" does, so
+    that every class weighs as much in all; none: None (every row weighs 1)."""
+    if setting == "none":
+        return None
+    counts = np.bincount(np.asarray(y, dtype="int64"))
+    present = counts > 0
+    weights = np.zeros(len(counts))
+    weights[present] = len(y) / (present.sum() * counts[present])
+    return weights
+
+
+def _confusion_metric(name: str, task: str, n_classes: int) -> Any:
+    """macro_f1 or balanced_accuracy as a Keras metric: a confusion matrix summed over the
+    epoch's batches (unweighted), scored as scikit-learn scores it at the epoch's end."""
+    import keras
+    from keras import ops
+
+    class ConfusionScore(keras.metrics.Metric):
+        def __init__(self, **kwargs):
+            super().__init__(name=name, **kwargs)
+            self.matrix = self.add_variable(
+                shape=(n_classes, n_classes), initializer="zeros", name="matrix"
+            )
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            truth = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+            if task == "binary":
+                chosen = ops.cast(ops.reshape(y_pred, (-1,)) >= 0.5, "int32")
+            else:
+                chosen = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+            rows = ops.one_hot(truth, n_classes, dtype=self.matrix.dtype)
+            columns = ops.one_hot(chosen, n_classes, dtype=self.matrix.dtype)
+            self.matrix.assign_add(ops.matmul(ops.transpose(rows), columns))
+
+        def result(self):
+            m = self.matrix
+            hits, truths, chosen = ops.diagonal(m), ops.sum(m, axis=1), ops.sum(m, axis=0)
+            if name == "balanced_accuracy":  # mean recall over the classes present
+                present = ops.cast(truths > 0, m.dtype)
+                recall = ops.divide_no_nan(hits, truths)
+                return ops.divide_no_nan(ops.sum(recall * present), ops.sum(present))
+            # macro F1 over the classes present or predicted; 0 for a class never predicted
+            seen = ops.cast((truths + chosen) > 0, m.dtype)
+            f1 = ops.divide_no_nan(2 * hits, truths + chosen)
+            return ops.divide_no_nan(ops.sum(f1 * seen), ops.sum(seen))
+
+        def reset_state(self):
+            self.matrix.assign(ops.zeros_like(self.matrix))
+
+    return ConfusionScore()
+
+
+def compile_model(
+    model: Any, params: dict[str, Any], task: str, monitor: str = "val_loss", n_classes: int = 2
+) -> None:
     """Compile with the trial's optimizer and the task's loss, and with the one metric
     `monitor` needs: every other metric would be computed each step and never read (AUC alone
     adds a second to a binary model's first trace)."""
@@ -77,6 +136,8 @@ def compile_model(model: Any, params: dict[str, Any], task: str, monitor: str = 
         "mae": lambda: "mae",
         "accuracy": lambda: "accuracy",
         "auc": lambda: keras.metrics.AUC(name="auc"),
+        "macro_f1": lambda: _confusion_metric("macro_f1", task, n_classes),
+        "balanced_accuracy": lambda: _confusion_metric("balanced_accuracy", task, n_classes),
     }
     name = monitor.removeprefix("val_")
     model.compile(
@@ -147,11 +208,14 @@ def train(
     record: TrainingRecord,
     report: Callable[[int, float], None] = lambda epoch, value: None,
     engine: str = "epoch_loop",
+    class_weight: str = "none",
 ) -> float:
     """Fit `model` with early stopping; return the best value of `monitor`.
 
     `engine` is "epoch_loop" (one compiled call per epoch, for data in memory) or "fit"
-    (Keras' own `model.fit`). Both run Keras' own train and test steps.
+    (Keras' own `model.fit`). Both run Keras' own train and test steps. `class_weight`
+    (balanced or none) weighs each training row by its class (`class_weights`); validation
+    rows are never weighted.
     """
     if metric_direction(data.task, monitor) is None:
         offered = ", ".join(logged_metrics(data.task))
@@ -159,14 +223,21 @@ def train(
             f"objective.metric {monitor!r} is not logged for a {data.task} task, so trials "
             f"can be neither scored nor pruned. Pick one of: {offered}."
         )
-    compile_model(model, params, data.task, monitor)
+    n_classes = 2 if data.task == "binary" else max(data.n_outputs, 2)
+    compile_model(model, params, data.task, monitor, n_classes)
+    weights = None
+    if (
+        data.task != "regression"
+        and (per_class := class_weights(data.y_train, class_weight)) is not None
+    ):
+        weights = per_class[data.y_train.astype("int64")].astype("float32")
     record.n_params = int(model.count_params())
     record.engine = engine
     monitor_ = _EpochMonitor(model, monitor, direction, patience, min_delta, record, report)
     run = _train_epoch_loop if engine == "epoch_loop" else _train_fit
     started = time.perf_counter()
     try:
-        run(model, data, int(params["batch_size"]), max_epochs, seed, monitor_)
+        run(model, data, int(params["batch_size"]), max_epochs, seed, monitor_, weights)
     finally:
         record.train_seconds = time.perf_counter() - started
     monitor_.restore_best()
@@ -175,15 +246,16 @@ def train(
     return record.best_value
 
 
-def _train_fit(model, data, batch_size, max_epochs, seed, monitor) -> None:
+def _train_fit(model, data, batch_size, max_epochs, seed, monitor, weights=None) -> None:
     import keras
     import tensorflow as tf
 
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
     steps = max(1, math.ceil(len(data.x_train) / batch_size))
     model.steps_per_execution = min(steps, MAX_STEPS_PER_EXECUTION)
+    rows = (data.x_train, data.y_train) + (() if weights is None else (weights,))
     train_ds = (
-        tf.data.Dataset.from_tensor_slices((data.x_train, data.y_train))
+        tf.data.Dataset.from_tensor_slices(rows)
         .cache()
         .shuffle(len(data.x_train), seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
@@ -208,7 +280,7 @@ def _train_fit(model, data, batch_size, max_epochs, seed, monitor) -> None:
     )
 
 
-def _train_epoch_loop(model, data, batch_size, max_epochs, seed, monitor) -> None:
+def _train_epoch_loop(model, data, batch_size, max_epochs, seed, monitor, weights=None) -> None:
     import tensorflow as tf
 
     # Grappler's graph rewrites cost 0.1-0.25 s on each new model's first call, more than
@@ -216,13 +288,14 @@ def _train_epoch_loop(model, data, batch_size, max_epochs, seed, monitor) -> Non
     # "Training engines"). A process-wide setting: _train_fit turns it back on.
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     x, y, x_val, y_val = as_tensors(data)
+    w = None if weights is None else tf.constant(weights)
     # Create the optimizer's and metrics' variables now, eagerly: created inside the
     # compiled function, they would make TensorFlow trace it twice.
     model.optimizer.build(model.trainable_variables)
     model.test_step((x_val[:2], y_val[:2]))
     run_epoch = epoch_function(model, len(data.x_train), len(data.x_val), batch_size)
     for epoch in range(max_epochs):
-        train_logs, val_logs = run_epoch(x, y, x_val, y_val, tf.constant([seed, epoch]))
+        train_logs, val_logs = run_epoch(x, y, x_val, y_val, tf.constant([seed, epoch]), w)
         logs = {k: float(v) for k, v in train_logs.items()}
         logs.update({f"val_{k}": float(v) for k, v in val_logs.items()})
         if monitor.end_epoch(epoch, logs):
@@ -254,10 +327,11 @@ def epoch_function(model: Any, n_train: int, n_val: int, batch_size: int) -> Any
     train_steps = math.ceil(n_train / batch_size)
     val_steps = math.ceil(n_val / VALIDATION_BATCH)
 
-    def run_steps(step_function, x, y, order, size, count):
+    def run_steps(step_function, x, y, order, size, count, w=None):
         def body(step):
             rows = order[step * size : (step + 1) * size]
-            step_function((tf.gather(x, rows), tf.gather(y, rows)))
+            batch = (tf.gather(x, rows), tf.gather(y, rows))
+            step_function(batch if w is None else (*batch, tf.gather(w, rows)))
             return (step + 1,)
 
         for metric in model.metrics:
@@ -266,9 +340,9 @@ def epoch_function(model: Any, n_train: int, n_val: int, batch_size: int) -> Any
         return model.get_metrics_result()
 
     @tf.function(autograph=False, reduce_retracing=True)
-    def epoch(x, y, x_val, y_val, seed):
+    def epoch(x, y, x_val, y_val, seed, w=None):
         order = tf.random.experimental.stateless_shuffle(tf.range(n_train), seed=seed)
-        train_logs = run_steps(model.train_step, x, y, order, batch_size, train_steps)
+        train_logs = run_steps(model.train_step, x, y, order, batch_size, train_steps, w)
         val_order = tf.range(n_val)
         val_logs = run_steps(model.test_step, x_val, y_val, val_order, VALIDATION_BATCH, val_steps)
         return train_logs, val_logs

@@ -83,6 +83,7 @@ class TrialContext:
             record=record,
             report=report,
             engine=self.engine,
+            class_weight=training.class_weight,
         )
 
     def retrain(
@@ -110,6 +111,7 @@ class TrialContext:
             seed=self.seed + number,
             record=TrainingRecord(),
             engine=self.engine,
+            class_weight=self.space.training.class_weight,
         )
 
     def rows_for_retraining(self, refit_all: bool) -> int:
