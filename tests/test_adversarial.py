@@ -341,11 +341,11 @@ CASES = {
         ("rows.npz: this model was trained on a table", "CSV or Parquet"),
         lambda folder: np.savez(folder / "rows.npz", x=np.ones((3, 10))),
     ),
-    "predict rows with NaN": Case(
-        ("predict", "model", "nan.csv", "--out", "p.csv"), 2,
-        ("nan.csv: column 'age' has 1 rows with NaN", "before predicting"),
+    "predict rows with inf": Case(
+        ("predict", "model", "inf.csv", "--out", "p.csv"), 2,
+        ("inf.csv: column 'age' has 1 rows with inf", "replace it with a number"),
         lambda folder: pd.read_csv(folder / "rows.csv").assign(
-            age=[np.nan, *[0.01] * 19]).to_csv(folder / "nan.csv", index=False),
+            age=[np.inf, *[0.01] * 19]).to_csv(folder / "inf.csv", index=False),
     ),
     # The dashboard
     "an empty dashboard token": Case(

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import TINY_SPACE, cli_command, cli_env, deep_update, load
-from dlboost_search.data import prepare, task_and_shape
+from dlboost_search.data import prepare, read_for_prediction, task_and_shape
 from dlboost_search.errors import DataError, SpaceError
 from dlboost_search.models import check_input, model_builder
 from dlboost_search.spaces import space_from_dict
@@ -121,6 +121,17 @@ def test_an_image_folder_is_read_with_one_class_per_subfolder(tmp_path):
     assert 0.0 <= prepared.x_train.min() and prepared.x_train.max() <= 1.0
     model = model_builder(images, prepared, "space.yaml")(images.resolve({}))
     assert np.isfinite(train_briefly(model, images.resolve({}), prepared))
+    # predict takes the images as users keep them: a file, or a folder (sub-folders included),
+    # decoded, resized and scaled as in training.
+    rows = np.concatenate([prepared.x_train, prepared.x_val])
+    x, names, _ = read_for_prediction(prepared.preprocessing, tmp_path / "pets" / "owl" / "3.png")
+    assert names == ["3.png"] and x.shape == (1, 6, 5, 1)
+    assert np.abs(rows - x[0]).max(axis=(1, 2, 3)).min() < 1e-6
+    x, names, _ = read_for_prediction(prepared.preprocessing, tmp_path / "pets")
+    assert len(names) == 30 and names[0] == "cat/0.png"
+    assert sorted(np.round(x.sum(axis=(1, 2, 3)), 3)) == sorted(
+        np.round(rows.sum(axis=(1, 2, 3)), 3)
+    )
 
 
 @pytest.mark.parametrize(

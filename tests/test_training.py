@@ -259,3 +259,29 @@ def test_the_epoch_loop_matches_fit_on_20_random_configurations():
             outside.append((name, params_, loop, fits))
     # Three seeds of fit under-estimate its spread: one configuration in twenty may fall out.
     assert len(outside) <= 1, outside
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+@pytest.mark.parametrize("metric", ["val_macro_f1", "val_balanced_accuracy"])
+def test_imbalance_metrics_score_as_scikit_learn(task: str, metric: str):
+    """macro F1 and balanced accuracy, summed over batches, equal scikit-learn's on the rows."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(8)
+    n_classes = 2 if task == "binary" else 4
+    x = rng.normal(size=(300, 3)).astype("float32")
+    y = np.where(rng.random(300) < 0.9, 0, rng.integers(1, n_classes, 300)).astype("float32")
+    outputs = 1 if task == "binary" else n_classes
+    activation = "sigmoid" if task == "binary" else "softmax"
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(outputs, activation)])
+    compile_model(model, params(), task, metric, n_classes)
+    scored = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    p = model.predict(x, verbose=0)
+    chosen = (p[:, 0] >= 0.5).astype(int) if task == "binary" else p.argmax(axis=1)
+    name = metric.removeprefix("val_")
+    expected = (
+        f1_score(y, chosen, average="macro", zero_division=0)
+        if name == "macro_f1"
+        else balanced_accuracy_score(y, chosen)
+    )
+    assert scored[name] == pytest.approx(expected, abs=1e-5)

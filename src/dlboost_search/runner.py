@@ -22,6 +22,7 @@ from dlboost_search.pool import DEFAULT_RECYCLE_EVERY
 from dlboost_search.spaces import SearchSpace
 from dlboost_search.study import (
     StudySummary,
+    as_stored,
     check_same_data,
     create_or_check,
     delete_study,
@@ -128,6 +129,7 @@ def start(
     backend = BACKENDS[space.search.backend]
     backend.check_workers(space.name, workers, joining=False)
     study = create_or_check(space, url)
+    space = as_stored(space, study)
     check_same_data(study, space, accept_changed_data)
     set_timeout(study, timeout)
     for note in preparation_notes(space.data, space.search.seed or 0):

@@ -33,6 +33,7 @@ __all__ = [
     "StudySummary",
     "all_summaries",
     "check_same_data",
+    "as_stored",
     "create_or_check",
     "delete_study",
     "fail_trial",
@@ -50,6 +51,11 @@ __all__ = [
 # What steers the next trials and when to stop, not what they mean: may change from one run to
 # the next (the CLI sets `search.trials` and `search.timeout`); everything else defines the study.
 _NOT_DEFINING = ("search.trials", "search.timeout", "search.startup_trials")
+
+# Data settings whose default changed when tables got their own preparation (issue 17): a study
+# stored before them prepared its data as these values do, and keeps doing so (its trials stay
+# comparable: a log target would change the objective's scale) unless its YAML sets them.
+_BEFORE_TABLES = {"target_transform": "none", "max_categories": None}
 
 
 def make_sampler(
@@ -137,9 +143,10 @@ def create_or_check(space: SearchSpace, url: str) -> optuna.Study:
         records.set_study_record(study, records.SPEC, spec)
         study.set_user_attr(records.VERSION, __version__)
         return study
-    # Through today's model: settings added since the study was made compare as their defaults.
-    stored = space_from_dict(stored_spec(study)["space"], f"study {space.name!r}").to_dict()
-    differences = space_differences(stored, space.to_dict())
+    # Through today's model: settings added since the study was made compare as their defaults
+    # (or as it was made, for those of _BEFORE_TABLES).
+    stored = _stored_space(study, space.name).to_dict()
+    differences = space_differences(stored, as_stored(space, study).to_dict())
     if differences:
         listed = "; ".join(differences[:8]) + (" ..." if len(differences) > 8 else "")
         raise StudyError(
@@ -153,7 +160,30 @@ def create_or_check(space: SearchSpace, url: str) -> optuna.Study:
 
 def space_of(study: optuna.Study) -> SearchSpace:
     """The search space a study was created with."""
-    return space_from_dict(stored_spec(study)["space"], f"study {study.study_name!r}")
+    return _stored_space(study, study.study_name)
+
+
+def _stored_space(study: optuna.Study, name: str) -> SearchSpace:
+    raw = dict(stored_spec(study)["space"])
+    if isinstance(raw.get("data"), dict):
+        raw["data"] = {**_BEFORE_TABLES, **raw["data"]}
+    return space_from_dict(raw, f"study {name!r}")
+
+
+def as_stored(space: SearchSpace, study: optuna.Study) -> SearchSpace:
+    """`space` (from a YAML file) for the stored `study`: the data settings of _BEFORE_TABLES
+    that the file leaves to their defaults are the study's own, so that `start` on a study
+    made before them goes on preparing its data as its trials were."""
+    stored = _stored_space(study, study.study_name).data
+    kept = {
+        key: getattr(stored, key)
+        for key in _BEFORE_TABLES
+        if key not in space.data.model_fields_set
+        and getattr(stored, key) != getattr(space.data, key)
+    }
+    if not kept:
+        return space
+    return space.model_copy(update={"data": space.data.model_copy(update=kept)})
 
 
 def fail_trial(

@@ -142,7 +142,7 @@ def dates(values: pd.Series, column: str, source: str) -> pd.Series:
 def _date_parts(stamps: pd.Series, parts: list[str]) -> dict[str, np.ndarray]:
     found = {}
     for part in parts:
-        values = getattr(stamps.dt, part)
+        values = getattr(stamps.dt, "day_of_week" if part == "weekday" else part)
         found[part] = values.to_numpy(dtype="float64", na_value=np.nan)
     return found
 
