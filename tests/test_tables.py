@@ -301,3 +301,105 @@ def test_a_study_stored_before_these_keys_prepares_its_data_as_it_did(storage):
         create_or_check(explicit, storage)
     fresh = space_from_dict({**TINY_SPACE, "name": "fresh"}, "test")
     assert space_of(create_or_check(fresh, storage)).data.target_transform == "auto"
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end, through the CLI: start, export-model and predict on a table as users keep them.
+
+
+def messy_table(n: int, seed: int, target: Any) -> pd.DataFrame:
+    """Missing numbers and text, a numeric column with one stray text cell, dates, an
+    identifier column, and `target`."""
+    rng = np.random.default_rng(seed)
+    income = rng.normal(50, 10, n).round(2).astype(object)
+    income[7] = "n/a?"
+    frame = pd.DataFrame(
+        {
+            "customer": [f"c{i:05d}" for i in range(n)],
+            "age": with_holes(list(rng.normal(40, 10, n).round(1)), [2, 11, 23, 40]),
+            "income": income,
+            "city": with_holes(list(rng.choice(["paris", "rome", "oslo"], n)), [5, 19, 33]),
+            "signup": pd.date_range("2023-01-01", periods=n, freq="31h").strftime("%Y-%m-%d %H:%M"),
+            "target": target,
+        }
+    )
+    return frame
+
+
+def new_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows to predict: missing numbers and text (rows 2 and 5 had them already, rows 0 and 1
+    get one more), a city never seen in training (rows 2 and 3)."""
+    rows = frame.drop(columns=["target"]).iloc[:6].copy()
+    rows.loc[rows.index[0], "age"] = None
+    rows.loc[rows.index[1], "city"] = None
+    rows.loc[rows.index[2:4], "city"] = "lima"
+    return rows
+
+
+def run_table_study(tmp_path: Path, run_cli, frame: pd.DataFrame, changes: dict[str, Any]):
+    frame.to_csv(tmp_path / "table.csv", index=False)
+    new_rows(frame).to_csv(tmp_path / "new.csv", index=False)
+    space = {
+        "name": "messy",
+        "data": {"path": "table.csv", "target": "target", "columns": {"income": "numeric"}},
+        "training": {"max_epochs": 2, "batch_size": 32, "early_stopping": {"patience": 2}},
+        "search": {"trials": 1, "pruner": "none", "seed": 0},
+        "params": {"units": 8, "layers": 1},
+    }
+    for key, value in changes.items():
+        space[key] = {**space.get(key, {}), **value}
+    (tmp_path / "space.yaml").write_text(__import__("yaml").safe_dump(space))
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    started = run_cli("start", "space.yaml", "--storage", storage, timeout=600)
+    assert started.returncode == 0, started.stderr
+    exported = run_cli("export-model", "messy", "--storage", storage, "--out", "model", timeout=600)
+    assert exported.returncode == 0, exported.stderr
+    predicted = run_cli("predict", "model", "new.csv", "--out", "predictions.csv", timeout=600)
+    assert predicted.returncode == 0, predicted.stderr
+    card = (tmp_path / "model" / "model_card.md").read_text()
+    return started.stdout, card, predicted.stdout, pd.read_csv(tmp_path / "predictions.csv")
+
+
+def assert_prepared_as_said(started: str, card: str, predicted: str) -> None:
+    for said in (started, card):
+        assert "column 'customer' ignored: every one of its" in said
+        assert "column 'age': 4 (" in said and "training median" in said
+        assert "column 'income': 1 (" in said and "text cells read as missing" in said
+        assert "column 'city': 3 (" in said and "'(missing)'" in said
+        assert "column 'signup': dates, as year, month, day, weekday, hour" in said
+    assert "column 'age': 2 missing values imputed as in training" in predicted
+    assert "column 'city': 2 values the model has no category for" in predicted
+    assert "column 'city': 2 missing values as '(missing)'" in predicted
+
+
+@pytest.mark.slow
+def test_a_messy_imbalanced_table_end_to_end(tmp_path, run_cli):
+    target = np.array(["no"] * 95 + ["yes"] * 5)
+    np.random.default_rng(9).shuffle(target)
+    frame = messy_table(100, 9, target)
+    imbalance = {
+        "objective": {"metric": "val_balanced_accuracy"},
+        "training": {"class_weight": "balanced"},
+    }
+    started, card, predicted, predictions = run_table_study(tmp_path, run_cli, frame, imbalance)
+    assert_prepared_as_said(started, card, predicted)
+    assert "val_balanced_accuracy" in card
+    assert list(predictions.columns) == ["prediction", "probability_yes"]
+    assert len(predictions) == 6 and set(predictions["prediction"]) <= {"no", "yes"}
+    assert predictions["probability_yes"].between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_a_messy_table_with_a_skewed_target_end_to_end(tmp_path, run_cli):
+    prices = np.exp(np.random.default_rng(10).normal(5.0, 1.0, 100)).round(2)
+    frame = messy_table(100, 10, prices)
+    frame.loc[[13, 57], "target"] = None
+    started, card, predicted, predictions = run_table_study(tmp_path, run_cli, frame, {})
+    assert_prepared_as_said(started, card, predicted)
+    assert "table.csv: 2 rows without a target value dropped (rows 13, 57" in started
+    assert "learned as log(1 + y)" in started and "learned as log(1 + y)" in card
+    meta = __import__("json").loads((tmp_path / "model" / "dlboost_model.json").read_text())
+    assert meta["target_transform"] == "log1p"
+    # Predictions in the target's units: log(1 + y) undone, so positive prices.
+    assert len(predictions) == 6 and (predictions["prediction"] > 0).all()
+    assert "(in the target's units)" in card
