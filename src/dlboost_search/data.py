@@ -121,7 +121,7 @@ def prepare(spec: DataSpec, seed: int = 0) -> PreparedData:
     if validation is not None:
         val_source = spec.validation_path
         _check_values(validation, val_source, target, spec)
-        _check_kinds(validation, types, spec.columns, val_source, "the training rows")
+        _check_kinds(validation, types, spec.columns, val_source, predicting=False)
         _check_types(validation, types, val_source)
         validation, dropped = _drop_missing(validation, target, types, spec.missing, val_source)
         notes += dropped
@@ -346,15 +346,16 @@ def _check_types(frame: pd.DataFrame, types: dict[str, str], source: str) -> Non
 
 
 def _check_kinds(
-    frame: pd.DataFrame, types: dict[str, str], declared: Any, source: str, trained: str
+    frame: pd.DataFrame, types: dict[str, str], declared: Any, source: str, predicting: bool
 ) -> None:
-    """A column read as numbers in training that holds text in `frame`."""
+    """A column read as numbers in training (and not declared numeric, whose text cells are
+    missing values) that holds text in `frame`: the validation file, or rows to predict."""
     wrong = [
         c for c, kind in types.items()
         if kind == "numeric" and c not in declared and frame[c].dtype.kind == "O"
         and tables.text_cells(frame[c]).any()
     ]  # fmt: skip
-    if wrong and trained == "the training rows":
+    if wrong and not predicting:
         raise DataError(
             f"{source}: column {shown(wrong[0])} holds numbers in the training rows but text "
             f"here; a column must hold the same kind of values in both files. Fix those values."
@@ -557,6 +558,12 @@ def _prepare_frame(
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
         raise DataError(f"{source}: no feature columns besides the target {shown(target)}.")
+    if all(kind == "ignore" for kind in types.values()):
+        raise DataError(
+            f"{source}: every column besides the target {shown(target)} is ignored "
+            f"({_listed(list(types))}), so there is nothing to learn from. Declare the columns "
+            f"to use in `data.columns` (numeric, categorical or datetime)."
+        )
     if validation is None:
         stratify = y_all if task != "regression" else None
         train_idx, val_idx = _split(len(frame), stratify, fraction, seed, source)
@@ -1011,7 +1018,7 @@ def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray,
         fix = f"Drop or fill those rows before predicting (`data.missing: {recipe['missing']}`)"
         _check_finite(frame[used], str(path), fix=fix)
     _check_cells(frame[used], str(path))
-    _check_kinds(frame, recipe["types"], recipe.get("coerce", ()), str(path), "training")
+    _check_kinds(frame, recipe["types"], recipe["coerce"], str(path), predicting=True)
     _check_types(frame, recipe["types"], str(path))
     applied = tables.apply(recipe, frame, str(path))
     what = [f"column {shown(n)}" for n in applied.numeric_names]
