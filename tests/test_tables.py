@@ -271,6 +271,9 @@ def test_the_new_keys_are_validated():
     assert "data.columns.a" in problem(columns={"a": "number"})
     assert "data.max_categories" in problem(max_categories=1)
     assert "'y' is the target, not a feature" in problem(columns={"y": "numeric"})
+    assert "column kinds are for CSV and Parquet tables" in problem(
+        path="x.npz", target=None, columns={"a": "numeric"}
+    )
 
 
 def test_a_study_stored_before_these_keys_prepares_its_data_as_it_did(storage):

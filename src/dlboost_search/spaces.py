@@ -571,6 +571,12 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
             "data: an image folder's classes are its sub-folders; remove `target`, "
             "`validation_path` and `task`."
         )
+    npz = data.path is not None and data.path.lower().endswith(".npz")
+    if data.columns and (data.images is not None or npz):
+        problems.append(
+            "data.columns: column kinds are for CSV and Parquet tables; an image folder or an "
+            "NPZ file has no named columns. Remove `columns`."
+        )
     if data.target is not None and data.target in data.columns:
         problems.append(
             f"data.columns: {shown(data.target)} is the target, not a feature; remove it from "
