@@ -7,8 +7,9 @@ dlboost_model.json; nothing in it runs code).
                 column of 0/1 when the training rows had missing values there; a text column gets
                 the category "(missing)"; drop: the rows go before the split; refuse: an error
     dates       year, month, day, weekday, and hour when the training rows' times vary
-    categories  the `max_categories` most frequent values of a text column; rarer ones, and at
-                prediction values the training rows never had, go to "(other)"
+    categories  the `max_categories` most frequent values of a text column; rarer ones go to
+                "(other)", and so do values new rows bring that the recipe has no category for
+                (in a column without "(other)", they get no category: all its columns 0)
 
 `fit` returns the recipe; `apply` turns rows into the numeric block (raw, before the
 standardization data.py fits) and the one-hot block, and counts what it filled or mapped.
