@@ -10,13 +10,14 @@ import re
 import optuna
 import optuna_dashboard
 import pytest
+import yaml
 from optuna.trial import TrialState
 
-from conftest import TINY_SPACE, call_wsgi
+from conftest import TINY_SPACE, call_wsgi, load
 from dlboost_search import importance, reports
 from dlboost_search.errors import StudyError
 from dlboost_search.spaces import space_from_dict
-from dlboost_search.study import create_or_check
+from dlboost_search.study import create_or_check, space_of
 from dlboost_search.testing import synthetic_study
 
 
@@ -270,9 +271,11 @@ def test_report_command_writes_each_format(run_cli, study, storage, tmp_path):
 def test_report_command_publishes_to_the_dashboard(run_cli, study, storage):
     result = run_cli("report", "synthetic", "--storage", storage, "--format", "md", "--publish")
     assert result.returncode == 0, result.stderr
-    assert "Best val_loss" in optuna_dashboard.get_note(
-        optuna.load_study(study_name="synthetic", storage=storage)
-    )
+    note = optuna_dashboard.get_note(optuna.load_study(study_name="synthetic", storage=storage))
+    assert "Best val_loss" in note
+    # The space as the study stores it, as YAML a reader can copy into a file.
+    stored = note.split("## Search space, as stored\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    assert yaml.safe_load(stored) == space_of(load(storage, "synthetic")).to_dict()
 
 
 def test_report_of_failed_trials_only_exits_2(run_cli, space, storage):

@@ -12,6 +12,8 @@ import json
 import statistics
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from dlboost_search import importance, records
 from dlboost_search.errors import StudyError
 from dlboost_search.study import space_of, summarize
@@ -112,6 +114,7 @@ def build_report(study: optuna.Study, space: SearchSpace | None = None) -> dict[
     """The whole report as plain data (what `report --format json` prints)."""
     from optuna.trial import TrialState
 
+    space = space_of(study) if space is None else space
     report = best_of(study, space)
     basis = importance.basis_of(study, report["metric"])
     trials = study.get_trials(deepcopy=False)
@@ -133,6 +136,7 @@ def build_report(study: optuna.Study, space: SearchSpace | None = None) -> dict[
         },
         "pruning": _pruning(trials),
         "notes": _notes(report["trials"]),
+        "space": space.to_dict(),  # every setting, defaults included: what `resume` runs
     }
 
 
@@ -346,6 +350,15 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{', '.join(f'{k}={_format(v)}' for k, v in t['params'].items())} |"
             for t in report["top_trials"]
         ],
+    ]
+    # Readable where the study's attributes are not (the dashboard's note).
+    lines += [
+        "",
+        "## Search space, as stored",
+        "",
+        "```yaml",
+        yaml.safe_dump(report["space"], sort_keys=False).rstrip(),
+        "```",
     ]
     return "\n".join(lines) + "\n"
 
