@@ -67,12 +67,20 @@ TimeoutOption = typer.Option(
     show_default=False,
 )
 WorkersOption = typer.Option(
-    1,
+    "1",
     "--workers",
     "-w",
-    min=1,
+    metavar="N|auto",
     help="Worker processes to run on this machine, each training one model at a time; they "
-    "share the cores. More machines join with `dlboost-search worker`.",
+    "share the cores, and the GPUs in turn. auto: one per GPU (see --gpus-per-worker), or "
+    "one per core on a machine without GPUs. More machines join with `dlboost-search worker`.",
+)
+GpusPerWorkerOption = typer.Option(
+    None,
+    "--gpus-per-worker",
+    help="The share of one GPU each worker takes: 0.5 runs two workers per GPU, each limited "
+    "to half its memory. Default: a GPU each with --workers auto, else the GPUs shared evenly.",
+    show_default=False,
 )
 RecycleOption = typer.Option(
     50,
@@ -187,7 +195,8 @@ def start(
     study_name: str | None = typer.Option(
         None, "--study-name", help="Study name to use instead of the space's `name`."
     ),
-    workers: int = WorkersOption,
+    workers: str = WorkersOption,
+    gpus_per_worker: float | None = GpusPerWorkerOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
     dashboard: int | None = DashboardOption,
@@ -201,9 +210,11 @@ def start(
     Example: `dlboost-search start search_spaces/diabetes_mlp.yaml --trials 80 --workers 2`
     """
     from dlboost_search import runner
+    from dlboost_search.devices import parse_workers
     from dlboost_search.spaces import load_space, space_from_dict
     from dlboost_search.storage import storage_url
 
+    count = parse_workers(workers)
     seconds = _seconds(timeout)
     url = storage_url(storage)
     space = load_space(space_file)
@@ -215,8 +226,9 @@ def start(
         space,
         dashboard,
         lambda on_event: runner.start(
-            space, url, target=trials, timeout=seconds, workers=workers,
-            recycle_every=recycle_every, on_event=on_event, source=space_file,
+            space, url, target=trials, timeout=seconds, workers=count,
+            gpus_per_worker=gpus_per_worker, recycle_every=recycle_every, on_event=on_event,
+            source=space_file,
             accept_changed_data=accept_changed_data,
         ),
     )  # fmt: skip
@@ -245,7 +257,8 @@ def resume(
         show_default=False,
     ),
     storage: str | None = StorageOption,
-    workers: int = WorkersOption,
+    workers: str = WorkersOption,
+    gpus_per_worker: float | None = GpusPerWorkerOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
     dashboard: int | None = DashboardOption,
@@ -258,7 +271,7 @@ def resume(
     """
     _, study, url, space = _continue(
         name, storage, trials, workers, recycle_every, quiet, dashboard, accept_changed_data,
-        timeout=_seconds(timeout),
+        timeout=_seconds(timeout), gpus_per_worker=gpus_per_worker,
     )  # fmt: skip
     if not quiet:
         _print_result(study, url, space)
@@ -269,7 +282,8 @@ def resume(
 def worker(
     name: str = StudyNameArgument,
     storage: str | None = StorageOption,
-    workers: int = WorkersOption,
+    workers: str = WorkersOption,
+    gpus_per_worker: float | None = GpusPerWorkerOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
     accept_changed_data: bool = AcceptChangedDataOption,
@@ -285,7 +299,7 @@ def worker(
     """
     summary, _, url, _ = _continue(
         name, storage, None, workers, recycle_every, quiet, None, accept_changed_data,
-        joining=True,
+        joining=True, gpus_per_worker=gpus_per_worker,
     )  # fmt: skip
     if not quiet:
         from dlboost_search.storage import storage_option
@@ -303,20 +317,23 @@ def _continue(
     name: str,
     storage: str | None,
     trials: int | None,
-    workers: int,
+    workers: str,
     recycle_every: int,
     quiet: bool,
     dashboard_port: int | None,
     accept_changed_data: bool,
     joining: bool = False,
     timeout: float | None = None,
+    gpus_per_worker: float | None = None,
 ) -> tuple[Any, Any, str, Any]:
     """What `resume` and `worker` share: go on with a stored study. A joining worker samples
     from a random stream of its own, since others work on the study beside it."""
     from dlboost_search import runner
+    from dlboost_search.devices import parse_workers
     from dlboost_search.storage import load_study, storage_url
     from dlboost_search.study import space_of
 
+    count = parse_workers(workers)
     url = storage_url(storage)
     study = load_study(name, url)
     space = space_of(study)
@@ -326,8 +343,9 @@ def _continue(
         space,
         dashboard_port,
         lambda on_event: runner.resume(
-            study, url, space, target=trials, timeout=timeout, workers=workers,
-            recycle_every=recycle_every, on_event=on_event, joining=joining,
+            study, url, space, target=trials, timeout=timeout, workers=count,
+            gpus_per_worker=gpus_per_worker, recycle_every=recycle_every, on_event=on_event,
+            joining=joining,
             accept_changed_data=accept_changed_data,
         ),
     )  # fmt: skip
@@ -545,13 +563,17 @@ def validate(
     Example: `dlboost-search validate search_spaces/my_space.yaml`
     """
     from dlboost_search.data import prepare
-    from dlboost_search.runner import check_data
+    from dlboost_search.devices import visible_gpus
+    from dlboost_search.runner import check_data, mixed_precision_problem
     from dlboost_search.spaces import format_duration, load_space
 
     space = load_space(space_file)
     warning = check_data(space, space_file)
-    if warning:
-        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+    # Said, not refused: the space may be meant for a machine with a GPU; `start` here refuses.
+    problem = mixed_precision_problem(space, visible_gpus(), "this machine")
+    for said in (warning, problem and f"{problem} (`start` refuses it here.)"):
+        if said:
+            err.print(f"[yellow]warning:[/yellow] {escape(said)}", highlight=False, soft_wrap=True)
     notes: tuple[str, ...] = ()
     if space.data.images:  # decoding the images needs TensorFlow: left to the workers
         summary = f"images in {space.data.images}, resized to {space.data.image_size}"

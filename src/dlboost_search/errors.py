@@ -9,6 +9,7 @@ bug and keeps its traceback.
     ├── DataError                 exit 2   a data file or built-in dataset cannot be used
     ├── StudyError                exit 2   no such study, or a study that conflicts with the space
     ├── DashboardError            exit 2   the dashboard cannot be served as asked
+    ├── DeviceError               exit 2   workers or devices asked for that this machine lacks
     ├── OutputError               exit 2   where to write is unusable (no such folder, a folder
     │                                      where a file belongs, not writable); checked first
     ├── StorageError              exit 3   the storage URL cannot be opened
@@ -26,6 +27,7 @@ import reprlib
 __all__ = [
     "DashboardError",
     "DataError",
+    "DeviceError",
     "DlboostError",
     "Interrupted",
     "OutputError",
@@ -55,6 +57,10 @@ class StudyError(DlboostError):
 
 
 class DashboardError(DlboostError):
+    exit_code = 2
+
+
+class DeviceError(DlboostError):
     exit_code = 2
 
 

@@ -120,9 +120,17 @@ def total_trials(oracle: Any) -> int:
     return per_iteration * oracle.hyperband_iterations
 
 
-def drive(study: Any, url: str, space: SearchSpace, recycle_every: int, on_event: EventHandler):
+def drive(
+    study: Any,
+    url: str,
+    space: SearchSpace,
+    recycle_every: int,
+    on_event: EventHandler,
+    placement: Any = None,
+):
     """Run (or continue) the schedule of `study` (stored at `url`) in worker processes, one at
-    a time, until it ends; return the study's summary. This process never imports TensorFlow."""
+    a time, on `placement`'s device (devices.Placement; default the CPU), until it ends;
+    return the study's summary. This process never imports TensorFlow."""
     from dlboost_search.pool import (
         WorkerPool,
         clock_kept,
@@ -152,10 +160,10 @@ def drive(study: Any, url: str, space: SearchSpace, recycle_every: int, on_event
         return summarize(study)
     pool = WorkerPool(
         name, url, space, 1, recycle_every, sole=True, target=0, entry=run_worker,
-        deadline=clock.deadline(),
+        deadline=clock.deadline(), placements=[placement] if placement else None,
     )  # fmt: skip
     limit = space.training.trial_timeout_seconds
-    with_study = _filling_in(study, on_event, clock)
+    with_study = _filling_in(study, on_event, clock, tuple(p.device for p in pool.placements))
     out_of_time = False
     announced: list[bool] = []
     failures_in_a_row = 0  # workers lost or stopped past the time limit, in a row
@@ -224,13 +232,17 @@ def run_worker(
     go: Any = None,
     abandoned: str | None = None,
     deadline: float | None = None,
+    placement: Any = None,
 ) -> None:
     """Entry point of a Hyperband worker process (the pool starts it, with the spawn method):
     run at most `max_trials` trials of the schedule, and none once time.time() passes
     `deadline` (the time budget), then retire. `abandoned`: the reason to fail the trial the
-    previous worker was stopped in; `go`: see worker.run_worker."""
+    previous worker was stopped in; `go`, `placement`: see worker.run_worker."""
+    from dlboost_search import devices
     from dlboost_search.storage import load_study
     from dlboost_search.worker import EventPipe, rss_mb
+
+    devices.pin(placement)  # before TensorFlow is imported
 
     os.setpgrp()  # Ctrl-C reaches the pool only, which forwards it once
     sent = EventPipe(events_out)
@@ -239,7 +251,7 @@ def run_worker(
             study = load_study(study_name, url)
             finished = _run(
                 study, url, space, sent.put, None, stop, threads=threads, max_trials=max_trials,
-                abandoned=abandoned, go=go, deadline=deadline,
+                abandoned=abandoned, go=go, deadline=deadline, placement=placement,
             )  # fmt: skip
         sent.put(events.WorkerDone(rss_mb()) if finished else events.WorkerRetired(rss_mb()))
     except KeyboardInterrupt:
@@ -270,13 +282,16 @@ def run(
     return summarize(study)
 
 
-def _filling_in(study: Any, on_event: EventHandler, clock: Any = None) -> EventHandler:
+def _filling_in(
+    study: Any, on_event: EventHandler, clock: Any = None, devices: tuple[str, ...] = ()
+) -> EventHandler:
     """`on_event`, with the study (and the time budget and searched time, from the runner's
-    `clock`) filled into StudyRunning (sent without them, by a worker)."""
+    `clock`, and the worker's device) filled into StudyRunning (sent without them, by a
+    worker)."""
 
     def handle(event: events.Event) -> None:
         if isinstance(event, events.StudyRunning):
-            event = dataclasses.replace(event, study=study)
+            event = dataclasses.replace(event, study=study, devices=devices)
             if clock is not None:
                 event = dataclasses.replace(event, budget=clock.budget, searched=clock.searched())
         on_event(event)
@@ -297,13 +312,16 @@ class _Retire(Exception):
 
 def _run(
     study, url, space, on_event, observe, stop: StopRequest, *, threads=None, max_trials=None,
-    abandoned=None, go=None, deadline=None,
+    abandoned=None, go=None, deadline=None, placement=None,
 ) -> bool:  # fmt: skip
     """The schedule, in this process; True when it has ended, False when this process ran
     `max_trials` trials, or the time budget ran out (`deadline`), and retires."""
+    from dlboost_search import devices
     from dlboost_search._tf import import_tensorflow_quietly
 
-    import_tensorflow_quietly(threads=threads)  # before Keras imports it, chatter and all
+    # Before Keras imports it, chatter and all.
+    gpus_seen = import_tensorflow_quietly(threads, placement.memory_limit_mb if placement else None)
+    device = devices.device_of(placement, gpus_seen)
     import keras
     import keras_tuner as kt
     import optuna
@@ -320,7 +338,7 @@ def _run(
         kt_config.DEBUG = False
     study_name = study.study_name
     source = f"study {study_name!r}"
-    context = TrialContext(space, source, observe)
+    context = TrialContext(space, source, observe, gpu=gpus_seen > 0)
     if go is not None:  # a standby: ready, and waiting for the worker it replaces to exit
         parent = os.getppid()
         while not go.wait(timeout=1.0):
@@ -435,6 +453,7 @@ def _run(
             records.INITIAL_EPOCH: values.get("tuner/initial_epoch", 0),
             records.CONTINUES: values.get("tuner/trial_id"),
             records.WORKER: records.worker_id(),
+            records.DEVICE: device,
             **record.as_attrs(),
         }
         params = {k: v for k, v in values.items() if k in dists}

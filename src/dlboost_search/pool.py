@@ -15,7 +15,7 @@ import multiprocessing.connection
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +23,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from dlboost_search import events, records
+from dlboost_search import devices, events, records
 from dlboost_search.errors import Interrupted, SearchAborted
 from dlboost_search.spaces import SearchSpace
 from dlboost_search.storage import RetryLostTrial, storage_option
@@ -80,15 +80,18 @@ class Worker:
     # (SIGKILL, the OOM killer) would leave a shared queue's write lock held for ever, and
     # every other worker hung at exit waiting to flush its events.
     events: Any = None
+    slot: int = 0  # which of the pool's placements (devices.plan) it runs on
 
 
 class WorkerPool:
     """The worker processes of this runner, each with the pipe its events arrive on.
 
     `entry` is what each process runs, called as entry(name, url, space, target,
-    recycle_every, failures_in_a_row, events_out, threads, sole, go, deadline=deadline, **kwargs
-    of `start`): `deadline` (time.time(), None for none) is when the study's time budget is
-    spent, after which a worker starts no trial."""
+    recycle_every, failures_in_a_row, events_out, threads, sole, go, deadline=deadline,
+    placement=placement, **kwargs of `start`): `deadline` (time.time(), None for none) is when
+    the study's time budget is spent, after which a worker starts no trial; `placement` the
+    device it trains on. `placements`: one per worker (devices.plan), each worker taking a
+    free one as it starts; default: `size` workers sharing the cores."""
 
     def __init__(
         self,
@@ -101,6 +104,7 @@ class WorkerPool:
         target: int | None,
         entry: Callable[..., None] = run_worker,
         deadline: float | None = None,
+        placements: Sequence[devices.Placement] | None = None,
     ):
         self.name, self.url, self.space, self.entry = name, url, space, entry
         self.recycle_every, self.target, self.deadline = recycle_every, target, deadline
@@ -108,7 +112,7 @@ class WorkerPool:
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, Worker] = {}
         # Several workers share the cores; one alone keeps TensorFlow's defaults.
-        self.threads = max(1, len(os.sched_getaffinity(0)) // size) if size > 1 else None
+        self.placements = list(placements or devices.plan(size, None, [], devices.cpu_cores()))
         self.standby: Worker | None = None
 
     def start(self, failures_in_a_row: int, **kwargs: Any) -> int:
@@ -116,17 +120,22 @@ class WorkerPool:
         `kwargs`), else a new process."""
         if self.standby is not None and kwargs:
             self.discard_standby()
-        if self.standby is not None:
+        taken = {w.slot for w in self.workers.values()}
+        free = [i for i in range(len(self.placements)) if i not in taken] or [0]
+        # A standby runs on the device of the worker it was started for: it waits until
+        # that worker has gone.
+        if self.standby is not None and self.standby.slot in free:
             worker, self.standby = self.standby, None
             worker.go.set()
             worker.started = datetime.now()  # its trials start from here
             self.workers[worker.process.pid] = worker
             return worker.process.pid
-        worker = self._spawn(failures_in_a_row, go=None, kwargs=kwargs)
+        worker = self._spawn(failures_in_a_row, go=None, kwargs=kwargs, slot=free[0])
         self.workers[worker.process.pid] = worker
         return worker.process.pid
 
-    def _spawn(self, failures_in_a_row: int, go: Any, kwargs: dict[str, Any]) -> Worker:
+    def _spawn(self, failures_in_a_row: int, go: Any, kwargs: dict[str, Any], slot: int) -> Worker:
+        placement = self.placements[slot]
         events_in, events_out = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=self.entry,
@@ -138,16 +147,16 @@ class WorkerPool:
                 self.recycle_every,
                 failures_in_a_row,
                 events_out,
-                self.threads,
+                placement.threads,
                 self.sole,
                 go,
             ),  # fmt: skip
-            kwargs={**kwargs, "deadline": self.deadline},
+            kwargs={**kwargs, "deadline": self.deadline, "placement": placement},
             name=f"dlboost-worker-{self.name}",
         )
         process.start()
         events_out.close()  # the worker's copy alone: its exit is the pipe's end
-        return Worker(process, datetime.now(), go=go, events=events_in)
+        return Worker(process, datetime.now(), go=go, events=events_in, slot=slot)
 
     def prepare_successor(self, worker: Worker) -> None:
         """Start a standby when `worker` nears its last trial (one standby at a time)."""
@@ -156,7 +165,7 @@ class WorkerPool:
             and self.recycle_every > 1
             and worker.trials_started == max(1, self.recycle_every - STANDBY_LEAD_TRIALS)
         ):
-            self.standby = self._spawn(0, go=self.context.Event(), kwargs={})
+            self.standby = self._spawn(0, go=self.context.Event(), kwargs={}, slot=worker.slot)
 
     def discard_standby(self) -> None:
         if self.standby is not None:
@@ -252,16 +261,19 @@ def drive(
     recycle_every: int,
     on_event: EventHandler,
     sole: bool = True,
+    placements: Sequence[devices.Placement] | None = None,
 ) -> StudySummary:
     """Run worker processes on `study` (stored at `url`, with `space`) until it has its
     target of finished trials or its time budget is spent; fail and retry the trials whose
-    worker or machine is gone."""
+    worker or machine is gone. `placements`: the device of each of the `workers` (default:
+    the cores, shared)."""
     name = study.study_name
     target = target_of(study)
     clock = SearchClock(study)
     pool = WorkerPool(
-        name, url, space, workers, recycle_every, sole, target, deadline=clock.deadline()
-    )
+        name, url, space, workers, recycle_every, sole, target, deadline=clock.deadline(),
+        placements=placements,
+    )  # fmt: skip
     lost_trials = LostTrials(space.search)
     failures_in_a_row = 0
     out_of_time = False
@@ -287,6 +299,7 @@ def drive(
                 pool.sole,
                 budget=clock.budget,
                 searched=clock.searched(),
+                devices=tuple(p.device for p in pool.placements),
             )  # fmt: skip
         )
         while True:

@@ -26,6 +26,7 @@ __all__ = [
     "CONTINUES",
     "DATA",
     "DATA_CHANGES",
+    "DEVICE",
     "ENGINE",
     "EPOCHS_TRAINED",
     "FAIL_REASON",
@@ -49,6 +50,7 @@ __all__ = [
     "fail_reason",
     "set_study_record",
     "study_record",
+    "device_of",
     "worker_id",
     "worker_of",
 ]
@@ -68,6 +70,7 @@ VERSION = "dlboost_search_version"  # the release that created the study
 WORKER = "worker"  # "host:pid" of the worker process (worker_id)
 WORKER_STARTED = "worker_started"  # when that process began
 WORKER_RSS_MB = "worker_rss_mb"  # its memory after the trial
+DEVICE = "device"  # what it trained on: "cpu", "gpu:0" (nvidia-smi's index); absent on older trials
 FAIL_REASON = "fail_reason"  # why a FAIL trial failed, in words
 RETRY_OF = "retry_of"  # on a retried trial: the number of the trial it runs again
 ATTEMPT = "attempt"  # 2 for the first retry, and so on
@@ -108,6 +111,10 @@ def worker_id(pid: int | None = None) -> str:
 
 def worker_of(trial: Any) -> str | None:
     return trial.user_attrs.get(WORKER)
+
+
+def device_of(trial: Any) -> str | None:
+    return trial.user_attrs.get(DEVICE)
 
 
 def fail_reason(trial: Any, default: str | None = None) -> str | None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from dlboost_search import events, memory
+from dlboost_search import devices, events, memory
 from dlboost_search.data import preparation_notes, task_and_shape
-from dlboost_search.errors import DataError, SpaceError, StudyError
+from dlboost_search.errors import DataError, DeviceError, SpaceError, StudyError
 from dlboost_search.models import check_input
 from dlboost_search.pool import DEFAULT_RECYCLE_EVERY
 from dlboost_search.spaces import SearchSpace
@@ -35,6 +35,8 @@ from dlboost_search.study import (
 __all__ = [
     "BACKENDS",
     "check_data",
+    "mixed_precision_problem",
+    "placements",
     "resume",
     "start",
 ]
@@ -43,6 +45,9 @@ EventHandler = Callable[[events.Event], None]
 
 
 class Backend(Protocol):
+    # The most workers it runs at once (None: any): what `--workers auto` stops at.
+    most_workers: int | None
+
     def check_workers(self, name: str, workers: int, joining: bool) -> None:
         """Refuse, before anything is stored or run, a number of workers it cannot use."""
 
@@ -57,24 +62,36 @@ class Backend(Protocol):
         recycle_every: int,
         on_event: EventHandler,
         joining: bool,
+        placements: list[devices.Placement],
     ) -> StudySummary:
         """Run trials of the stored `study` until it has `target` finished trials (None: no
         target) or its time budget (study.timeout_of) is spent, then let the running trials
-        finish; send events on the way; return its summary."""
+        finish; send events on the way; return its summary. `placements`: the device of
+        each of the `workers` (devices.plan)."""
 
 
 class OptunaBackend:
+    most_workers = None
+
     def check_workers(self, name: str, workers: int, joining: bool) -> None:
         pass  # any number, on this machine and others
 
-    def run(self, study, url, space, *, target, workers, recycle_every, on_event, joining):
+    def run(
+        self, study, url, space, *, target, workers, recycle_every, on_event, joining,
+        placements,
+    ):  # fmt: skip
         from dlboost_search import pool
 
         set_target(study, target)
-        return pool.drive(study, url, space, workers, recycle_every, on_event, sole=not joining)
+        return pool.drive(
+            study, url, space, workers, recycle_every, on_event, sole=not joining,
+            placements=placements,
+        )  # fmt: skip
 
 
 class HyperbandBackend:
+    most_workers = 1
+
     def check_workers(self, name: str, workers: int, joining: bool) -> None:
         if workers != 1 or joining:
             raise StudyError(
@@ -85,11 +102,14 @@ class HyperbandBackend:
                 f"spread trials over workers."
             )
 
-    def run(self, study, url, space, *, target, workers, recycle_every, on_event, joining):
+    def run(
+        self, study, url, space, *, target, workers, recycle_every, on_event, joining,
+        placements,
+    ):  # fmt: skip
         from dlboost_search import hyperband
 
         # Its schedule sets the target: the trials its brackets hold.
-        return hyperband.drive(study, url, space, recycle_every, on_event)
+        return hyperband.drive(study, url, space, recycle_every, on_event, placements[0])
 
 
 BACKENDS: dict[str, Backend] = {"optuna": OptunaBackend(), "hyperband": HyperbandBackend()}
@@ -108,13 +128,42 @@ def check_data(space: SearchSpace, source: str, workers: int = 1) -> str | None:
     )
 
 
+def placements(
+    space: SearchSpace, workers: int | None, gpus_per_worker: float | None = None
+) -> list[devices.Placement]:
+    """The device of each worker this machine runs for `space` (`workers` None: auto), from
+    the GPUs nvidia-smi shows; a DeviceError for what it cannot give, mixed precision without
+    a GPU included."""
+    gpus = devices.visible_gpus()
+    problem = mixed_precision_problem(space, gpus, "this machine")
+    if problem:
+        raise DeviceError(problem)
+    return devices.plan(
+        workers, gpus_per_worker, gpus, devices.cpu_cores(), memory.machine_memory() // 2**20,
+        most=BACKENDS[space.search.backend].most_workers,
+    )  # fmt: skip
+
+
+def mixed_precision_problem(space: SearchSpace, gpus: list[devices.Gpu], where: str) -> str | None:
+    """Why `space` cannot train on `where` with these `gpus`: mixed precision without a GPU."""
+    if not space.training.mixed_precision or gpus:
+        return None
+    return (
+        f"training.mixed_precision is true, and {where} has no GPU (nvidia-smi lists none, or "
+        f"CUDA_VISIBLE_DEVICES hides them): Keras' mixed_float16 policy pays off on GPUs only, "
+        f"and trains slower than float32 on a CPU. Set training.mixed_precision: false to "
+        f"search on the CPU, or run on a machine with a GPU."
+    )
+
+
 def start(
     space: SearchSpace,
     url: str,
     *,
     target: int | None = None,
     timeout: float | None = None,
-    workers: int = 1,
+    workers: int | None = 1,
+    gpus_per_worker: float | None = None,
     recycle_every: int = DEFAULT_RECYCLE_EVERY,
     on_event: EventHandler = lambda event: None,
     source: str = "search space",
@@ -122,9 +171,12 @@ def start(
 ) -> StudySummary:
     """Run the study `space` describes, to `target` finished trials and within `timeout`
     seconds of search in all (each given here, else from the space, like the space's own
-    settings: a re-run without them goes back to the space's)."""
+    settings: a re-run without them goes back to the space's). `workers` None: auto, one per
+    GPU or core (devices.plan), each GPU shared by 1 / `gpus_per_worker` workers."""
     timeout = timeout or space.search.timeout
     target = target or space.search.trial_target(timeout)
+    where = placements(space, workers, gpus_per_worker)
+    workers = len(where)
     warning = check_data(space, source, workers)
     backend = BACKENDS[space.search.backend]
     backend.check_workers(space.name, workers, joining=False)
@@ -139,7 +191,7 @@ def start(
     try:
         return backend.run(
             study, url, space, target=target, workers=workers,
-            recycle_every=recycle_every, on_event=on_event, joining=False,
+            recycle_every=recycle_every, on_event=on_event, joining=False, placements=where,
         )  # fmt: skip
     except (SpaceError, DataError) as exc:
         # Found by the workers (a custom builder or a backbone tried on the space, images
@@ -159,7 +211,8 @@ def resume(
     *,
     target: int | None = None,
     timeout: float | None = None,
-    workers: int = 1,
+    workers: int | None = 1,
+    gpus_per_worker: float | None = None,
     recycle_every: int = DEFAULT_RECYCLE_EVERY,
     on_event: EventHandler = lambda event: None,
     joining: bool = False,
@@ -168,8 +221,10 @@ def resume(
     """Go on with a stored study (its `space` as stored), to `target` or to the target it was
     last driven to, within a total search time of `timeout` seconds or the budget it was last
     given: what `resume` does, and `worker` (`joining` others, maybe on other machines) does
-    anywhere."""
+    anywhere. `workers`, `gpus_per_worker`: see `start`."""
     name = study.study_name
+    where = placements(space, workers, gpus_per_worker)
+    workers = len(where)
     warning = check_data(space, f"study {name!r}", workers)
     check_same_data(study, space, accept_changed_data)
     target = target or target_of(study)
@@ -182,5 +237,5 @@ def resume(
     backend.check_workers(name, workers, joining)
     return backend.run(
         study, url, space, target=target, workers=workers, recycle_every=recycle_every,
-        on_event=on_event, joining=joining,
+        on_event=on_event, joining=joining, placements=where,
     )  # fmt: skip

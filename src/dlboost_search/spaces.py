@@ -236,6 +236,8 @@ class TrainingSpec(_Strict):
     trial_timeout_seconds: int | None = Field(None, ge=1)
     # balanced: each class weighs rows / (classes x its rows) in the training loss.
     class_weight: Literal["balanced", "none"] = "none"
+    # Keras' mixed_float16 policy on a GPU; a machine without one refuses to run it.
+    mixed_precision: bool = False
 
 
 class SearchSettings(_Strict):

@@ -29,7 +29,9 @@ class TrialContext:
     """The prepared data, model builder and training settings of one study, in this process.
 
     `observe(model, value)`, if given, sees every epoch of every trial before it is reported:
-    what a benchmark needs to score models on its own held-out rows.
+    what a benchmark needs to score models on its own held-out rows. `gpu`: whether TensorFlow
+    sees a GPU in this process; training.mixed_precision takes Keras' mixed_float16 policy
+    there only (float32 elsewhere, where float16 is slower).
     """
 
     def __init__(
@@ -37,8 +39,13 @@ class TrialContext:
         space: SearchSpace,
         source: str,
         observe: Callable[[Any, float], None] | None = None,
+        gpu: bool = False,
     ):
         self.space, self.source, self.observe = space, source, observe
+        if space.training.mixed_precision and gpu:
+            import keras
+
+            keras.mixed_precision.set_global_policy("mixed_float16")
         self.seed = space.search.seed or 0
         self.data = prepare(space.data, self.seed)
         space.check_task(self.data.task, source)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from dlboost_search import events, records
+from dlboost_search import devices, events, records
 from dlboost_search._tf import import_tensorflow_quietly
 from dlboost_search.errors import DlboostError, SearchAborted, TrialFailed
 from dlboost_search.spaces import SearchSpace
@@ -118,6 +118,7 @@ def run_worker(
     sole_worker: bool = True,
     go: Any = None,
     deadline: float | None = None,
+    placement: devices.Placement | None = None,
 ) -> None:
     """Entry point of a worker process (started with the spawn method): run at most
     `max_trials` trials of the study (its `space` as stored, from the pool: read and checked
@@ -126,7 +127,9 @@ def run_worker(
     reproducibly from the space's seed; workers side by side must not.
 
     `go`: for a standby worker, an event the pool sets when the worker it replaces has
-    exited; it imports TensorFlow and loads the data meanwhile, then waits."""
+    exited; it imports TensorFlow and loads the data meanwhile, then waits. `placement`: the
+    device it trains on (devices.plan), applied here before TensorFlow is imported."""
+    devices.pin(placement)
     _process["started"] = datetime.now().isoformat(timespec="milliseconds")
     # Own process group: a terminal's Ctrl-C reaches the pool only, which forwards it once.
     os.setpgrp()
@@ -137,7 +140,7 @@ def run_worker(
         stream = 0 if sole_worker else os.getpid()
         _run(
             study_name, url, space, target, max_trials, failures_in_a_row, sent, threads, stream,
-            go, deadline,
+            go, deadline, placement,
         )  # fmt: skip
     except KeyboardInterrupt:
         sent.put(events.WorkerInterrupted())
@@ -200,6 +203,7 @@ def _run(
     stream: int,
     go: Any = None,
     deadline: float | None = None,
+    placement: devices.Placement | None = None,
 ) -> None:
     from dlboost_search.storage import load_study
 
@@ -210,7 +214,8 @@ def _run(
     if _done(study, target, deadline):
         sent.put(events.WorkerDone(rss_mb()))
         return
-    import_tensorflow_quietly(threads)
+    gpus_seen = import_tensorflow_quietly(threads, placement.memory_limit_mb if placement else None)
+    device = devices.device_of(placement, gpus_seen)
     import keras
     import optuna
     from optuna.trial import TrialState
@@ -221,7 +226,7 @@ def _run(
     from dlboost_search.trial import TrialContext
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    context = TrialContext(space, f"study {study_name!r}")
+    context = TrialContext(space, f"study {study_name!r}", gpu=gpus_seen > 0)
     parent = os.getppid()
     if go is not None:  # a standby: ready, and waiting for the worker it replaces to exit
         while not go.wait(timeout=1.0):
@@ -239,6 +244,7 @@ def _run(
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(records.WORKER, me)
         trial.set_user_attr(records.WORKER_STARTED, _process["started"])
+        trial.set_user_attr(records.DEVICE, device)
         if _is_surplus(study, trial.number, target):
             trial.set_user_attr(records.FAIL_REASON, SURPLUS_REASON)
             raise _Surplus(SURPLUS_REASON)

@@ -1,0 +1,172 @@
+"""Which device each worker gets: GPUs found from nvidia-smi's listing (simulated here, as
+nvidia-smi prints it), CUDA_VISIBLE_DEVICES honoured, workers spread and memory shared; and
+on this machine, which has no GPU, the cores split and trials recorded on "cpu"."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import load
+from dlboost_search import records
+from dlboost_search.devices import (
+    CONTEXT_MB,
+    WORKER_MEMORY_MB,
+    Gpu,
+    Placement,
+    device_of,
+    plan,
+    visible_gpus,
+)
+from dlboost_search.errors import DeviceError
+
+# `nvidia-smi --query-gpu=index,uuid,memory.total --format=csv,noheader,nounits` on two GPUs.
+TWO_GPUS = (
+    "0, GPU-1b2c3d4e-0000-1111-2222-333344445555, 81559\n"
+    "1, GPU-9f8e7d6c-aaaa-bbbb-cccc-ddddeeeeffff, 81559\n"
+)
+NO_VARIABLE: dict[str, str] = {}
+
+
+def test_the_listing_gives_each_gpu_its_index_uuid_and_memory():
+    assert visible_gpus(TWO_GPUS, NO_VARIABLE) == [
+        Gpu(0, "GPU-1b2c3d4e-0000-1111-2222-333344445555", 81559),
+        Gpu(1, "GPU-9f8e7d6c-aaaa-bbbb-cccc-ddddeeeeffff", 81559),
+    ]
+    assert visible_gpus("", NO_VARIABLE) == []  # no nvidia-smi, or one that failed
+
+
+@pytest.mark.parametrize(
+    ("variable", "indexes"),
+    [
+        ("1", [1]),
+        ("1,0", [1, 0]),  # CUDA's order is the variable's
+        ("GPU-9f8e", [1]),  # a UUID, or its start
+        ("0,7,1", [0]),  # CUDA stops at the first device it does not know
+        ("", []),
+        ("-1", []),
+    ],
+)
+def test_an_existing_cuda_visible_devices_is_honoured(variable, indexes):
+    gpus = visible_gpus(TWO_GPUS, {"CUDA_VISIBLE_DEVICES": variable})
+    assert [g.index for g in gpus] == indexes
+
+
+def test_without_gpus_auto_starts_one_worker_per_core_each_with_its_core():
+    assert plan(None, None, [], cores=8, memory_mb=64_000) == [Placement(threads=1)] * 8
+
+
+def test_without_gpus_auto_starts_no_more_workers_than_the_memory_holds():
+    assert len(plan(None, None, [], cores=8, memory_mb=3 * WORKER_MEMORY_MB + 10)) == 3
+    assert plan(None, None, [], cores=8, memory_mb=100) == [Placement(threads=None)]
+
+
+def test_without_gpus_a_count_of_workers_splits_the_cores_as_before():
+    assert plan(2, None, [], cores=8) == [Placement(threads=4)] * 2
+    assert plan(3, None, [], cores=2) == [Placement(threads=1)] * 3
+    assert plan(1, None, [], cores=8) == [Placement(threads=None)]  # TensorFlow's defaults
+
+
+def test_auto_on_two_gpus_starts_a_worker_on_each_with_memory_growth():
+    gpus = visible_gpus(TWO_GPUS, NO_VARIABLE)
+    workers = plan(None, None, gpus, cores=16)
+    assert [(p.device, p.visible, p.memory_limit_mb) for p in workers] == [
+        ("gpu:0", gpus[0].uuid, None),
+        ("gpu:1", gpus[1].uuid, None),
+    ]
+    assert {p.threads for p in workers} == {8}
+
+
+def test_half_a_gpu_per_worker_runs_two_on_one_gpu_each_limited_to_half_its_memory():
+    gpu = visible_gpus(TWO_GPUS, {"CUDA_VISIBLE_DEVICES": "1"})
+    workers = plan(None, 0.5, gpu, cores=4)
+    assert [p.device for p in workers] == ["gpu:1", "gpu:1"]
+    assert [p.memory_limit_mb for p in workers] == [81559 // 2 - CONTEXT_MB] * 2
+    # Both limits and both CUDA contexts fit the GPU together.
+    assert sum(p.memory_limit_mb + CONTEXT_MB for p in workers) <= 81559
+
+
+def test_a_count_of_workers_takes_the_gpus_in_turn_and_shares_their_memory():
+    gpus = visible_gpus(TWO_GPUS, NO_VARIABLE)
+    workers = plan(3, None, gpus, cores=6)
+    assert [p.device for p in workers] == ["gpu:0", "gpu:1", "gpu:0"]
+    # gpu:0 has two workers, each with half of it; gpu:1's worker has it alone.
+    assert [p.memory_limit_mb for p in workers] == [81559 // 2 - CONTEXT_MB, None, 40279]
+
+
+def test_auto_stops_at_what_the_backend_takes():
+    gpus = visible_gpus(TWO_GPUS, NO_VARIABLE)
+    assert [p.device for p in plan(None, None, gpus, cores=8, most=1)] == ["gpu:0"]
+    assert len(plan(None, None, [], cores=8, memory_mb=64_000, most=1)) == 1
+
+
+@pytest.mark.parametrize(
+    ("workers", "share", "gpus", "words"),
+    [
+        (None, 0, TWO_GPUS, "more than 0 and at most 1"),
+        (None, 1.5, TWO_GPUS, "more than 0 and at most 1"),
+        (None, 0.5, "", "shows none"),
+        (5, 0.5, TWO_GPUS, "needs 2.5 GPUs, and 2 are visible"),
+    ],
+)
+def test_a_device_request_the_machine_cannot_meet_is_refused(workers, share, gpus, words):
+    with pytest.raises(DeviceError, match=words):
+        plan(workers, share, visible_gpus(gpus, NO_VARIABLE), cores=4)
+
+
+def test_a_trial_records_the_device_tensorflow_trains_it_on():
+    assert device_of(Placement("gpu:1", "GPU-9f8e", None, None), gpus_seen=1) == "gpu:1"
+    assert device_of(Placement(threads=2), gpus_seen=0) == "cpu"
+    # A GPU TensorFlow found that nvidia-smi did not (a MIG slice): not pinned, still a GPU.
+    assert device_of(Placement(), gpus_seen=1) == "gpu"
+    # Pinned to a GPU, but a CPU-only TensorFlow sees none.
+    assert device_of(Placement("gpu:0", "GPU-1b2c", None, None), gpus_seen=0) == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--gpus-per-worker", "2"], "--gpus-per-worker takes the share of one GPU"),
+        (["--gpus-per-worker", "0.5"], "asks for GPUs, and this machine shows none"),
+        (["--workers", "many"], "--workers takes a whole number"),
+        (["--workers", "0"], "--workers takes a whole number"),
+    ],
+)
+def test_a_bad_device_option_is_refused_in_one_paragraph_before_anything_is_stored(
+    run_cli, write_space, tmp_path, args, words
+):
+    db = tmp_path / "studies.db"
+    result = run_cli("start", str(write_space()), "--storage", f"sqlite:///{db}", *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert words in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one paragraph, no traceback
+    assert not db.exists()
+
+
+def test_mixed_precision_without_a_gpu_is_refused_by_start_and_said_by_validate(
+    run_cli, write_space, tmp_path
+):
+    """This machine has no GPU: the decision documented in docs/how-trials-run.md."""
+    space = write_space(training={"mixed_precision": True})
+    db = tmp_path / "studies.db"
+    result = run_cli("start", str(space), "--storage", f"sqlite:///{db}")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "training.mixed_precision is true, and this machine has no GPU" in result.stderr
+    assert "Set training.mixed_precision: false" in result.stderr
+    assert not db.exists()
+    checked = run_cli("validate", str(space))
+    assert checked.returncode == 0, checked.stderr
+    assert "warning: training.mixed_precision is true" in checked.stderr
+    assert "`start` refuses it here" in checked.stderr
+
+
+@pytest.mark.slow
+def test_auto_workers_on_a_machine_without_gpus_record_their_trials_on_the_cpu(
+    run_cli, write_space, storage
+):
+    result = run_cli("start", str(write_space()), "--storage", storage, "--workers", "auto")
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = load(storage).get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 3
+    assert {records.device_of(t) for t in trials} == {"cpu"}
+    assert "worker process(es) here" in result.stdout
