@@ -4,10 +4,14 @@ on this machine, which has no GPU, the cores split and trials recorded on "cpu".
 
 from __future__ import annotations
 
-import pytest
+import io
+import json
 
-from conftest import load
-from dlboost_search import records
+import pytest
+from rich.console import Console
+
+from conftest import TINY_SPACE, load
+from dlboost_search import events, records
 from dlboost_search.devices import (
     CONTEXT_MB,
     WORKER_MEMORY_MB,
@@ -18,6 +22,10 @@ from dlboost_search.devices import (
     visible_gpus,
 )
 from dlboost_search.errors import DeviceError
+from dlboost_search.progress import StudyProgress
+from dlboost_search.spaces import space_from_dict
+from dlboost_search.study import summarize
+from dlboost_search.testing import synthetic_study
 
 # `nvidia-smi --query-gpu=index,uuid,memory.total --format=csv,noheader,nounits` on two GPUs.
 TWO_GPUS = (
@@ -170,3 +178,55 @@ def test_auto_workers_on_a_machine_without_gpus_record_their_trials_on_the_cpu(
     assert len(finished) == 3
     assert {records.device_of(t) for t in trials} == {"cpu"}
     assert "worker process(es) here" in result.stdout
+
+
+def test_status_shows_the_devices_once_a_trial_ran_on_a_gpu(run_cli, storage):
+    space = space_from_dict(TINY_SPACE, "space.yaml")
+    synthetic_study(space, storage, 6, devices=("cpu",))
+    plain = run_cli("status", "--storage", storage)
+    assert plain.returncode == 0, plain.stderr
+    [header] = [line for line in plain.stdout.splitlines() if "┃ study" in line]
+    assert header.endswith("last activity ┃")  # a CPU-only storage keeps its table
+    gpu_space = space_from_dict({**TINY_SPACE, "name": "on-gpus"}, "space.yaml")
+    synthetic_study(gpu_space, storage, 6, devices=("gpu:0", "gpu:1"))
+    table = run_cli("status", "--storage", storage)
+    assert table.returncode == 0, table.stderr
+    [header] = [line for line in table.stdout.splitlines() if "┃ study" in line]
+    assert header.rstrip(" ┃").endswith("devices")
+    rows = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if "│" in line}
+    assert rows["on-gpus"].rstrip(" │").endswith("gpu:0 gpu:1")
+    assert rows["tiny"].rstrip(" │").endswith("cpu")
+    report = json.loads(run_cli("status", "--storage", storage, "--format", "json").stdout)
+    assert {s["name"]: s["devices"] for s in report["studies"]} == {
+        "tiny": ["cpu"],
+        "on-gpus": ["gpu:0", "gpu:1"],
+    }
+
+
+def _shown(storage: str, devices: tuple[str, ...]) -> str:
+    """What the live progress prints of a study whose workers run on `devices`."""
+    study = synthetic_study(space_from_dict(TINY_SPACE, "space.yaml"), storage, 2)
+    screen = io.StringIO()
+    console = Console(file=screen, width=200)
+    with StudyProgress(console, "val_loss", "minimize") as progress:
+        progress(
+            events.StudyRunning(
+                study, summarize(study), 4, storage, len(devices), False, devices=devices
+            )
+        )
+        progress(events.TrialStarted(2, {"units": 8}))
+        attrs = {records.EPOCHS_TRAINED: 3, records.TRAIN_SECONDS: 0.5, records.DEVICE: devices[-1]}
+        progress(events.TrialFinished(2, "COMPLETE", 0.5, {"units": 8}, attrs))
+    return screen.getvalue()
+
+
+def test_the_progress_names_the_gpus_and_each_trials_device(storage):
+    shown = _shown(storage, ("gpu:0", "gpu:1"))
+    assert "2 worker process(es) here on gpu:0, gpu:1, each sampling" in shown
+    assert "trial    2 complete val_loss=0.5 (3 epochs, 0.5 s, gpu:1)" in shown
+
+
+def test_the_progress_of_cpu_workers_is_as_before(storage):
+    shown = _shown(storage, ("cpu", "cpu"))
+    assert "2 worker process(es) here, each sampling" in shown
+    assert "trial    2 complete val_loss=0.5 (3 epochs, 0.5 s)" in shown

@@ -465,6 +465,7 @@ def status(
                 "pruned": s.pruned, "failed": s.failed, "running": s.running,
                 "best_value": s.best_value, "best_trial": s.best_trial,
                 "last_activity": s.last_activity.isoformat() if s.last_activity else None,
+                "devices": list(s.devices),
             }
             for s in summaries
         ]  # fmt: skip
@@ -476,6 +477,8 @@ def status(
         )
         return
     table = Table(title=f"studies in {masked(url)}")
+    # The devices trials ran on, once any ran on a GPU: CPU-only storages keep their table.
+    on_gpus = any(d.startswith("gpu") for s in summaries for d in s.devices)
     for column in (
         "study",
         "complete",
@@ -485,9 +488,10 @@ def status(
         "best value",
         "direction",
         "last activity",
+        *(["devices"] if on_gpus else []),
     ):
         table.add_column(
-            column, justify="right" if column not in ("study", "direction") else "left"
+            column, justify="right" if column not in ("study", "direction", "devices") else "left"
         )
     for s in summaries:
         table.add_row(
@@ -495,6 +499,7 @@ def status(
             "-" if s.best_value is None else f"{s.best_value:.6g}",
             s.direction,
             s.last_activity.strftime("%Y-%m-%d %H:%M:%S") if s.last_activity else "-",
+            *([" ".join(s.devices) or "-"] if on_gpus else []),
         )  # fmt: skip
     _print_whole(table)
 

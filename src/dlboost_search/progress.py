@@ -49,6 +49,7 @@ class StudyProgress:
         self.best: tuple[float, int, dict[str, Any]] | None = None
         self.seconds: list[float] = []
         self.workers = 1
+        self.on_gpus = False  # whether trials run on GPUs here: each trial's line says which
         # Trials under way, by number: what they try, the epoch they are at, when they began.
         self.running: dict[int, tuple[str, float]] = {}
         self.live = Live(self._render(), console=console, refresh_per_second=4)
@@ -108,6 +109,7 @@ class StudyProgress:
             self.target = event.target
             self.name, self.url = summary.name, masked(event.url)
             self.workers = event.workers
+            self.on_gpus = any(d.startswith("gpu") for d in event.devices)
             if event.budget is not None:
                 self.budget = event.budget
                 self.deadline = time.monotonic() + event.budget - event.searched
@@ -120,7 +122,9 @@ class StudyProgress:
                 self.best = (summary.best_value, summary.best_trial, {})
             self.bar.update(self.task, description=summary.name, total=self.target)
             self.console.print(
-                f"{self.workers} worker process(es) here, "
+                f"{self.workers} worker process(es) here"
+                + (f" on {', '.join(event.devices)}" if self.on_gpus else "")
+                + ", "
                 + (
                     "sampling reproducibly from search.seed"
                     if event.reproducible
@@ -196,7 +200,9 @@ class StudyProgress:
             label = "[yellow]pruned[/yellow]" if state == "PRUNED" else "complete"
             detail = f"{label} {self.metric}={value:.5g}"
         seconds = attrs.get(records.TRAIN_SECONDS, 0)
-        self.console.print(f"trial {number:>4} {detail} ({epochs} epochs, {seconds:.1f} s)")
+        device = attrs.get(records.DEVICE)
+        on = f", {device}" if self.on_gpus and device else ""
+        self.console.print(f"trial {number:>4} {detail} ({epochs} epochs, {seconds:.1f} s{on})")
         if state == "COMPLETE" and self._is_better(value):
             self.best = (value, number, event.params)
 

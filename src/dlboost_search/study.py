@@ -389,6 +389,7 @@ class StudySummary:
     best_value: float | None
     best_trial: int | None
     last_activity: datetime | None
+    devices: tuple[str, ...] = ()  # what its trials trained on ("cpu", "gpu:0"), as recorded
 
     @property
     def finished(self) -> int:
@@ -415,6 +416,7 @@ def summarize(study: optuna.Study) -> StudySummary:
         best_value=best.value if best else None,
         best_trial=best.number if best else None,
         last_activity=max(stamps) if stamps else None,
+        devices=tuple(sorted({d for t in trials if (d := records.device_of(t))})),
     )
 
 

@@ -46,17 +46,18 @@ def synthetic_study(
     *,
     seed: int = 0,
     states: tuple[float, float, float] = (0.6, 0.3, 0.1),
+    devices: tuple[str, ...] = ("cpu",),
 ) -> optuna.Study:
     """A study of `space` holding `n_trials` made-up trials: complete, pruned and failed in
     the proportions `states`, with per-epoch curves and the user attributes real trials have.
     The value grows with the learning rate's distance to 3e-3 (in decades) and falls with
-    units, so importances have something to find."""
+    units, so importances have something to find. The trials ran on `devices` in turn."""
     rng = random.Random(seed)
     study = create_or_check(space, url)
     distributions = {name: _distribution(spec) for name, spec in space.searched().items()}
     max_epochs = space.training.max_epochs
     trials = []
-    for _ in range(n_trials):
+    for number in range(n_trials):
         params = {}
         for name, dist in distributions.items():
             if isinstance(dist, CategoricalDistribution):
@@ -81,6 +82,7 @@ def synthetic_study(
             records.N_PARAMS: params.get("units", 64) * 12,
             records.TRAIN_SECONDS: round(0.05 * epochs, 3),
             records.WORKER: "synthetic:0",
+            records.DEVICE: devices[number % len(devices)],
         }
         if state == TrialState.FAIL:
             attrs[records.FAIL_REASON] = "training loss became nan at epoch 1"
