@@ -230,3 +230,14 @@ def test_the_progress_of_cpu_workers_is_as_before(storage):
     shown = _shown(storage, ("cpu", "cpu"))
     assert "2 worker process(es) here, each sampling" in shown
     assert "trial    2 complete val_loss=0.5 (3 epochs, 0.5 s)" in shown
+
+
+@pytest.mark.slow
+def test_auto_workers_on_hyperband_are_the_one_worker_it_takes(run_cli, write_space, storage):
+    hyperband = {"training": {"max_epochs": 3}, "search": {"backend": "hyperband", "factor": 3}}
+    space = write_space(**hyperband)
+    result = run_cli("start", str(space), "--storage", storage, "--workers", "auto")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 worker process(es) here" in result.stdout
+    trials = load(storage).get_trials(deepcopy=False)
+    assert trials and {records.device_of(t) for t in trials} == {"cpu"}
