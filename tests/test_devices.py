@@ -10,7 +10,7 @@ import json
 import pytest
 from rich.console import Console
 
-from conftest import TINY_SPACE, load
+from conftest import TINY_SPACE, deep_update, load
 from dlboost_search import events, records
 from dlboost_search.devices import (
     CONTEXT_MB,
@@ -241,3 +241,37 @@ def test_auto_workers_on_hyperband_are_the_one_worker_it_takes(run_cli, write_sp
     assert "1 worker process(es) here" in result.stdout
     trials = load(storage).get_trials(deepcopy=False)
     assert trials and {records.device_of(t) for t in trials} == {"cpu"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["epoch_loop", "fit"])
+def test_mixed_precision_trains_under_mixed_float16_where_a_gpu_is_seen(engine):
+    """The policy is Keras' own and runs on a CPU too (slowly), so the path a GPU worker
+    takes is trained here for real: told it sees a GPU, the context takes mixed_float16 and
+    compile wraps the optimizer in loss scaling; told it sees none, float32 stays."""
+    import keras
+    import optuna
+
+    from dlboost_search._tf import import_tensorflow_quietly
+    from dlboost_search.spaces import suggest
+    from dlboost_search.training import TrainingRecord
+    from dlboost_search.trial import TrialContext
+
+    import_tensorflow_quietly(None)
+    changes = {"training": {"mixed_precision": True, "engine": engine}}
+    space = space_from_dict(deep_update(TINY_SPACE, changes), "space.yaml")
+    try:
+        TrialContext(space, "test", gpu=False)
+        assert keras.mixed_precision.global_policy().name == "float32"
+        context = TrialContext(space, "test", gpu=True)
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+        params = space.resolve(suggest(trial, space))
+        model = context.model(params, 0)
+        record = TrainingRecord()
+        value = context.fit(model, params, 0, record=record)
+        assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+        assert model.layers[1].compute_dtype == "float16"
+        assert 0 < value < 10 and record.as_attrs()["epochs_trained"] >= 1
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
