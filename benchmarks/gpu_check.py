@@ -9,7 +9,7 @@ memory limit), all of a setting's workers training at once (a barrier after star
   - the CPU (GPUs hidden) with 1 and 2 workers sharing the cores, as `--workers 1` and `2`;
   - the first GPU with 1 worker (memory growth) and 2 workers (`--gpus-per-worker 0.5`, each
     limited to half its memory), each with mixed precision off and on (on a CPU `start`
-    refuses mixed precision; see docs/how-trials-run.md);
+    refuses mixed precision; see docs/many-machines.md);
   - memory per worker: host RSS, and the peak of TensorFlow's GPU allocator.
 Without a GPU (nvidia-smi lists none, or CUDA_VISIBLE_DEVICES hides them) it says so and
 measures the CPU settings only.

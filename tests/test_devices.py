@@ -153,7 +153,8 @@ def test_a_bad_device_option_is_refused_in_one_paragraph_before_anything_is_stor
 def test_mixed_precision_without_a_gpu_is_refused_by_start_and_said_by_validate(
     run_cli, write_space, tmp_path
 ):
-    """This machine has no GPU: the decision documented in docs/how-trials-run.md."""
+    """This machine has no GPU: the decision documented in docs/many-machines.md ("GPUs on
+    one machine")."""
     space = write_space(training={"mixed_precision": True})
     db = tmp_path / "studies.db"
     result = run_cli("start", str(space), "--storage", f"sqlite:///{db}")
