@@ -129,7 +129,7 @@ BAD_SPACES = [
             "training.max_epoch: unknown key 'max_epoch'.",
             "Did you mean 'max_epochs'?",
             "Allowed here: max_epochs, batch_size, early_stopping, engine, trial_timeout_seconds, "
-            "class_weight.",
+            "class_weight, mixed_precision.",
         ],
         id="unknown-nested-key",
     ),
