@@ -1,9 +1,11 @@
 """Tables as users keep them (issue 17): missing values, column types, dates, identifier
 columns, capped categories, unseen categories at prediction, skewed targets, class weights.
-Data preparation only: nothing is trained, TensorFlow is not imported (one CLI `validate`)."""
+Data preparation in this process (TensorFlow is not imported here), then two messy tables
+through the real CLI: start, export-model and predict (slow)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -401,7 +403,7 @@ def test_a_messy_table_with_a_skewed_target_end_to_end(tmp_path, run_cli):
     assert_prepared_as_said(started, card, predicted)
     assert "table.csv: 2 rows without a target value dropped (rows 13, 57" in started
     assert "learned as log(1 + y)" in started and "learned as log(1 + y)" in card
-    meta = __import__("json").loads((tmp_path / "model" / "dlboost_model.json").read_text())
+    meta = json.loads((tmp_path / "model" / "dlboost_model.json").read_text())
     assert meta["target_transform"] == "log1p"
     # Predictions in the target's units: log(1 + y) undone, so positive prices.
     assert len(predictions) == 6 and (predictions["prediction"] > 0).all()
