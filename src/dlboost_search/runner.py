@@ -156,6 +156,14 @@ def mixed_precision_problem(space: SearchSpace, gpus: list[devices.Gpu], where: 
     )
 
 
+def _say_about_data(space: SearchSpace, warning: str | None, on_event: EventHandler) -> None:
+    """What preparing the data did (imputed, ignored, transformed), then check_data's warning."""
+    for note in preparation_notes(space.data, space.search.seed or 0):
+        on_event(events.Noted(note))
+    if warning:
+        on_event(events.Warned(warning))
+
+
 def start(
     space: SearchSpace,
     url: str,
@@ -184,10 +192,7 @@ def start(
     space = as_stored(space, study)
     check_same_data(study, space, accept_changed_data)
     set_timeout(study, timeout)
-    for note in preparation_notes(space.data, space.search.seed or 0):
-        on_event(events.Noted(note))
-    if warning:
-        on_event(events.Warned(warning))
+    _say_about_data(space, warning, on_event)
     try:
         return backend.run(
             study, url, space, target=target, workers=workers,
@@ -229,10 +234,7 @@ def resume(
     check_same_data(study, space, accept_changed_data)
     target = target or target_of(study)
     set_timeout(study, timeout or timeout_of(study))
-    for note in preparation_notes(space.data, space.search.seed or 0):
-        on_event(events.Noted(note))
-    if warning:
-        on_event(events.Warned(warning))
+    _say_about_data(space, warning, on_event)
     backend = BACKENDS[space.search.backend]
     backend.check_workers(name, workers, joining)
     return backend.run(
