@@ -55,15 +55,13 @@ DATE_PARTS = ("year", "month", "day", "weekday")
 
 def stray_text(values: pd.Series) -> np.ndarray | None:
     """Rows of a text column that is almost all numbers which are not numbers, or None."""
-    import pandas as pd
-
-    present = values.notna()
-    if values.dtype.kind != "O" or not present.any():
+    present = int(values.notna().sum())
+    if values.dtype.kind != "O" or not present:
         return None
-    text = pd.to_numeric(values, errors="coerce").isna() & present
-    share = 1 - text.sum() / present.sum()
+    text = text_cells(values)
+    share = 1 - text.sum() / present
     if text.any() and share >= NUMERIC_TEXT_SHARE:
-        return np.flatnonzero(text.to_numpy())
+        return np.flatnonzero(text)
     return None
 
 
@@ -264,7 +262,7 @@ def apply(recipe: dict[str, Any], frame: pd.DataFrame, source: str) -> Applied:
     coerced: dict[str, int] = {}
     for column, kind in recipe["types"].items():
         if kind == "numeric" and frame[column].dtype.kind == "O":
-            text = int((np.isnan(_numbers(frame[column])) & frame[column].notna().to_numpy()).sum())
+            text = int(text_cells(frame[column]).sum())
             if text:
                 coerced[column] = text
     for name, column, values in _numeric_features(recipe, frame, source):
