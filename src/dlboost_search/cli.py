@@ -201,6 +201,15 @@ def start(
     quiet: bool = QuietOption,
     dashboard: int | None = DashboardOption,
     accept_changed_data: bool = AcceptChangedDataOption,
+    artifacts: str | None = typer.Option(
+        None,
+        "--artifacts",
+        help="Where trial models go: a folder (shared by every machine that runs trials), or "
+        "s3://BUCKET for S3-compatible object storage (?endpoint_url=URL, or "
+        "$AWS_ENDPOINT_URL). The study records it. Default: search.artifacts, else "
+        "NAME.artifacts/ beside the SQLite file.",
+        show_default=False,
+    ),
 ) -> None:
     """Run (or continue) the study a search space describes, then print the best parameters.
 
@@ -229,7 +238,7 @@ def start(
             space, url, target=trials, timeout=seconds, workers=count,
             gpus_per_worker=gpus_per_worker, recycle_every=recycle_every, on_event=on_event,
             source=space_file,
-            accept_changed_data=accept_changed_data,
+            accept_changed_data=accept_changed_data, artifacts=artifacts,
         ),
     )  # fmt: skip
     if not quiet:
@@ -847,11 +856,13 @@ def export_model(
         "predictions; the card compares the ensemble with the best trial alone.",
     ),
 ) -> None:
-    """Retrain the best trial and save it with what prediction needs: model.keras, the
+    """Save the best trial's model with what prediction needs: model.keras, the
     preprocessing (columns, scaling, categories, class labels) and a Markdown model card.
 
-    Each trial retrains from scratch for the epochs at which it scored best. To copy a study
-    into another storage instead, see `export`.
+    The model is the one the search stored for the trial (search.keep_models); a trial
+    without one, or any with --refit-all, retrains from scratch for the epochs at which it
+    scored best. It says which it did. To copy a study into another storage instead, see
+    `export`.
 
     Example: `dlboost-search export-model diabetes-mlp --out models/diabetes --ensemble 3`
     """
@@ -862,7 +873,7 @@ def export_model(
 
     meta = shipping.export_model(
         name, storage_url(storage), Path(out_dir), refit_all=refit_all, ensemble=ensemble,
-        on_progress=lambda line: err.print(line, highlight=False),
+        on_progress=lambda line: err.print(line, highlight=False, soft_wrap=True),
     )  # fmt: skip
     metric = meta["objective"]["metric"]
     best_alone = meta["members"][0]["validation_score"]

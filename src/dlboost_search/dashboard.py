@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from dlboost_search.artifacts import models_for_dashboard
 from dlboost_search.errors import DashboardError, shown
 from dlboost_search.storage import masked, open_storage
 
@@ -208,10 +209,12 @@ def require_host(app: Callable, host: str, allow: Iterable[str] = ()) -> Callabl
 def dashboard_app(
     url: str, token: str | None, host: str = "127.0.0.1", allow: Iterable[str] = ()
 ) -> Callable:
-    """optuna-dashboard behind the Host check, then the token check (None: no token)."""
+    """optuna-dashboard behind the Host check, then the token check (None: no token), with
+    the trial models of the storage's studies to download from each trial's page."""
     import optuna_dashboard
 
-    app = optuna_dashboard.wsgi(open_storage(url))
+    storage = open_storage(url)
+    app = optuna_dashboard.wsgi(storage, artifact_store=models_for_dashboard(storage, url))
     if token is not None:
         app = require_token(app, token)
     return require_host(app, host, allow)

@@ -12,6 +12,8 @@ bug and keeps its traceback.
     ├── DeviceError               exit 2   workers or devices asked for that this machine lacks
     ├── OutputError               exit 2   where to write is unusable (no such folder, a folder
     │                                      where a file belongs, not writable); checked first
+    ├── ArtifactError             exit 2   the store of trial models cannot be used (a folder
+    │                                      not writable, an endpoint unreachable, no credentials)
     ├── StorageError              exit 3   the storage URL cannot be opened
     ├── SearchAborted             exit 4   the search stopped itself (no metric, failures in a row)
     └── Interrupted               exit 130 Ctrl-C or SIGTERM; the running trial was closed
@@ -25,6 +27,7 @@ import itertools
 import reprlib
 
 __all__ = [
+    "ArtifactError",
     "DashboardError",
     "DataError",
     "DeviceError",
@@ -65,6 +68,10 @@ class DeviceError(DlboostError):
 
 
 class OutputError(DlboostError):
+    exit_code = 2
+
+
+class ArtifactError(DlboostError):
     exit_code = 2
 
 

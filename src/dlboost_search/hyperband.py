@@ -326,9 +326,11 @@ def _run(
     import keras_tuner as kt
     import optuna
 
+    from dlboost_search.artifacts import open_models
     from dlboost_search.study import set_target, summarize
     from dlboost_search.training import TrainingRecord
     from dlboost_search.trial import TrialContext
+    from dlboost_search.worker import not_stored as _not_stored
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # keras-tuner prints every failed trial's traceback (its config.DEBUG is on by default);
@@ -347,6 +349,8 @@ def _run(
     direction = "min" if space.direction == "minimize" else "max"
     objective = kt.Objective(space.objective.metric, direction)
     training: dict[str, tuple[TrainingRecord, dict[int, float]]] = {}
+    fitted: dict[str, Any] = {}  # keras-tuner trial id -> its trained model, until copied
+    models = open_models(study, url, writing=True)
     begun = 0  # trials this process began
     dists = distributions(space)
     # keras-tuner ids of the trials already in the study: read once, kept up to date here (the
@@ -393,6 +397,7 @@ def _run(
                 raise kt.errors.FailedTrialError(str(exc)) from None
             except SearchAborted as exc:
                 raise kt.errors.FatalError(str(exc)) from None
+            fitted[trial_id] = model  # its best epoch's weights: stored as the trial is copied
             return {space.objective.metric: value}
 
     class Tuner(kt.Hyperband):
@@ -457,8 +462,15 @@ def _run(
             **record.as_attrs(),
         }
         params = {k: v for k, v in values.items() if k in dists}
+        model = fitted.pop(trial.trial_id, None)
+        stored: dict[str, str] = {}
         if trial.status == "COMPLETED" and trial.score is not None and math.isfinite(trial.score):
             state, value = optuna.trial.TrialState.COMPLETE, float(trial.score)
+            if model is not None and models.wanted(study, value, len(copied)):
+                try:
+                    stored = models.write(model, len(copied))
+                except Exception as exc:  # as in the Optuna worker: the trial still counts
+                    on_event(events.Warned(_not_stored(len(copied), models.shown, exc)))
         else:
             state, value = optuna.trial.TrialState.FAIL, None
             reason = _last_line(trial.message) or "keras-tuner marked it invalid"
@@ -471,10 +483,15 @@ def _run(
                 distributions=dists,
                 intermediate_values=curve,
                 user_attrs=attrs,
+                system_attrs=stored,
             )  # fmt: skip
         )
         on_event(events.TrialFinished(len(copied), state.name, value, params, attrs))
         copied[trial.trial_id] = attrs[records.WORKER]
+        try:
+            models.prune(study)
+        except Exception as exc:
+            on_event(events.Warned(f"could not delete models beyond search.keep_models: {exc}"))
 
     folder = state_dir(url, study_name)
     if copied and not (folder / "hyperband" / "oracle.json").is_file():

@@ -32,6 +32,7 @@ __all__ = [
     "FAIL_REASON",
     "HYPERBAND_TRIAL",
     "INITIAL_EPOCH",
+    "MODELS",
     "N_PARAMS",
     "RETRY_OF",
     "ROUND",
@@ -59,6 +60,11 @@ __all__ = [
 SPEC = "dlboost_search"  # {"space": the space as a dict, "version": the release that made it}
 DATA = "dlboost_data_sha256"  # the fingerprint of the files the study searches
 DATA_CHANGES = "dlboost_data_changes"  # when, and from what to what, a change was accepted
+# Where the trials' models are kept, and how many: {"store": a folder or s3:// URL (null: the
+# default beside the SQLite file), "keep_models": search.keep_models}. Absent on studies made
+# before models were kept (artifacts.py: the default store). Each model's own record is
+# Optuna's: the trial's system attribute "artifacts:<id>", which optuna-dashboard reads.
+MODELS = "dlboost_models"
 
 # On the study, as user attributes: short, for people.
 TARGET = "dlboost_target"  # the finished trials the study is being driven to (null: none)

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from dlboost_search import devices, events, memory
+from dlboost_search.artifacts import settle_models
 from dlboost_search.data import preparation_notes, task_and_shape
-from dlboost_search.errors import DataError, DeviceError, SpaceError, StudyError
+from dlboost_search.errors import ArtifactError, DataError, DeviceError, SpaceError, StudyError
 from dlboost_search.models import check_input
 from dlboost_search.pool import DEFAULT_RECYCLE_EVERY
 from dlboost_search.spaces import SearchSpace
@@ -176,11 +177,13 @@ def start(
     on_event: EventHandler = lambda event: None,
     source: str = "search space",
     accept_changed_data: bool = False,
+    artifacts: str | None = None,
 ) -> StudySummary:
     """Run the study `space` describes, to `target` finished trials and within `timeout`
     seconds of search in all (each given here, else from the space, like the space's own
     settings: a re-run without them goes back to the space's). `workers` None: auto, one per
-    GPU or core (devices.plan), each GPU shared by 1 / `gpus_per_worker` workers."""
+    GPU or core (devices.plan), each GPU shared by 1 / `gpus_per_worker` workers. `artifacts`:
+    where trial models go (--artifacts), else search.artifacts (artifacts.settle_models)."""
     timeout = timeout or space.search.timeout
     target = target or space.search.trial_target(timeout)
     where = placements(space, workers, gpus_per_worker)
@@ -189,6 +192,12 @@ def start(
     backend = BACKENDS[space.search.backend]
     backend.check_workers(space.name, workers, joining=False)
     study = create_or_check(space, url)
+    try:
+        settle_models(study, url, artifacts or space.search.artifacts, space.search.keep_models)
+    except ArtifactError:
+        if not study.get_trials(deepcopy=False):  # made just now: nothing of it is kept
+            delete_study(study, url)
+        raise
     space = as_stored(space, study)
     check_same_data(study, space, accept_changed_data)
     set_timeout(study, timeout)
@@ -231,6 +240,7 @@ def resume(
     where = placements(space, workers, gpus_per_worker)
     workers = len(where)
     warning = check_data(space, f"study {name!r}", workers)
+    settle_models(study, url)
     check_same_data(study, space, accept_changed_data)
     target = target or target_of(study)
     set_timeout(study, timeout or timeout_of(study))

@@ -1,5 +1,6 @@
-"""Take the result away: retrain the best trial (or the K best, as an ensemble), save it with
-everything prediction needs, and predict on new files.
+"""Take the result away: the best trial's model (or the K best, as an ensemble), as stored
+during the search (artifacts.py) or else retrained, saved with everything prediction needs;
+and predict on new files.
 
 A model directory holds
     model.keras           the Keras model (an ensemble is one model averaging its members)
@@ -29,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from dlboost_search import outputs, records
-from dlboost_search.errors import DataError, OutputError, StudyError, TrialFailed
+from dlboost_search.artifacts import open_models
+from dlboost_search.errors import ArtifactError, DataError, OutputError, StudyError, TrialFailed
 
 __all__ = [
     "CARD_FILE",
@@ -55,10 +57,10 @@ def export_model(
     ensemble: int = 1,
     on_progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
-    """Retrain the best `ensemble` trials of study `name` and save them to `out_dir`.
-
-    Each trial trains from a fresh model for the epochs at which it scored best, on the
-    training rows (plus the validation rows with `refit_all`). Returns the saved metadata."""
+    """Save the best `ensemble` trials of study `name` to `out_dir`: each trial's model as the
+    search stored it, else (none stored, or `refit_all`) retrained from a fresh model for the
+    epochs at which it scored best, on the training rows (plus the validation rows with
+    `refit_all`). `on_progress` hears which it did for each. Returns the saved metadata."""
     from optuna.trial import TrialState
 
     from dlboost_search.storage import load_study, masked
@@ -94,18 +96,26 @@ def export_model(
     context = TrialContext(space, f"study {name!r}")
     prepared = context.data
     metric = space.objective.metric
+    models = open_models(study, url)
     members, described = [], []
     for rank, trial in enumerate(chosen, start=1):
         params = space.resolve(trial.params)
         epochs = records.epochs_from_scratch(trial, space.training.max_epochs)
-        on_progress(
-            f"retraining trial {trial.number} ({rank}/{len(chosen)}): {epochs} epochs on "
-            f"{context.rows_for_retraining(refit_all)} rows"
-        )
+        counted = f"trial {trial.number} ({rank}/{len(chosen)})"
+        model, why = (None, "--refit-all") if refit_all else _stored_model(models, trial)
+        if model is not None:
+            epochs = int(trial.user_attrs.get(records.BEST_EPOCH) or epochs)
+            on_progress(f"{counted}: its stored model from {models.shown} (no retraining)")
+        else:
+            on_progress(
+                f"retraining {counted} ({why}): {epochs} epochs on "
+                f"{context.rows_for_retraining(refit_all)} rows"
+            )
         try:
-            model = context.model(params, trial.number)
+            if model is None:
+                model = context.model(params, trial.number)
+                context.retrain(model, params, trial.number, epochs, refit_all)
             model.name = f"trial_{trial.number}"  # unique inside an ensemble
-            context.retrain(model, params, trial.number, epochs, refit_all)
         except TrialFailed as exc:
             hint = (
                 " With --refit-all the extra rows can make it diverge: try without."
@@ -123,6 +133,7 @@ def export_model(
                 "trial_value": trial.value,
                 "params": params,
                 "epochs": epochs,
+                "model": "retrained" if why else "stored",
                 "validation_score": _score(prepared, metric, predicted),
             }
         )
@@ -154,6 +165,27 @@ def export_model(
     }
     _write(out_dir, final, meta)
     return meta
+
+
+def _stored_model(models: Any, trial: Any) -> tuple[Any, str | None]:
+    """The trial's model from the store, or None with why it must be retrained."""
+    import keras
+
+    meta = models.model_of(trial)
+    if meta is None:
+        return None, (
+            f"no stored model in {models.shown}: search.keep_models left it out, or the trial "
+            f"ran before models were stored"
+        )
+    with tempfile.TemporaryDirectory(prefix="dlboost-model-") as folder:
+        try:
+            path = models.download(meta, Path(folder))
+            # Not compiled: prediction needs no loss or metric (ours are not registered).
+            return keras.saving.load_model(path, compile=False), None
+        except ArtifactError as exc:
+            return None, f"its stored model {meta['filename']}: {exc}"
+        except Exception as exc:  # Keras raises many types for a damaged file
+            return None, f"its stored model cannot be loaded ({type(exc).__name__})"
 
 
 def _is_export(folder: Path) -> bool:
@@ -288,11 +320,11 @@ def model_card(meta: dict[str, Any]) -> str:
             else ""
         ),
         "",
-        "| trial | value in the study | validation " + metric + " retrained | epochs |",
-        "|---|---|---|---|",
+        "| trial | value in the study | validation " + metric + " exported | epochs | model |",
+        "|---|---|---|---|---|",
         *(
             f"| {m['trial']} | {m['trial_value']:.5g} | {m['validation_score']:.5g} | "
-            f"{m['epochs']} |"
+            f"{m['epochs']} | {_model_source(m)} |"
             for m in members
         ),
     ]
@@ -330,6 +362,14 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _model_source(member: dict[str, Any]) -> str:
+    """How an export got a member's model: the trial's own, stored during the search, or
+    retrained (exports of 0.1.0 were all retrained)."""
+    if member.get("model", "retrained") == "stored":
+        return "the trial's own, stored during the search"
+    return "retrained"
 
 
 def describe_validation(validation: dict[str, Any]) -> str:

@@ -266,6 +266,11 @@ class SearchSettings(_Strict):
     heartbeat_seconds: int = Field(10, ge=1)
     stale_after_seconds: int = Field(60, ge=2)
     retries: int = Field(1, ge=0)
+    # Trial models (artifacts.py): where they go (a folder, or s3://BUCKET for S3-compatible
+    # object storage; None: NAME.artifacts/ beside the SQLite file), and how many of the best
+    # complete trials keep theirs (0: none is stored; None: every one).
+    artifacts: str | None = None
+    keep_models: int | None = Field(10, ge=0)
 
     @field_validator("timeout", mode="before")
     @classmethod

@@ -35,6 +35,7 @@ __all__ = [
     "driver_reason",
     "load_study",
     "masked",
+    "models_dir",
     "open_storage",
     "state_dir",
     "storage_url",
@@ -244,6 +245,16 @@ def state_dir(url: str, study_name: str) -> Path:
     if url.startswith("sqlite:///"):
         return Path(_sqlite_path(url)).parent / f"{study_name}.keras-tuner"
     return Path("storage") / "keras-tuner" / study_name
+
+
+def models_dir(url: str) -> Path:
+    """Where a study's trial models go unless told otherwise (artifacts.py): NAME.artifacts/
+    beside an SQLite file NAME.db, so the folder travels with it; for a database server,
+    storage/artifacts/ of the working directory."""
+    if url.startswith("sqlite:///"):
+        path = Path(_sqlite_path(url))
+        return path.parent / f"{path.stem}.artifacts"
+    return Path("storage") / "artifacts"
 
 
 def driver_reason(exc: BaseException) -> str:

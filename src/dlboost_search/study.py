@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dlboost_search import __version__, records
+from dlboost_search.artifacts import open_models
 from dlboost_search.data import fingerprint
 from dlboost_search.errors import StudyError
 from dlboost_search.spaces import SearchSettings, SearchSpace, space_from_dict
@@ -50,7 +51,13 @@ __all__ = [
 
 # What steers the next trials and when to stop, not what they mean: may change from one run to
 # the next (the CLI sets `search.trials` and `search.timeout`); everything else defines the study.
-_NOT_DEFINING = ("search.trials", "search.timeout", "search.startup_trials")
+_NOT_DEFINING = (
+    "search.trials",
+    "search.timeout",
+    "search.startup_trials",
+    "search.artifacts",
+    "search.keep_models",
+)
 
 # Data settings whose default changed when tables got their own preparation (issue 17): a study
 # stored before them prepared its data as these values do, and keeps doing so (its trials stay
@@ -421,12 +428,14 @@ def summarize(study: optuna.Study) -> StudySummary:
 
 
 def delete_study(study: optuna.Study, url: str) -> Path | None:
-    """Delete `study` from its storage, with the Hyperband backend's state kept for it here;
-    return that state's folder if there was one."""
+    """Delete `study` from its storage, with its trial models and the Hyperband backend's
+    state kept for it here; return that state's folder if there was one."""
     import shutil
 
     import optuna
 
+    if any(t.system_attrs for t in study.get_trials(deepcopy=False)):  # models, maybe
+        open_models(study, url).remove_all(study)
     folder = state_dir(url, study.study_name)
     optuna.delete_study(study_name=study.study_name, storage=study._storage)
     if folder.is_dir():

@@ -2,7 +2,8 @@
 
 A copy carries everything: trials with their parameters, values, intermediate values and
 attributes, and the study's user and system attributes (records.py): its target, stored space
-and data fingerprints, and its dashboard notes and figures. The source is only read.
+and data fingerprints, and its dashboard notes and figures; and the trials' stored models, into
+the destination's store (artifacts.py). The source is only read.
 This module never imports TensorFlow.
 """
 
@@ -12,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from dlboost_search.artifacts import carry_models
 from dlboost_search.errors import StudyError
 from dlboost_search.spaces import SearchSpace, check_study_name
 from dlboost_search.storage import load_study, masked, open_storage
@@ -56,6 +58,10 @@ def copy(name: str, source_url: str, destination_url: str, new_name: str | None 
         reason = MOVED_REASON.format(source=masked(source_url))
         for trial in copied.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             fail_trial(copied, trial, reason)
+        carry_models(
+            source, source_url, copied, destination_url, copied.get_trials(deepcopy=False),
+            new_copy=True,
+        )  # fmt: skip
     except BaseException:
         if to_name in {s.study_name for s in destination.get_all_studies()}:
             optuna.delete_study(study_name=to_name, storage=destination)
@@ -135,5 +141,7 @@ def merge(
             already_there += 1
         else:
             new.append(trial)
+    # The models first: trials added without theirs would be retrained by export-model.
+    carry_models(source, source_url, destination, destination_url, new, new_copy=False)
     destination.add_trials(new)
     return MergeResult(len(new), already_there, unfinished, destination, space)

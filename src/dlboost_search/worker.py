@@ -30,6 +30,7 @@ __all__ = [
     "INTERRUPTED_REASON",
     "SURPLUS_REASON",
     "EventPipe",
+    "not_stored",
     "rss_mb",
     "run_worker",
 ]
@@ -148,6 +149,13 @@ def run_worker(
         sent.put(events.WorkerFailed(exc))
 
 
+def not_stored(number: int, store: str, exc: Exception) -> str:
+    return (
+        f"trial {number}'s model was not stored in {store} ({type(exc).__name__}: {exc}); the "
+        f"trial counts as usual, and export-model retrains it."
+    )
+
+
 def _done(study: Any, target: int | None, deadline: float | None) -> bool:
     """Whether to start no more trials: the time budget is spent, or finished and running
     trials make up the target."""
@@ -205,6 +213,7 @@ def _run(
     deadline: float | None = None,
     placement: devices.Placement | None = None,
 ) -> None:
+    from dlboost_search.artifacts import open_models
     from dlboost_search.storage import load_study
 
     # Heartbeats on: a trial this worker leaves behind by dying is retried by whoever runs next.
@@ -240,6 +249,17 @@ def _run(
     study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)), stream)
     study.pruner = make_pruner(space)
     me = records.worker_id()
+    models = open_models(study, url, writing=True)
+
+    def keep_model(trial: optuna.Trial, model: Any, value: float) -> None:
+        """Upload the model of a trial among the best search.keep_models; a store failing
+        now costs this model only (export-model retrains it), never the trial."""
+        if not models.wanted(study, value, trial.number):
+            return
+        try:
+            models.upload(trial, model)
+        except Exception as exc:  # a full disk, an S3 endpoint gone: many types
+            sent.put(events.Warned(not_stored(trial.number, models.shown, exc)))
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(records.WORKER, me)
@@ -265,7 +285,10 @@ def _run(
         try:
             with _signals_raise(True):
                 model = context.model(params, trial.number)
-                return context.fit(model, params, trial.number, record=record, report=report)
+                value = context.fit(model, params, trial.number, record=record, report=report)
+            with _signals_raise(False):
+                keep_model(trial, model, value)
+            return value
         except (TrialFailed, SearchAborted) as exc:
             trial.set_user_attr(records.FAIL_REASON, str(exc))
             raise
@@ -290,6 +313,10 @@ def _run(
         if records.fail_reason(trial) == SURPLUS_REASON:
             study.stop()
             return
+        try:
+            models.prune(study)
+        except Exception as exc:  # as in keep_model: the search goes on
+            sent.put(events.Warned(f"could not delete models beyond search.keep_models: {exc}"))
         if _done(study, target, deadline):
             study.stop()
         failures_in_a_row = failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
