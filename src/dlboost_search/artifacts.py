@@ -108,7 +108,8 @@ def _s3_store(location: str, check: bool) -> Any:
         connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"}
     )
     try:
-        client = boto3.client("s3", endpoint_url=endpoint, config=config)
+        # A session of its own: credentials as the environment gives them now, not cached.
+        client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
         if check:
             client.head_bucket(Bucket=bucket)
     except (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError):
