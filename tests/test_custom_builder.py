@@ -212,9 +212,12 @@ def test_a_builder_that_raises_fails_its_trial_and_the_search_goes_on(
     )
     assert others and all(t.state.name in ("COMPLETE", "PRUNED") for t in others)
     assert len({t.user_attrs["worker"] for t in [first, *others]}) == 1  # no worker restart
-    # export-model's process: its second model is the best trial's retraining.
+    # export-model's process: its second model is the best trial's retraining (--refit-all:
+    # without it, export-model takes the model the trial stored and builds none).
     out = builder_module / "model"
-    exported = run_cli("export-model", "tiny", "--storage", storage, "--out", str(out))
+    exported = run_cli(
+        "export-model", "tiny", "--storage", storage, "--out", str(out), "--refit-all"
+    )
     assert exported.returncode == 2, exported.stderr
     assert "retraining trial" in exported.stderr and "raised ValueError: no model today" in (
         exported.stderr
