@@ -397,13 +397,16 @@ def carry_models(
     """Copy the models of `trials` (copied from study `source` into study `destination`) into
     the destination's store, under the same ids, which the copied trials' records name; how
     many were copied. A `new_copy` (export, import) gets a store of its own, its storage's
-    default, as if it had started there: the record it was copied with names the source's."""
+    default, as if it had started there: the record it was copied with names the source's (a
+    study without a record has the default store, wherever it is)."""
     from_models = open_models(source, source_url)
-    if new_copy:
+    to_models = None
+    if new_copy and _recorded(destination) is not None:
         records.set_study_record(destination, records.MODELS, None)
         to_models = settle_models(destination, destination_url, keep=from_models.keep)
-    else:
-        to_models = open_models(destination, destination_url, writing=True)
+    if not any(_metas(t) for t in trials):
+        return 0
+    to_models = to_models or open_models(destination, destination_url, writing=True)
     return _copy_models(from_models, to_models, trials)
 
 

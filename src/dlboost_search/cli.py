@@ -852,7 +852,7 @@ def export_model(
         "--ensemble",
         "-k",
         min=1,
-        help="Retrain the K best trials and average their "
+        help="Export the K best trials (stored models, or retrained) and average their "
         "predictions; the card compares the ensemble with the best trial alone.",
     ),
 ) -> None:
