@@ -192,14 +192,14 @@ def start(
     backend = BACKENDS[space.search.backend]
     backend.check_workers(space.name, workers, joining=False)
     study = create_or_check(space, url)
-    try:
+    space = as_stored(space, study)
+    check_same_data(study, space, accept_changed_data)
+    try:  # after the refusals that leave a study as it was: this records its store
         settle_models(study, url, artifacts or space.search.artifacts, space.search.keep_models)
     except ArtifactError:
         if not study.get_trials(deepcopy=False):  # made just now: nothing of it is kept
             delete_study(study, url)
         raise
-    space = as_stored(space, study)
-    check_same_data(study, space, accept_changed_data)
     set_timeout(study, timeout)
     _say_about_data(space, warning, on_event)
     try:
@@ -240,8 +240,8 @@ def resume(
     where = placements(space, workers, gpus_per_worker)
     workers = len(where)
     warning = check_data(space, f"study {name!r}", workers)
-    settle_models(study, url)
     check_same_data(study, space, accept_changed_data)
+    settle_models(study, url)
     target = target or target_of(study)
     set_timeout(study, timeout or timeout_of(study))
     _say_about_data(space, warning, on_event)
