@@ -39,6 +39,7 @@ from dlboost_search.worker import INTERRUPTED_REASON, run_worker
 
 __all__ = [
     "DEFAULT_RECYCLE_EVERY",
+    "SHUTDOWN_GRACE_S",
     "WorkerPool",
     "clock_kept",
     "close_abandoned_trials",
