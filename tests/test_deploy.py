@@ -451,3 +451,26 @@ def test_the_slurm_script_runs_a_worker_that_dlboost_search_accepts() -> None:
     assert re.search(r"^export DLBOOST_STORAGE=\S+://", text, re.MULTILINE)
     cpus = int(re.search(r"^#SBATCH --cpus-per-task=(\d+)", text, re.MULTILINE)[1])
     assert int(params["workers"]) <= cpus
+
+
+# --- the docs ------------------------------------------------------------------------------------
+
+
+def test_the_docs_create_the_configmap_and_secret_the_manifests_read() -> None:
+    docs = (ROOT / "docs" / "many-machines.md").read_text()
+    (configmap,) = re.findall(r"kubectl create configmap (\S+) --from-file=([^=\s]+)=", docs)
+    secret = re.search(
+        r"kubectl create secret generic (\S+) \\\n((?:\s+--from-literal=.*\n)+)", docs
+    )
+    assert secret, "the docs create the Secret"
+    created = {(secret[1], key) for key in re.findall(r"--from-literal=([\w-]+)=", secret[2])}
+    ((_, example),) = of_kind("Secret")
+    assert created == {(example["metadata"]["name"], key) for key in example["stringData"]}
+    ((_, study_job),) = [(n, d) for n, d in of_kind("Job") if n == "study-job.yaml"]
+    pod = study_job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (volume,) = pod["volumes"]
+    assert volume["configMap"]["name"] == configmap[0]
+    assert Path(container["args"][1]).name == configmap[1]
+    images = {c["image"] for _, spec in pod_specs() for c in containers_of(spec)}
+    assert all(re.search(rf"\b{re.escape(image)}\b", docs) for image in images)
