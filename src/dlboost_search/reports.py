@@ -135,7 +135,7 @@ def build_report(study: optuna.Study, space: SearchSpace | None = None) -> dict[
             name: importance.importances(study, basis, name) for name in importance.EVALUATORS
         },
         "pruning": _pruning(trials),
-        "notes": _notes(report["trials"]),
+        "notes": _notes(report["trials"]) + _start_up_note(space, ranked),
         "space": space.to_dict(),  # every setting, defaults included: what `resume` runs
     }
 
@@ -171,6 +171,29 @@ def _notes(counts: dict[str, int]) -> list[str]:
     if counts["running"]:
         notes.append(f"{counts['running']} trial(s) still running: this is a snapshot.")
     return notes
+
+
+def _start_up_note(space: SearchSpace, ranked: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """Say so when the best trial is one TPE drew at random: the search has not yet found
+    better than chance, and more trials may (trial numbers tell: TPE's first `startup()`
+    trials are random)."""
+    search = space.search
+    if search.backend != "optuna" or search.sampler != "tpe" or not ranked:
+        return []
+    startup = search.startup()
+    if ranked[0].number >= startup:
+        return []
+    proposed = [t for t in ranked if t.number >= startup]
+    found = (
+        f"TPE's best so far is trial {proposed[0].number} ({_format(proposed[0].value)})"
+        if proposed
+        else "no trial TPE proposed has completed yet"
+    )
+    return [
+        f"The best trial, {ranked[0].number}, is one of the {startup} random start-up trials "
+        f"TPE draws before it models the results: {found}. More trials (`dlboost-search "
+        f"resume {space.name} --trials N`) give TPE more chances to beat it."
+    ]
 
 
 def figures(study: optuna.Study, report: dict[str, Any]) -> dict[str, go.Figure]:
