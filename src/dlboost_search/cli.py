@@ -567,10 +567,11 @@ def validate(
 
     Example: `dlboost-search validate search_spaces/my_space.yaml`
     """
-    from dlboost_search.data import prepare
+    from dlboost_search.data import prepare, prepare_streamed
     from dlboost_search.devices import visible_gpus
     from dlboost_search.runner import check_data, mixed_precision_problem
     from dlboost_search.spaces import format_duration, load_space
+    from dlboost_search.training import choose_engine
 
     space = load_space(space_file)
     warning = check_data(space, space_file)
@@ -580,14 +581,18 @@ def validate(
         if said:
             err.print(f"[yellow]warning:[/yellow] {escape(said)}", highlight=False, soft_wrap=True)
     notes: tuple[str, ...] = ()
-    if space.data.images:  # decoding the images needs TensorFlow: left to the workers
+    choice = choose_engine(space.training.engine, space.data)
+    if choice.streamed:
+        prepared = prepare_streamed(space.data, space.search.seed or 0)
+        summary, notes = prepared.summary(), prepared.notes
+    elif space.data.images:  # decoding the images needs TensorFlow: left to the workers
         summary = f"images in {space.data.images}, resized to {space.data.image_size}"
     else:
         prepared = prepare(space.data, space.search.seed or 0)
         summary, notes = prepared.summary(), prepared.notes
     # The file's own words (names, choices such as [true, false]) are no rich markup.
     out.print("[green]ok[/green] " + escape(f"{space_file}: study {space.name!r}, {summary}"))
-    for note in notes:
+    for note in (choice.line(), *notes):
         out.print(Text(f"data: {note}"), soft_wrap=True, highlight=False)
     table = Table("parameter", "searched as")
     for name, spec in space.params.items():

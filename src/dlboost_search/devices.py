@@ -31,6 +31,7 @@ __all__ = [
     "Placement",
     "cpu_cores",
     "device_of",
+    "machine_memory",
     "parse_workers",
     "pin",
     "plan",
@@ -205,3 +206,13 @@ def device_of(placement: Placement | None, gpus_seen: int) -> str:
     if not gpus_seen:
         return "cpu"
     return placement.device if placement is not None and placement.visible else "gpu"
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit if lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total

@@ -31,6 +31,7 @@ from dlboost_search.study import (
     target_of,
     timeout_of,
 )
+from dlboost_search.training import choose_engine
 
 __all__ = [
     "BACKENDS",
@@ -120,11 +121,12 @@ def check_data(space: SearchSpace, source: str, workers: int = 1) -> str | None:
     memory, in this process first: a bad file fails before anything is stored. Returns a
     warning when the largest model takes over half the memory."""
     seed = space.search.seed or 0
-    task, input_shape = task_and_shape(space.data, seed)
+    streamed = choose_engine(space.training.engine, space.data).streamed
+    task, input_shape = task_and_shape(space.data, seed, streamed)
     space.check_task(task, source)
     check_input(space.model, input_shape, source)
     return memory.check_fits(
-        space, input_shape, memory.data_bytes(space.data, seed), workers, source
+        space, input_shape, memory.data_bytes(space.data, seed, streamed), workers, source
     )
 
 
@@ -157,8 +159,11 @@ def mixed_precision_problem(space: SearchSpace, gpus: list[devices.Gpu], where: 
 
 
 def _say_about_data(space: SearchSpace, warning: str | None, on_event: EventHandler) -> None:
-    """What preparing the data did (imputed, ignored, transformed), then check_data's warning."""
-    for note in preparation_notes(space.data, space.search.seed or 0):
+    """The engine and whether the data is streamed, what preparing the data did (imputed,
+    ignored, transformed), then check_data's warning."""
+    choice = choose_engine(space.training.engine, space.data)
+    on_event(events.Noted(choice.line()))
+    for note in preparation_notes(space.data, space.search.seed or 0, choice.streamed):
         on_event(events.Noted(note))
     if warning:
         on_event(events.Warned(warning))

@@ -116,7 +116,7 @@ def export_model(
                 f"retraining trial {trial.number} of study {name!r} failed: {exc}. Nothing was "
                 f"written.{hint}"
             ) from None
-        predicted = model.predict(prepared.x_val, batch_size=4096, verbose=0)
+        predicted = _validation_predictions(model, prepared)
         described.append(
             {
                 "trial": trial.number,
@@ -148,12 +148,22 @@ def export_model(
         "versions": {"keras": keras.__version__},
     }
     meta["validation"] = {
-        "rows": len(prepared.x_val),
+        "rows": prepared.n_val,
         "from": prepared.validation_rows,
         **_readable_scores(meta, prepared, predicted),
     }
     _write(out_dir, final, meta)
     return meta
+
+
+def _validation_predictions(model: Any, prepared: Any) -> np.ndarray:
+    """The model's outputs on the validation rows: arrays in memory, or batches streamed."""
+    from dlboost_search.data import StreamedData
+
+    if isinstance(prepared, StreamedData):
+        inputs = prepared.validation_batches(4096).map(lambda x, y: x)
+        return model.predict(inputs, verbose=0)
+    return model.predict(prepared.x_val, batch_size=4096, verbose=0)
 
 
 def _is_export(folder: Path) -> bool:
