@@ -1460,7 +1460,10 @@ class _TableReader:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     y = np.log1p(y)
             return ((y - self.target_mean) / self.target_std).astype("float32")
-        return np.array([index[v] for v in values.tolist()], dtype="float32")
+        import pandas as pd
+
+        codes, distinct = pd.factorize(values)  # each distinct label looked up once
+        return np.array([index[v] for v in distinct.tolist()], dtype="float32")[codes]
 
     def targets(self, side: str) -> np.ndarray:
         parts = [y for _, y in self.chunks(side)]

@@ -229,7 +229,8 @@ class TrainingSpec(_Strict):
     max_epochs: int = Field(100, ge=1)
     batch_size: int = Field(32, ge=1)
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
-    # auto: the compiled epoch loop for data held in memory, Keras fit otherwise.
+    # auto: the compiled epoch loop on data held in memory; Keras fit on data streamed because
+    # it is above the size threshold (data.streaming). epoch_loop and fit hold it in memory.
     engine: Literal["auto", "epoch_loop", "fit"] = "auto"
     # A trial still running after this long (a stuck read, a deadlock) is failed and its
     # worker replaced; None: no limit.
