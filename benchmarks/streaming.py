@@ -155,7 +155,7 @@ def main() -> None:
                   f"(exit {r['exit']}) | | |")  # fmt: skip
         else:
             print(f"| {r['table']} | {r['file_gb']} GB | {r['rows']:,} | {r['how']} | "
-                  f"{r['engine']} | {r['peak_rss_mb'] / 1024:.2f} GB | {r['prepare_s']} s | "
+                  f"{r['engine']} | {r['peak_rss_mb'] / 1024:.2f} GiB | {r['prepare_s']} s | "
                   f"{r['epoch_s']} s |")  # fmt: skip
 
 

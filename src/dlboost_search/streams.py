@@ -41,10 +41,10 @@ CHUNK_ROWS = 65_536
 # The training rows the recipe (types, medians, categories, scaling) is fitted on.
 SAMPLE_ROWS = 100_000
 THRESHOLD_VARIABLE = "DLBOOST_STREAM_ABOVE_BYTES"
-# Held in memory, a table peaks at about 10 times its size on disk (pandas' frame, the split's
+# Held in memory, a table takes about 8.5 times its size on disk (pandas' frame, the split's
 # copies, the recipe's float64 block, the float32 arrays and TensorFlow's copy of them: measured
 # on a Parquet file of float32 columns in benchmarks/README.md, "Data larger than memory"), and
-# every worker holds its own: a file of 1/40 of the memory takes about a quarter per worker.
+# every worker holds its own: a file of 1/40 of the memory takes about a fifth per worker.
 MEMORY_SHARE = 40
 
 
