@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -392,7 +393,9 @@ def _run_study(
             return run(on_event), running[0]
         from dlboost_search.progress import StudyProgress
 
-        with StudyProgress(out, space.objective.metric, space.direction) as progress:
+        with StudyProgress(
+            out, space.objective.metric, space.direction, space.objective.constraints
+        ) as progress:
             return run(lambda event: (on_event(event), progress(event))), running[0]
     finally:
         if running:
@@ -464,6 +467,7 @@ def status(
                 "name": s.name, "direction": s.direction, "complete": s.complete,
                 "pruned": s.pruned, "failed": s.failed, "running": s.running,
                 "best_value": s.best_value, "best_trial": s.best_trial,
+                "infeasible": s.infeasible,
                 "last_activity": s.last_activity.isoformat() if s.last_activity else None,
                 "devices": list(s.devices),
             }
@@ -479,9 +483,12 @@ def status(
     table = Table(title=f"studies in {masked(url)}")
     # The devices trials ran on, once any ran on a GPU: CPU-only storages keep their table.
     on_gpus = any(d.startswith("gpu") for s in summaries for d in s.devices)
+    # Complete trials over objective.constraints, once any study has one.
+    limited = any(s.infeasible for s in summaries)
     for column in (
         "study",
         "complete",
+        *(["over limits"] if limited else []),
         "pruned",
         "failed",
         "running",
@@ -495,13 +502,20 @@ def status(
         )
     for s in summaries:
         table.add_row(
-            s.name, str(s.complete), str(s.pruned), str(s.failed), str(s.running),
-            "-" if s.best_value is None else f"{s.best_value:.6g}",
+            s.name, str(s.complete), *([str(s.infeasible)] if limited else []),
+            str(s.pruned), str(s.failed), str(s.running),
+            _best_shown(s),
             s.direction,
             s.last_activity.strftime("%Y-%m-%d %H:%M:%S") if s.last_activity else "-",
             *([" ".join(s.devices) or "-"] if on_gpus else []),
         )  # fmt: skip
     _print_whole(table)
+
+
+def _best_shown(summary: Any) -> str:
+    if summary.best_value is not None:
+        return f"{summary.best_value:.6g}"
+    return "none within limits" if summary.infeasible else "-"
 
 
 def _print_whole(table: Table) -> None:
@@ -851,6 +865,13 @@ def export_model(
         help="Retrain the K best trials and average their "
         "predictions; the card compares the ensemble with the best trial alone.",
     ),
+    smallest_within: str | None = typer.Option(
+        None,
+        "--smallest-within",
+        metavar="PERCENT",
+        help="Export the trial with the fewest parameters whose score is within PERCENT "
+        "(e.g. 1%) of the best trial's, instead of the best.",
+    ),
 ) -> None:
     """Retrain the best trial and save it with what prediction needs: model.keras, the
     preprocessing (columns, scaling, categories, class labels) and a Markdown model card.
@@ -865,9 +886,10 @@ def export_model(
     from dlboost_search import shipping
     from dlboost_search.storage import storage_url
 
+    fraction = None if smallest_within is None else _percent(smallest_within, ensemble)
     meta = shipping.export_model(
         name, storage_url(storage), Path(out_dir), refit_all=refit_all, ensemble=ensemble,
-        on_progress=lambda line: err.print(line, highlight=False),
+        smallest_within=fraction, on_progress=lambda line: err.print(line, highlight=False),
     )  # fmt: skip
     metric = meta["objective"]["metric"]
     best_alone = meta["members"][0]["validation_score"]
@@ -885,6 +907,28 @@ def export_model(
         f"predictions.csv`.",
         soft_wrap=True, highlight=False,
     )  # fmt: skip
+
+
+def _percent(text: str, ensemble: int) -> float:
+    """--smallest-within's margin as a fraction: "1%" -> 0.01."""
+    hint = "--smallest-within"
+    if ensemble > 1:
+        raise typer.BadParameter(
+            "picks one trial, the smallest; an ensemble averages the K best. Give one of the two.",
+            param_hint=hint,
+        )
+    number = text.strip().removesuffix("%")
+    try:
+        fraction = float(number) / 100
+    except ValueError:
+        fraction = math.nan
+    if not text.strip().endswith("%") or not 0 <= fraction < 1:
+        raise typer.BadParameter(
+            f"{text!r}: a margin in percent of the best trial's score, from 0% up to (not "
+            f"including) 100%, e.g. 1% or 0.5%.",
+            param_hint=hint,
+        )
+    return fraction
 
 
 @app.command()

@@ -11,8 +11,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
-from dlboost_search import events, records
-from dlboost_search.spaces import format_duration
+from dlboost_search import events, limits, records
+from dlboost_search.spaces import ConstraintsSpec, format_duration
 from dlboost_search.storage import masked, storage_option
 
 __all__ = [
@@ -30,8 +30,16 @@ class StudyProgress:
     """Trials done / pruned / failed of the target, best so far, time per trial, time left
     (to the target, and of the time budget)."""
 
-    def __init__(self, console: Console, metric: str, direction: str):
+    def __init__(
+        self,
+        console: Console,
+        metric: str,
+        direction: str,
+        constraints: ConstraintsSpec | None = None,
+    ):
         self.console, self.metric, self.direction = console, metric, direction
+        # objective.constraints: a trial over a limit is never shown as the best.
+        self.constraints = constraints or ConstraintsSpec()
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -199,11 +207,14 @@ class StudyProgress:
         else:
             label = "[yellow]pruned[/yellow]" if state == "PRUNED" else "complete"
             detail = f"{label} {self.metric}={value:.5g}"
+        over = limits.over(self.constraints, attrs) if state == "COMPLETE" else []
+        if over:
+            detail += f", [yellow]over {', '.join(over)}[/yellow]"
         seconds = attrs.get(records.TRAIN_SECONDS, 0)
         device = attrs.get(records.DEVICE)
         on = f", {device}" if self.on_gpus and device else ""
         self.console.print(f"trial {number:>4} {detail} ({epochs} epochs, {seconds:.1f} s{on})")
-        if state == "COMPLETE" and self._is_better(value):
+        if state == "COMPLETE" and not over and self._is_better(value):
             self.best = (value, number, event.params)
 
 

@@ -18,6 +18,7 @@ from dlboost_search import records
 from dlboost_search.data import PreparedData, StreamedData, streaming
 from dlboost_search.errors import SearchAborted, TrialFailed
 from dlboost_search.hyperparams import logged_metrics, metric_direction
+from dlboost_search.limits import weights_mb
 
 __all__ = [
     "TrainingRecord",
@@ -43,6 +44,8 @@ class TrainingRecord:
     best_epoch: int | None = None
     best_value: float | None = None
     n_params: int | None = None
+    size_mb: float | None = None
+    latency_ms: float | None = None  # measured once the trial completes (trial.TrialContext)
     train_seconds: float = 0.0
     history: list[float] = field(default_factory=list)
     engine: str | None = None
@@ -53,6 +56,8 @@ class TrainingRecord:
             records.EPOCHS_TRAINED: self.epochs_trained,
             records.BEST_EPOCH: self.best_epoch,
             records.N_PARAMS: self.n_params,
+            records.SIZE_MB: self.size_mb,
+            records.LATENCY_MS: self.latency_ms,
             records.TRAIN_SECONDS: round(self.train_seconds, 3),
         }
 
@@ -263,6 +268,7 @@ def train(
             per_class = class_weights(data.y_train, class_weight)
             weights = per_class[data.y_train.astype("int64")].astype("float32")
     record.n_params = int(model.count_params())
+    record.size_mb = weights_mb(model)
     record.engine = engine
     monitor_ = _EpochMonitor(model, monitor, direction, patience, min_delta, record, report)
     run = _train_epoch_loop if engine == "epoch_loop" else _train_fit

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from dlboost_search.data import StreamedData, prepare, prepare_streamed
+from dlboost_search.limits import latency_ms
 from dlboost_search.models import model_builder
 from dlboost_search.spaces import SearchSpace
 from dlboost_search.training import TrainingRecord, choose_engine, train
@@ -75,11 +76,12 @@ class TrialContext:
         max_epochs: int | None = None,
     ) -> float:
         """Train with the space's early stopping, scored by its objective; return the best
-        value. TrialFailed when the trial cannot give one (a NaN loss)."""
+        value, and record the trained model's latency. TrialFailed when the trial cannot give
+        one (a NaN loss)."""
         training = self.space.training
         if self.observe is not None:
             report = self._observed(model, report)
-        return train(
+        value = train(
             model,
             params,
             self.data,
@@ -94,6 +96,9 @@ class TrialContext:
             engine=self.engine,
             class_weight=training.class_weight,
         )
+        # Once, on the best weights: what the model costs to serve (objective.constraints).
+        record.latency_ms = latency_ms(model, self.data.x_val[:1])
+        return value
 
     def retrain(
         self, model: Any, params: dict[str, Any], number: int, epochs: int, refit_all: bool
