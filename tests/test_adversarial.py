@@ -196,7 +196,7 @@ CASES = {
     ),
     "a misspelt limit": Case(
         VALIDATE, 2,
-        ("objective.constraints: unknown key 'max_size'", "Did you mean 'max_size_mb'"),
+        ("objective.constraints.max_size: unknown key", "Did you mean 'max_size_mb'"),
         lambda folder: write_space(folder, objective={"constraints": {"max_size": 10}}),
     ),
     "images larger than memory": Case(

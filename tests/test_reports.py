@@ -268,13 +268,15 @@ def test_publish_replaces_the_previous_report(study):
     newer = reports.build_report(study)
     reports.publish(study, newer, reports.figures(study, newer))
 
-    # What the dashboard serves for the study: one note, two figures (not four).
+    # What the dashboard serves for the study: one note, two importance figures and two
+    # trade-off figures (not eight).
     app = optuna_dashboard.wsgi(study._storage)
     status, _, body = call_wsgi(app, f"/api/studies/{study._study_id}")
     served = json.loads(body)
     assert status == 200
     assert "**Best val_loss: 0.0001**" in served["note"]["body"]
-    assert {g["id"] for g in served["plotly_graph_objects"]} == set(reports.FIGURE_IDS.values())
+    assert {g["id"] for g in served["plotly_graph_objects"]} == {
+        *reports.FIGURE_IDS.values(), *reports.TRADE_OFF_FIGURE_IDS.values()}  # fmt: skip
 
 
 def test_report_command_writes_each_format(run_cli, study, storage, tmp_path):

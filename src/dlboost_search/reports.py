@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FIGURE_IDS",
     "SLICE_PARAMS",
+    "TRADE_OFF_FIGURE_IDS",
     "best_of",
     "build_report",
     "figures",
@@ -51,6 +52,11 @@ TRADE_OFF_NAMES = {
 FRONTS = (records.N_PARAMS, records.LATENCY_MS)
 # Colour and symbol of the trials within the limits, those over one, and the Pareto front.
 TRADE_OFF_MARKERS = (("rgb(66,146,198)", "circle"), ("grey", "x"), ("rgb(203,24,29)", "diamond"))
+# The trade-off figures' ids in the dashboard, by the measure against which they draw the value.
+TRADE_OFF_FIGURE_IDS = {
+    records.N_PARAMS: "dlboost-trade-off-parameters",
+    records.LATENCY_MS: "dlboost-trade-off-latency",
+}
 # Rows of the report's Pareto-front table.
 FRONT_ROWS = 20
 FIGURE_IDS = {name: f"dlboost-importance-{name.lower()}" for name in importance.EVALUATORS}
@@ -275,7 +281,7 @@ def figures(study: optuna.Study, report: dict[str, Any]) -> dict[str, go.Figure]
     for measure in FRONTS:
         figure = _trade_off_figure(report, measure)
         if figure is not None:
-            plots[f"Trade-off: {report['metric']} against {TRADE_OFF_NAMES[measure]}"] = figure
+            plots[_trade_off_title(report, measure)] = figure
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     searched = complete[0].distributions if complete else {}
     if report["trials"]["complete"] >= 2 and searched:
@@ -289,6 +295,10 @@ def figures(study: optuna.Study, report: dict[str, Any]) -> dict[str, go.Figure]
             title = "Slice plots" + (f" ({i + 1} of {len(chunks)})" if len(chunks) > 1 else "")
             plots[title] = _colored_by_value(figure, report["metric"], minimize)
     return plots
+
+
+def _trade_off_title(report: dict[str, Any], measure: str) -> str:
+    return f"Trade-off: {report['metric']} against {TRADE_OFF_NAMES[measure]}"
 
 
 def _trade_off_figure(report: dict[str, Any], measure: str) -> go.Figure | None:
@@ -633,14 +643,19 @@ def to_html(report: dict[str, Any], plots: dict[str, go.Figure]) -> str:
 
 
 def publish(study: optuna.Study, report: dict[str, Any], plots: dict[str, go.Figure]) -> None:
-    """Write the report as the study's dashboard note and its importance plots as figures.
+    """Write the report as the study's dashboard note, and its importance and trade-off plots
+    as figures.
 
     Same ids every time: a new publication replaces the previous one instead of piling up.
     """
     import optuna_dashboard
 
     optuna_dashboard.save_note(study, to_markdown(report))
-    for name, figure_id in FIGURE_IDS.items():
-        figure = plots.get(f"Parameter importances ({name})")
+    titles = {f"Parameter importances ({name})": id_ for name, id_ in FIGURE_IDS.items()}
+    titles |= {
+        _trade_off_title(report, measure): id_ for measure, id_ in TRADE_OFF_FIGURE_IDS.items()
+    }
+    for title, figure_id in titles.items():
+        figure = plots.get(title)
         if figure is not None:
             optuna_dashboard.save_plotly_graph_object(study, figure, graph_object_id=figure_id)
