@@ -18,7 +18,7 @@ from dlboost_search.spaces import distributions, space_from_dict
 from dlboost_search.study import create_or_check, summarize
 from dlboost_search.testing import synthetic_study
 
-MAX_PARAMS = 120  # 12 * units + 1 parameters on diabetes: units 4-9 keep to it, 10-16 do not
+MAX_PARAMS = 140  # 12 * units + 1 parameters on diabetes: units 4-11 keep to it, 12-16 do not
 
 
 @pytest.mark.slow  # a real study and an export-model
@@ -40,6 +40,7 @@ def test_trials_over_max_params_are_never_the_best(write_space, storage, run_cli
         # What TPE reads: the excess over the limit, as a fraction of it.
         assert t.constraints == {"max_params": pytest.approx(n_params / MAX_PARAMS - 1)}
     within = [t for t in trials if t.user_attrs["n_params"] <= MAX_PARAMS]
+    assert 1 < len(within) < len(trials)
     best = min(within, key=lambda t: t.value)
     # A trial over the limit scored better: only the limit keeps it from being the best.
     assert min(t.value for t in trials if t not in within) < best.value
@@ -144,7 +145,7 @@ def test_the_report_shows_the_trade_off_with_the_pareto_front(storage):
             t["trial"]
             for t in feasible
             if not any(
-                o[measure] <= t[measure] and o["value"] <= t["value"] and o != t
+                o[measure] <= t[measure] and o["value"] <= t["value"]
                 and (o[measure], o["value"]) != (t[measure], t["value"])
                 for o in feasible
             )
