@@ -405,8 +405,7 @@ def summarize(study: optuna.Study) -> StudySummary:
     count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     constraints = limits.constraints_of(study)
-    feasible = limits.ranked(study, constraints)
-    best = feasible[0] if feasible else None
+    best = limits.best_trial(study, constraints)
     stamps = [s for t in trials for s in (t.datetime_start, t.datetime_complete) if s]
     return StudySummary(
         name=study.study_name,
