@@ -341,8 +341,19 @@ def _trade_off_figure(report: dict[str, Any], measure: str) -> go.Figure | None:
         )
     limit = {records.N_PARAMS: "max_params", records.LATENCY_MS: "max_latency_ms"}[measure]
     if limit in found["constraints"]:
-        value = found["constraints"][limit]
-        figure.add_vline(x=value, line_dash="dash", annotation_text=f"{limit} {value:g}")
+        # A trace, not add_vline: on a log axis plotly places a line's annotation by the
+        # exponent and the line itself by the value.
+        value, values = found["constraints"][limit], [t["value"] for t in trials]
+        figure.add_trace(
+            go.Scatter(
+                x=[value, value],
+                y=[min(values), max(values)],
+                mode="lines",
+                line={"dash": "dash", "color": "black"},
+                name=f"{limit} {value:g}",
+                hoverinfo="skip",
+            )
+        )
     figure.update_layout(
         title=f"{metric} against {name}<br><sub>the Pareto front: trials within the limits "
         "that no other beats on both</sub>",
