@@ -159,6 +159,7 @@ def test_the_report_shows_the_trade_off_with_the_pareto_front(storage):
     )
     over = [t for t in found["trials"] if not t["feasible"]]
     assert len(by_name["Over a limit"].x) == len(over)
+    assert list(by_name["max_params 150"].x) == [150, 150]  # the limit, dashed
     assert "Trade-off: val_loss against latency (ms)" in plots
     markdown = reports.to_markdown(report)
     assert "## Size and latency" in markdown
@@ -166,7 +167,7 @@ def test_the_report_shows_the_trade_off_with_the_pareto_front(storage):
     assert f"Trials: {len(complete)} complete ({len(over)} of them over a limit)" in markdown
 
 
-def test_a_study_with_no_trial_within_the_limits_says_so(storage):
+def test_a_study_with_no_trial_within_the_limits_says_so(storage, run_cli):
     space = space_from_dict(
         deep_update(
             {**TINY_SPACE, "name": "synthetic"}, {"objective": {"constraints": {"max_params": 10}}}
@@ -187,6 +188,11 @@ def test_a_study_with_no_trial_within_the_limits_says_so(storage):
     assert report["best"] is None and report["top_trials"] == []
     assert "**No trial keeps to the limits**" in reports.to_markdown(report)
     assert "Trade-off: val_loss against parameters" in reports.figures(study, report)
+    shown = run_cli("best", "synthetic", "--storage", storage)
+    assert shown.returncode == 2 and "none of its 6 complete trials keeps to" in shown.stderr
+    status = run_cli("status", "--storage", storage)
+    assert status.returncode == 0, status.stderr
+    assert "over limits" in status.stdout and "none within limits" in status.stdout
 
 
 def test_a_study_without_limits_has_every_complete_trial_feasible(storage):
