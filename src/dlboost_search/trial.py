@@ -97,8 +97,15 @@ class TrialContext:
             class_weight=training.class_weight,
         )
         # Once, on the best weights: what the model costs to serve (objective.constraints).
-        record.latency_ms = latency_ms(model, self.data.x_val[:1])
+        record.latency_ms = latency_ms(model, self._one_row())
         return value
+
+    def _one_row(self) -> Any:
+        """One validation row as the model takes it: from memory, or the first streamed."""
+        if isinstance(self.data, StreamedData):
+            inputs, _ = next(iter(self.data.validation_batches(1)))
+            return inputs
+        return self.data.x_val[:1]
 
     def retrain(
         self, model: Any, params: dict[str, Any], number: int, epochs: int, refit_all: bool
