@@ -83,6 +83,24 @@ GpusPerWorkerOption = typer.Option(
     "to half its memory. Default: a GPU each with --workers auto, else the GPUs shared evenly.",
     show_default=False,
 )
+RayOption = typer.Option(
+    None,
+    "--ray",
+    metavar="ADDRESS|auto|local",
+    help="Run the --workers as tasks on a Ray cluster, each with --cpus-per-worker CPUs and "
+    "--gpus-per-worker of a GPU: the cluster at ADDRESS (its head, host:port), the one this "
+    "machine is a node of (auto, or $RAY_ADDRESS), or a Ray instance started for this run "
+    'alone (local). Needs `pip install "dlboost-search[ray]"`; a study on more than one '
+    "node lives in PostgreSQL or MySQL.",
+    show_default=False,
+)
+CpusPerWorkerOption = typer.Option(
+    None,
+    "--cpus-per-worker",
+    help="With --ray: the CPUs Ray reserves for each worker, and its TensorFlow threads. "
+    "Default: 1.",
+    show_default=False,
+)
 RecycleOption = typer.Option(
     50,
     "--recycle-every",
@@ -198,6 +216,8 @@ def start(
     ),
     workers: str = WorkersOption,
     gpus_per_worker: float | None = GpusPerWorkerOption,
+    ray: str | None = RayOption,
+    cpus_per_worker: float | None = CpusPerWorkerOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
     dashboard: int | None = DashboardOption,
@@ -230,7 +250,7 @@ def start(
             space, url, target=trials, timeout=seconds, workers=count,
             gpus_per_worker=gpus_per_worker, recycle_every=recycle_every, on_event=on_event,
             source=space_file,
-            accept_changed_data=accept_changed_data,
+            accept_changed_data=accept_changed_data, ray=ray, cpus_per_worker=cpus_per_worker,
         ),
     )  # fmt: skip
     if not quiet:
@@ -260,6 +280,8 @@ def resume(
     storage: str | None = StorageOption,
     workers: str = WorkersOption,
     gpus_per_worker: float | None = GpusPerWorkerOption,
+    ray: str | None = RayOption,
+    cpus_per_worker: float | None = CpusPerWorkerOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
     dashboard: int | None = DashboardOption,
@@ -272,7 +294,8 @@ def resume(
     """
     _, study, url, space = _continue(
         name, storage, trials, workers, recycle_every, quiet, dashboard, accept_changed_data,
-        timeout=_seconds(timeout), gpus_per_worker=gpus_per_worker,
+        timeout=_seconds(timeout), gpus_per_worker=gpus_per_worker, ray=ray,
+        cpus_per_worker=cpus_per_worker,
     )  # fmt: skip
     if not quiet:
         _print_result(study, url, space)
@@ -285,6 +308,8 @@ def worker(
     storage: str | None = StorageOption,
     workers: str = WorkersOption,
     gpus_per_worker: float | None = GpusPerWorkerOption,
+    ray: str | None = RayOption,
+    cpus_per_worker: float | None = CpusPerWorkerOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
     accept_changed_data: bool = AcceptChangedDataOption,
@@ -300,7 +325,7 @@ def worker(
     """
     summary, _, url, _ = _continue(
         name, storage, None, workers, recycle_every, quiet, None, accept_changed_data,
-        joining=True, gpus_per_worker=gpus_per_worker,
+        joining=True, gpus_per_worker=gpus_per_worker, ray=ray, cpus_per_worker=cpus_per_worker,
     )  # fmt: skip
     if not quiet:
         from dlboost_search.storage import storage_option
@@ -326,6 +351,8 @@ def _continue(
     joining: bool = False,
     timeout: float | None = None,
     gpus_per_worker: float | None = None,
+    ray: str | None = None,
+    cpus_per_worker: float | None = None,
 ) -> tuple[Any, Any, str, Any]:
     """What `resume` and `worker` share: go on with a stored study. A joining worker samples
     from a random stream of its own, since others work on the study beside it."""
@@ -347,7 +374,7 @@ def _continue(
             study, url, space, target=trials, timeout=timeout, workers=count,
             gpus_per_worker=gpus_per_worker, recycle_every=recycle_every, on_event=on_event,
             joining=joining,
-            accept_changed_data=accept_changed_data,
+            accept_changed_data=accept_changed_data, ray=ray, cpus_per_worker=cpus_per_worker,
         ),
     )  # fmt: skip
     return summary, study, url, space

@@ -130,7 +130,7 @@ class StudyProgress:
                 self.best = (summary.best_value, summary.best_trial, {})
             self.bar.update(self.task, description=summary.name, total=self.target)
             self.console.print(
-                f"{self.workers} worker process(es) here"
+                f"{self.workers} worker process(es) {event.where}"
                 + (f" on {', '.join(event.devices)}" if self.on_gpus else "")
                 + ", "
                 + (
@@ -149,9 +149,11 @@ class StudyProgress:
             self._finished(event)
         elif isinstance(event, events.WorkerLost):
             self._lost(event.trials)
+            code = event.exitcode  # None: a Ray worker, its process or node lost
             self.console.print(
-                f"[red]worker died (exit code {event.exitcode}); trials {event.trials} "
-                "closed as failed and queued to run again; starting a new worker"
+                f"[red]worker died ({'lost' if code is None else f'exit code {code}'}); "
+                f"trials {event.trials} closed as failed and queued to run again; starting a "
+                "new worker"
             )
         elif isinstance(event, events.TrialsLost):
             self._lost(event.trials)
