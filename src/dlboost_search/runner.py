@@ -3,7 +3,8 @@ hand it to its backend. This is the one module that reads `search.backend`.
 
 A backend runs the trials and sends events (events.py) as they go:
     optuna     workers in processes of their own, driven by pool.py (many per machine, and
-               other machines joining through `worker`)
+               other machines joining through `worker`), or as tasks on a Ray cluster's
+               nodes (--ray: raypool.py)
     hyperband  keras-tuner's Hyperband schedule in one worker process at a time, through the
                same pool (hyperband.py)
 Neither imports TensorFlow into this process.
