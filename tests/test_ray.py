@@ -133,19 +133,35 @@ def gone(pid: int, within: float = 30) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("any_storage", ["postgresql"], indirect=True)
-def test_ray_workers_on_two_nodes_reach_the_target_exactly(cluster, any_storage, tmp_path):
-    space = write_space(tmp_path, search={"trials": 4})
-    result = run(
-        tmp_path, "start", str(space), "--storage", any_storage, "--ray", cluster, "--workers", "2"
-    )
-    assert result.returncode == 0, result.stderr
-    done = finished(any_storage)
+def test_ray_workers_on_two_nodes_reach_the_target_and_retry_a_killed_workers_trial(
+    cluster, any_storage, tmp_path
+):
+    """Two workers, one per node (a CPU each); one is killed in the middle of a trial: only
+    that trial is lost, and it runs again with the same parameters."""
+    # Trials of a few seconds: the one found training is still training when it is killed.
+    training = {"max_epochs": 200, "early_stopping": {"patience": 200}}
+    space = write_space(tmp_path, training=training, search={"pruner": "none", "trials": 4})
+    driver = subprocess.Popen(
+        cli_command("start", str(space), "--storage", any_storage, "--ray", cluster, "-w", "2"),
+        cwd=tmp_path, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lost = wait_for_running_trial(any_storage)
+    os.kill(worker_pid(lost), signal.SIGKILL)
+    out, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 0, stderr
+    trials = load(any_storage).get_trials(deepcopy=False)
+    done = [t for t in trials if t.state in FINISHED]
     assert len(done) == 4
-    # One CPU per node and one per worker: the two workers ran side by side, one per node.
-    assert len({t.user_attrs["worker"] for t in done}) == 2
+    assert trials[lost.number].state == TrialState.FAIL
+    assert "the Ray worker died" in trials[lost.number].user_attrs["fail_reason"]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == lost.params
+    # The killed worker and the other one, side by side on the two nodes (the killed one's
+    # successor may find the target reached by the time TensorFlow is imported).
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2
     assert "RUNNING" not in states(load(any_storage))
-    out = result.stdout
     assert f"2 worker process(es) on the Ray cluster at {cluster} (2 nodes)" in out
+    assert "worker died (lost)" in out
     for trial in done:  # the driver's progress shows every worker's trials
         assert f"trial {trial.number:>4} complete" in out
 
@@ -153,20 +169,21 @@ def test_ray_workers_on_two_nodes_reach_the_target_exactly(cluster, any_storage,
 @pytest.mark.slow
 @pytest.mark.parametrize("any_storage", ["postgresql"], indirect=True)
 def test_ctrl_c_cancels_the_ray_workers_and_closes_their_trials(cluster, any_storage, tmp_path):
-    training = {"max_epochs": 3000, "early_stopping": {"patience": 3000}}
-    space = write_space(tmp_path, training=training, search={"pruner": "none", "trials": 4})
+    """`worker NAME --ray auto` (the KubeRay example's command line) joins a study made
+    elsewhere, with two workers; Ctrl-C reaches its driver while both train."""
+    changes = {"training": {"max_epochs": 3000, "early_stopping": {"patience": 3000}}}
+    changes["search"] = {"pruner": "none", "trials": 4}
+    space = space_from_dict(deep_update(TINY_SPACE, changes), "s.yaml")
+    set_target(create_or_check(space, any_storage), 4)
     driver = subprocess.Popen(
-        cli_command("start", str(space), "--storage", any_storage, "--ray", cluster, "-w", "2"),
-        cwd=tmp_path, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=interruptible,
+        cli_command("worker", "tiny", "--storage", any_storage, "--ray", "auto", "-w", "2"),
+        cwd=tmp_path, env=ray_env(RAY_ADDRESS=cluster), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, preexec_fn=interruptible,
     )  # fmt: skip
     deadline = time.monotonic() + 180
     while True:  # both workers inside a trial's epochs
         assert time.monotonic() < deadline, "two trials never trained at once"
-        try:
-            running = load(any_storage).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        except KeyError:
-            running = []
+        running = load(any_storage).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if len([t for t in running if t.intermediate_values]) == 2:
             break
         time.sleep(0.2)
@@ -179,34 +196,6 @@ def test_ctrl_c_cancels_the_ray_workers_and_closes_their_trials(cluster, any_sto
     assert all("interrupted" in trials[t.number].user_attrs["fail_reason"] for t in running)
     assert "RUNNING" not in states(load(any_storage)) and "WAITING" not in states(load(any_storage))
     assert all(gone(worker_pid(t)) for t in running), "a Ray worker still runs"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("any_storage", ["postgresql"], indirect=True)
-def test_a_killed_ray_worker_loses_only_its_trial_which_is_retried(cluster, any_storage, tmp_path):
-    """`worker NAME --ray auto` (the KubeRay example's command line) joins a study made
-    elsewhere; its Ray worker is killed in the middle of a trial."""
-    changes = {"training": {"max_epochs": 100, "early_stopping": {"patience": 100}}}
-    changes["search"] = {"pruner": "none", "trials": 2}
-    space = space_from_dict(deep_update(TINY_SPACE, changes), "s.yaml")
-    study = create_or_check(space, any_storage)
-    set_target(study, 2)
-    joined = subprocess.Popen(
-        cli_command("worker", "tiny", "--storage", any_storage, "--ray", "auto", "--workers", "1"),
-        cwd=tmp_path, env=ray_env(RAY_ADDRESS=cluster), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    lost = wait_for_running_trial(any_storage)
-    os.kill(worker_pid(lost), signal.SIGKILL)
-    out, stderr = joined.communicate(timeout=300)
-    assert joined.returncode == 0, stderr
-    trials = load(any_storage).get_trials(deepcopy=False)
-    assert trials[lost.number].state == TrialState.FAIL
-    assert "the Ray worker died" in trials[lost.number].user_attrs["fail_reason"]
-    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
-    assert retry.state == TrialState.COMPLETE and retry.params == lost.params
-    assert len([t for t in trials if t.state in FINISHED]) == 2
-    assert "worker died (lost)" in out
 
 
 @pytest.mark.slow  # it starts the module's cluster
