@@ -183,6 +183,22 @@ CASES = {
             "units": {"type": "int", "low": 4, "high": 65536},
             "layers": {"type": "int", "low": 1, "high": 64}}),
     ),
+    "a parameter limit of none": Case(
+        VALIDATE, 2,
+        ("bad.yaml: objective.constraints.max_params: at least 1 parameter", "got 0"),
+        lambda folder: write_space(folder, objective={"constraints": {"max_params": 0}}),
+    ),
+    "a latency limit in words": Case(
+        ("start", "bad.yaml", "--storage", DB), 2,
+        ("bad.yaml: objective.constraints.max_latency_ms: a number of milliseconds above 0",
+         "'fast'"),
+        lambda folder: write_space(folder, objective={"constraints": {"max_latency_ms": "fast"}}),
+    ),
+    "a misspelt limit": Case(
+        VALIDATE, 2,
+        ("objective.constraints.max_size: unknown key", "Did you mean 'max_size_mb'"),
+        lambda folder: write_space(folder, objective={"constraints": {"max_size": 10}}),
+    ),
     "images larger than memory": Case(
         VALIDATE, 2, ("bad.yaml", "Lower batch_size or data.image_size"),
         lambda folder: (
@@ -310,6 +326,15 @@ CASES = {
     "export-model where nothing can be written": Case(
         ("export-model", "tiny", "--storage", DB, "--out", "/proc/dlboost-model"), 2,
         ("--out /proc/dlboost-model: cannot write in /proc",),
+    ),
+    "export-model --smallest-within without a percent sign": Case(
+        ("export-model", "tiny", "--storage", DB, "--out", "model", "--smallest-within", "1"), 2,
+        ("--smallest-within", "'1': a margin in percent of the best trial's score", "1%"),
+    ),
+    "export-model --smallest-within with an ensemble": Case(
+        ("export-model", "tiny", "--storage", DB, "--out", "model", "--smallest-within", "1%",
+         "--ensemble", "2"), 2,
+        ("--smallest-within", "picks one trial, the smallest"),
     ),
     "export-model onto a file": Case(
         ("export-model", "tiny", "--storage", DB, "--out", "rows.csv"), 2,

@@ -127,6 +127,9 @@ def test_trials_record_what_they_did_and_the_same_seed_repeats_them(
         assert set(trial.params) == backend.params
         assert trial.user_attrs["epochs_trained"] == len(trial.intermediate_values) >= 1
         assert trial.user_attrs["n_params"] > 0
+        # What the model costs (limits.py): float32 weights, and a one-row prediction timed.
+        assert trial.user_attrs["size_mb"] == pytest.approx(4e-6 * trial.user_attrs["n_params"])
+        assert trial.user_attrs["latency_ms"] > 0
         assert trial.user_attrs["train_seconds"] > 0
         assert trial.user_attrs["engine"] == "epoch_loop"
         assert trial.user_attrs["worker"]

@@ -77,6 +77,19 @@ def test_the_token_in_a_header_a_cookie_or_the_query_is_accepted(study_url):
     assert "HttpOnly" in headers["Set-Cookie"]
 
 
+def test_a_token_with_url_and_cookie_characters_works_from_the_printed_url(study_url):
+    """A user's token may hold &, #, +, ;, spaces or non-ASCII: the printed URL and the
+    cookie carry it quoted, and both are accepted."""
+    token = "a&b=c #d+e;f%20g/h?é"
+    app = dashboard_app(study_url, token)
+    url = dashboard.url_to_open("127.0.0.1", 8080, token)
+    status, headers, _ = call_wsgi(app, url.removeprefix("http://127.0.0.1:8080"))
+    assert status == 200
+    cookie = headers["Set-Cookie"].partition(";")[0]
+    assert call_wsgi(app, "/api/studies", {"Cookie": cookie})[0] == 200
+    assert call_wsgi(app, "/api/studies", {"Cookie": "dlboost_token=a&b=c"})[0] == 401
+
+
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("localhost", True), ("::1", True), ("127.0.0.2", True),

@@ -17,6 +17,7 @@ from dlboost_search.devices import (
     WORKER_MEMORY_MB,
     Gpu,
     Placement,
+    cpu_cores,
     device_of,
     plan,
     visible_gpus,
@@ -66,6 +67,20 @@ def test_without_gpus_auto_starts_one_worker_per_core_each_with_its_core():
 def test_without_gpus_auto_starts_no_more_workers_than_the_memory_holds():
     assert len(plan(None, None, [], cores=8, memory_mb=3 * WORKER_MEMORY_MB + 10)) == 3
     assert plan(None, None, [], cores=8, memory_mb=100) == [Placement(threads=None)]
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("150000 100000\n", 1), ("50000 100000\n", 1), ("max 100000\n", None), (None, None)],
+)
+def test_a_container_cpu_limit_caps_the_cores(tmp_path, cpu_max, expected):
+    """A pod limited to 1.5 CPUs on a bigger node: cgroup v2's cpu.max, not the affinity mask
+    (the node's cores), says how many workers `auto` starts and how the cores are split."""
+    import os
+
+    if cpu_max is not None:
+        (tmp_path / "cpu.max").write_text(cpu_max)
+    assert cpu_cores(tmp_path) == (expected or len(os.sched_getaffinity(0)))
 
 
 def test_without_gpus_a_count_of_workers_splits_the_cores_as_before():

@@ -200,6 +200,27 @@ def test_a_study_with_one_trial_says_so(space, storage):
     assert "Parallel coordinates" not in reports.figures(study, report)
 
 
+def test_a_best_trial_from_tpe_s_random_start_up_is_said(space, storage):
+    """The report says when its best trial is one TPE drew at random, and stops saying it
+    once a trial TPE proposed beats it."""
+    startup = space.search.startup()
+    study = synthetic_study(space, storage, startup, states=(1, 0, 0))
+    said = [n for n in reports.build_report(study)["notes"] if "random start-up" in n]
+    assert said and "no trial TPE proposed has completed yet" in said[0]
+
+    def add(value: float) -> None:
+        best = study.best_trial
+        study.add_trial(optuna.trial.create_trial(params=best.params,
+                        distributions=best.distributions, value=value))  # fmt: skip
+
+    add(study.best_value + 1.0)
+    said = [n for n in reports.build_report(study)["notes"] if "random start-up" in n]
+    assert said and f"TPE's best so far is trial {startup} " in said[0]
+    assert f"trial, {study.best_trial.number}, is one of the {startup}" in said[0]
+    add(study.best_value - 1.0)
+    assert not any("random start-up" in n for n in reports.build_report(study)["notes"])
+
+
 def test_a_study_with_failed_trials_only_is_a_clear_error(space, storage):
     study = synthetic_study(space, storage, 3, states=(0, 0, 1))
     with pytest.raises(StudyError, match=r"no completed trial yet \(0 pruned, 3 failed.*nan"):
@@ -247,13 +268,15 @@ def test_publish_replaces_the_previous_report(study):
     newer = reports.build_report(study)
     reports.publish(study, newer, reports.figures(study, newer))
 
-    # What the dashboard serves for the study: one note, two figures (not four).
+    # What the dashboard serves for the study: one note, two importance figures and two
+    # trade-off figures (not eight).
     app = optuna_dashboard.wsgi(study._storage)
     status, _, body = call_wsgi(app, f"/api/studies/{study._study_id}")
     served = json.loads(body)
     assert status == 200
     assert "**Best val_loss: 0.0001**" in served["note"]["body"]
-    assert {g["id"] for g in served["plotly_graph_objects"]} == set(reports.FIGURE_IDS.values())
+    assert {g["id"] for g in served["plotly_graph_objects"]} == {
+        *reports.FIGURE_IDS.values(), *reports.TRADE_OFF_FIGURE_IDS.values()}  # fmt: skip
 
 
 def test_report_command_writes_each_format(run_cli, study, storage, tmp_path):

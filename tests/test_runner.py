@@ -25,7 +25,8 @@ def test_a_dead_workers_trials_are_closed_and_others_are_left_alone(storage):
     theirs.set_user_attr("worker", f"{socket.gethostname()}:456")
     unlabelled = study.ask()  # stopped while sampling, before the objective's first line
 
-    closed = close_abandoned_trials(study, 123, before, "the worker process died")
+    dead = records.worker_id(123)
+    closed = close_abandoned_trials(study, dead, before, "the worker process died")
 
     assert closed == [mine.number, unlabelled.number]
     trials = study.get_trials(deepcopy=False)
@@ -36,7 +37,8 @@ def test_a_dead_workers_trials_are_closed_and_others_are_left_alone(storage):
 def test_unlabelled_trials_older_than_the_worker_are_not_its_own(storage):
     study = optuna.create_study(storage=storage)
     older = study.ask()
-    assert close_abandoned_trials(study, 123, datetime.now() + timedelta(seconds=5), "x") == []
+    later = datetime.now() + timedelta(seconds=5)
+    assert close_abandoned_trials(study, records.worker_id(123), later, "x") == []
     assert study.trials[older.number].state == TrialState.RUNNING
 
 

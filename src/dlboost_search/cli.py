@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -80,6 +81,24 @@ GpusPerWorkerOption = typer.Option(
     "--gpus-per-worker",
     help="The share of one GPU each worker takes: 0.5 runs two workers per GPU, each limited "
     "to half its memory. Default: a GPU each with --workers auto, else the GPUs shared evenly.",
+    show_default=False,
+)
+RayOption = typer.Option(
+    None,
+    "--ray",
+    metavar="ADDRESS|auto|local",
+    help="Run the --workers as tasks on a Ray cluster, each with --cpus-per-worker CPUs and "
+    "--gpus-per-worker of a GPU: the cluster at ADDRESS (its head, host:port), the one this "
+    "machine is a node of (auto, or $RAY_ADDRESS), or a Ray instance started for this run "
+    'alone (local). Needs `pip install "dlboost-search[ray]"`; a study on more than one '
+    "node lives in PostgreSQL or MySQL.",
+    show_default=False,
+)
+CpusPerWorkerOption = typer.Option(
+    None,
+    "--cpus-per-worker",
+    help="With --ray: the CPUs Ray reserves for each worker, and its TensorFlow threads. "
+    "Default: 1.",
     show_default=False,
 )
 RecycleOption = typer.Option(
@@ -197,6 +216,8 @@ def start(
     ),
     workers: str = WorkersOption,
     gpus_per_worker: float | None = GpusPerWorkerOption,
+    ray: str | None = RayOption,
+    cpus_per_worker: float | None = CpusPerWorkerOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
     dashboard: int | None = DashboardOption,
@@ -238,7 +259,8 @@ def start(
             space, url, target=trials, timeout=seconds, workers=count,
             gpus_per_worker=gpus_per_worker, recycle_every=recycle_every, on_event=on_event,
             source=space_file,
-            accept_changed_data=accept_changed_data, artifacts=artifacts,
+            accept_changed_data=accept_changed_data, ray=ray, cpus_per_worker=cpus_per_worker,
+            artifacts=artifacts,
         ),
     )  # fmt: skip
     if not quiet:
@@ -268,6 +290,8 @@ def resume(
     storage: str | None = StorageOption,
     workers: str = WorkersOption,
     gpus_per_worker: float | None = GpusPerWorkerOption,
+    ray: str | None = RayOption,
+    cpus_per_worker: float | None = CpusPerWorkerOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
     dashboard: int | None = DashboardOption,
@@ -280,7 +304,8 @@ def resume(
     """
     _, study, url, space = _continue(
         name, storage, trials, workers, recycle_every, quiet, dashboard, accept_changed_data,
-        timeout=_seconds(timeout), gpus_per_worker=gpus_per_worker,
+        timeout=_seconds(timeout), gpus_per_worker=gpus_per_worker, ray=ray,
+        cpus_per_worker=cpus_per_worker,
     )  # fmt: skip
     if not quiet:
         _print_result(study, url, space)
@@ -293,6 +318,8 @@ def worker(
     storage: str | None = StorageOption,
     workers: str = WorkersOption,
     gpus_per_worker: float | None = GpusPerWorkerOption,
+    ray: str | None = RayOption,
+    cpus_per_worker: float | None = CpusPerWorkerOption,
     recycle_every: int = RecycleOption,
     quiet: bool = QuietOption,
     accept_changed_data: bool = AcceptChangedDataOption,
@@ -308,7 +335,7 @@ def worker(
     """
     summary, _, url, _ = _continue(
         name, storage, None, workers, recycle_every, quiet, None, accept_changed_data,
-        joining=True, gpus_per_worker=gpus_per_worker,
+        joining=True, gpus_per_worker=gpus_per_worker, ray=ray, cpus_per_worker=cpus_per_worker,
     )  # fmt: skip
     if not quiet:
         from dlboost_search.storage import storage_option
@@ -334,6 +361,8 @@ def _continue(
     joining: bool = False,
     timeout: float | None = None,
     gpus_per_worker: float | None = None,
+    ray: str | None = None,
+    cpus_per_worker: float | None = None,
 ) -> tuple[Any, Any, str, Any]:
     """What `resume` and `worker` share: go on with a stored study. A joining worker samples
     from a random stream of its own, since others work on the study beside it."""
@@ -355,7 +384,7 @@ def _continue(
             study, url, space, target=trials, timeout=timeout, workers=count,
             gpus_per_worker=gpus_per_worker, recycle_every=recycle_every, on_event=on_event,
             joining=joining,
-            accept_changed_data=accept_changed_data,
+            accept_changed_data=accept_changed_data, ray=ray, cpus_per_worker=cpus_per_worker,
         ),
     )  # fmt: skip
     return summary, study, url, space
@@ -401,7 +430,9 @@ def _run_study(
             return run(on_event), running[0]
         from dlboost_search.progress import StudyProgress
 
-        with StudyProgress(out, space.objective.metric, space.direction) as progress:
+        with StudyProgress(
+            out, space.objective.metric, space.direction, space.objective.constraints
+        ) as progress:
             return run(lambda event: (on_event(event), progress(event))), running[0]
     finally:
         if running:
@@ -473,6 +504,7 @@ def status(
                 "name": s.name, "direction": s.direction, "complete": s.complete,
                 "pruned": s.pruned, "failed": s.failed, "running": s.running,
                 "best_value": s.best_value, "best_trial": s.best_trial,
+                "infeasible": s.infeasible,
                 "last_activity": s.last_activity.isoformat() if s.last_activity else None,
                 "devices": list(s.devices),
             }
@@ -488,9 +520,12 @@ def status(
     table = Table(title=f"studies in {masked(url)}")
     # The devices trials ran on, once any ran on a GPU: CPU-only storages keep their table.
     on_gpus = any(d.startswith("gpu") for s in summaries for d in s.devices)
+    # Complete trials over objective.constraints, once any study has one.
+    limited = any(s.infeasible for s in summaries)
     for column in (
         "study",
         "complete",
+        *(["over limits"] if limited else []),
         "pruned",
         "failed",
         "running",
@@ -504,13 +539,20 @@ def status(
         )
     for s in summaries:
         table.add_row(
-            s.name, str(s.complete), str(s.pruned), str(s.failed), str(s.running),
-            "-" if s.best_value is None else f"{s.best_value:.6g}",
+            s.name, str(s.complete), *([str(s.infeasible)] if limited else []),
+            str(s.pruned), str(s.failed), str(s.running),
+            _best_shown(s),
             s.direction,
             s.last_activity.strftime("%Y-%m-%d %H:%M:%S") if s.last_activity else "-",
             *([" ".join(s.devices) or "-"] if on_gpus else []),
         )  # fmt: skip
     _print_whole(table)
+
+
+def _best_shown(summary: Any) -> str:
+    if summary.best_value is not None:
+        return f"{summary.best_value:.6g}"
+    return "none within limits" if summary.infeasible else "-"
 
 
 def _print_whole(table: Table) -> None:
@@ -576,10 +618,11 @@ def validate(
 
     Example: `dlboost-search validate search_spaces/my_space.yaml`
     """
-    from dlboost_search.data import prepare
+    from dlboost_search.data import prepare, prepare_streamed
     from dlboost_search.devices import visible_gpus
     from dlboost_search.runner import check_data, mixed_precision_problem
     from dlboost_search.spaces import format_duration, load_space
+    from dlboost_search.training import choose_engine
 
     space = load_space(space_file)
     warning = check_data(space, space_file)
@@ -589,14 +632,18 @@ def validate(
         if said:
             err.print(f"[yellow]warning:[/yellow] {escape(said)}", highlight=False, soft_wrap=True)
     notes: tuple[str, ...] = ()
-    if space.data.images:  # decoding the images needs TensorFlow: left to the workers
+    choice = choose_engine(space.training.engine, space.data)
+    if choice.streamed:
+        prepared = prepare_streamed(space.data, space.search.seed or 0)
+        summary, notes = prepared.summary(), prepared.notes
+    elif space.data.images:  # decoding the images needs TensorFlow: left to the workers
         summary = f"images in {space.data.images}, resized to {space.data.image_size}"
     else:
         prepared = prepare(space.data, space.search.seed or 0)
         summary, notes = prepared.summary(), prepared.notes
     # The file's own words (names, choices such as [true, false]) are no rich markup.
     out.print("[green]ok[/green] " + escape(f"{space_file}: study {space.name!r}, {summary}"))
-    for note in notes:
+    for note in (choice.line(), *notes):
         out.print(Text(f"data: {note}"), soft_wrap=True, highlight=False)
     table = Table("parameter", "searched as")
     for name, spec in space.params.items():
@@ -855,6 +902,13 @@ def export_model(
         help="Export the K best trials (stored models, or retrained) and average their "
         "predictions; the card compares the ensemble with the best trial alone.",
     ),
+    smallest_within: str | None = typer.Option(
+        None,
+        "--smallest-within",
+        metavar="PERCENT",
+        help="Export the trial with the fewest parameters whose score is within PERCENT "
+        "(e.g. 1%) of the best trial's, instead of the best.",
+    ),
 ) -> None:
     """Save the best trial's model with what prediction needs: model.keras, the
     preprocessing (columns, scaling, categories, class labels) and a Markdown model card.
@@ -871,8 +925,10 @@ def export_model(
     from dlboost_search import shipping
     from dlboost_search.storage import storage_url
 
+    fraction = None if smallest_within is None else _percent(smallest_within, ensemble)
     meta = shipping.export_model(
         name, storage_url(storage), Path(out_dir), refit_all=refit_all, ensemble=ensemble,
+        smallest_within=fraction,
         on_progress=lambda line: err.print(line, highlight=False, soft_wrap=True),
     )  # fmt: skip
     metric = meta["objective"]["metric"]
@@ -891,6 +947,28 @@ def export_model(
         f"predictions.csv`.",
         soft_wrap=True, highlight=False,
     )  # fmt: skip
+
+
+def _percent(text: str, ensemble: int) -> float:
+    """--smallest-within's margin as a fraction: "1%" -> 0.01."""
+    hint = "--smallest-within"
+    if ensemble > 1:
+        raise typer.BadParameter(
+            "picks one trial, the smallest; an ensemble averages the K best. Give one of the two.",
+            param_hint=hint,
+        )
+    number = text.strip().removesuffix("%")
+    try:
+        fraction = float(number) / 100
+    except ValueError:
+        fraction = math.nan
+    if not text.strip().endswith("%") or not 0 <= fraction < 1:
+        raise typer.BadParameter(
+            f"{text!r}: a margin in percent of the best trial's score, from 0% up to (not "
+            f"including) 100%, e.g. 1% or 0.5%.",
+            param_hint=hint,
+        )
+    return fraction
 
 
 @app.command()

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from http.cookies import SimpleCookie
 from socketserver import ThreadingMixIn
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, unquote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from dlboost_search.artifacts import models_for_dashboard
@@ -122,7 +122,7 @@ def _given_token(environ: dict[str, Any]) -> tuple[str | None, bool]:
         return query[0], True
     cookie = SimpleCookie(environ.get("HTTP_COOKIE", ""))
     if COOKIE in cookie:
-        return cookie[COOKIE].value, False
+        return unquote(cookie[COOKIE].value), False
     return None, False
 
 
@@ -143,7 +143,8 @@ def require_token(app: Callable, token: str) -> Callable:
             return app(environ, start_response)
 
         def remember(status: str, headers: list, exc_info: Any = None) -> Any:
-            cookie = f"{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+            # Quoted: a token may hold any character a user typed (;, spaces, non-ASCII).
+            cookie = f"{COOKIE}={quote(token, safe='')}; Path=/; HttpOnly; SameSite=Strict"
             return start_response(status, [*headers, ("Set-Cookie", cookie)], exc_info)
 
         return app(environ, remember)
@@ -259,7 +260,7 @@ def _bind(host: str, port: int, app: Callable) -> Any:
 def url_to_open(host: str, port: int, token: str | None) -> str:
     """The URL to open. Bound to all interfaces, where 0.0.0.0 is no address to open: this
     machine's name (from elsewhere), then the loopback URL (from this machine)."""
-    query = f"?token={token}" if token is not None else ""
+    query = f"?token={quote(token, safe='')}" if token is not None else ""
     if not _is_all_interfaces(host):
         literal = f"[{host}]" if ":" in host else host
         return f"http://{literal}:{port}/dashboard{query}"

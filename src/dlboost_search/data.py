@@ -9,16 +9,20 @@ Only image folders import TensorFlow (Keras' image loader decodes them), and onl
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dlboost_search import tables
+from dlboost_search import streams, tables
 from dlboost_search.catalog import BUILTIN_TASKS
+from dlboost_search.devices import machine_memory
 from dlboost_search.errors import DataError, shown
 
 if TYPE_CHECKING:
@@ -30,10 +34,13 @@ __all__ = [
     "BUILTIN_TASKS",
     "IMAGE_SUFFIXES",
     "PreparedData",
+    "StreamedData",
     "fingerprint",
     "preparation_notes",
     "prepare",
+    "prepare_streamed",
     "read_for_prediction",
+    "streaming",
     "task_and_shape",
 ]
 
@@ -78,6 +85,14 @@ class PreparedData:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def n_train(self) -> int:
+        return len(self.x_train)
+
+    @property
+    def n_val(self) -> int:
+        return len(self.x_val)
 
     def summary(self) -> str:
         classes = f", {len(self.class_labels)} classes" if self.class_labels else ""
@@ -133,20 +148,24 @@ def prepare(spec: DataSpec, seed: int = 0) -> PreparedData:
     )  # fmt: skip
 
 
-def task_and_shape(spec: DataSpec, seed: int = 0) -> tuple[str, tuple[int, ...]]:
+def task_and_shape(
+    spec: DataSpec, seed: int = 0, streamed: bool = False
+) -> tuple[str, tuple[int, ...]]:
     """The task and one row's shape, for checks before a search starts. An image folder is
     only listed (decoding it needs TensorFlow, which the command's own process avoids)."""
     if spec.images:
         classes = _image_classes(Path(spec.images))
         channels = 1 if spec.color_mode == "grayscale" else 3
         return ("binary" if len(classes) == 2 else "multiclass"), (*spec.image_size, channels)
-    prepared = prepare(spec, seed)
+    prepared = prepare_streamed(spec, seed) if streamed else prepare(spec, seed)
     return prepared.task, prepared.input_shape
 
 
-def preparation_notes(spec: DataSpec, seed: int = 0) -> tuple[str, ...]:
+def preparation_notes(spec: DataSpec, seed: int = 0, streamed: bool = False) -> tuple[str, ...]:
     """What preparing the data does that the user should hear of, one line each (none for an
-    image folder: decoding it is left to the workers)."""
+    image folder held in memory: decoding it is left to the workers)."""
+    if streamed:
+        return prepare_streamed(spec, seed).notes
     return () if spec.images else prepare(spec, seed).notes
 
 
@@ -367,17 +386,9 @@ def _check_kinds(
         )
 
 
-def _drop_missing(frame, target, types, missing: str, source: str):
-    """Rows without a target go (never imputed), and under `missing: drop` rows with a
-    missing feature; each count in a note."""
-    notes = []
+def _missing_rows(frame, target, types, missing: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows without a target, and (under `missing: drop`) other rows with a missing feature."""
     no_target = frame[target].isna().to_numpy()
-    if no_target.any():
-        rows = ", ".join(str(i) for i in np.flatnonzero(no_target)[:5])
-        notes.append(
-            f"{source}: {int(no_target.sum())} rows without a target value dropped (rows "
-            f"{rows}{'...' if no_target.sum() > 5 else ''}; a target is never imputed)"
-        )
     holes = np.zeros(len(frame), dtype=bool)
     if missing == "drop":
         for column, kind in types.items():
@@ -387,15 +398,34 @@ def _drop_missing(frame, target, types, missing: str, source: str):
             if kind == "numeric":
                 holes |= tables.text_cells(frame[column])
         holes &= ~no_target
-        if holes.any():
-            notes.append(
-                f"{source}: {int(holes.sum())} rows with a missing value dropped "
-                f"(`data.missing: drop`)"
-            )
+    return no_target, holes
+
+
+def _drop_missing(frame, target, types, missing: str, source: str):
+    """Rows without a target go (never imputed), and under `missing: drop` rows with a
+    missing feature; each count in a note."""
+    no_target, holes = _missing_rows(frame, target, types, missing)
+    notes = [_no_target_note(source, np.flatnonzero(no_target), int(no_target.sum()))]
+    if holes.any():
+        notes.append(_dropped_note(source, int(holes.sum())))
     kept = ~(no_target | holes)
     if not kept.any():
         raise DataError(f"{source}: no row is left once rows with missing values are dropped.")
-    return (frame if kept.all() else frame[kept]), notes
+    return (frame if kept.all() else frame[kept]), [n for n in notes if n]
+
+
+def _no_target_note(source: str, first_rows: Any, count: int) -> str:
+    if not count:
+        return ""
+    rows = ", ".join(str(i) for i in first_rows[:5])
+    return (
+        f"{source}: {count} rows without a target value dropped (rows "
+        f"{rows}{'...' if count > 5 else ''}; a target is never imputed)"
+    )
+
+
+def _dropped_note(source: str, count: int) -> str:
+    return f"{source}: {count} rows with a missing value dropped (`data.missing: drop`)"
 
 
 def _infer_task(target: pd.Series) -> str:
@@ -599,7 +629,7 @@ def _prepare_frame(
     )  # fmt: skip
 
 
-def _encode_features(train, val, types, spec, source: str, val_source: str):
+def _encode_features(train, val, types, spec, source: str, val_source: str, sample=False):
     """The table recipe fitted on `train` (tables.py), applied to both sides; numeric features
     standardized with the training rows' statistics, the others one-hot encoded."""
     recipe = tables.fit(
@@ -626,13 +656,15 @@ def _encode_features(train, val, types, spec, source: str, val_source: str):
         *sides,
         applied.numeric_names + applied.onehot_names,
         recipe,
-        _fitted_notes(recipe, train, *done_sides),
+        _fitted_notes(recipe, train, *done_sides, sample=sample),
     )
 
 
-def _fitted_notes(recipe: dict[str, Any], train: pd.DataFrame, applied, val_applied) -> list[str]:
-    """What the recipe does to the training and validation rows, one line per column it
-    changes."""
+def _fitted_notes(
+    recipe: dict[str, Any], train: pd.DataFrame, applied, val_applied, sample: bool = False
+) -> list[str]:
+    """What the recipe does to the training and validation rows (with `sample`: to the
+    streamed training rows it was fitted on), one line per column it changes."""
     notes = []
 
     def both(counts: str) -> dict[str, tuple[int, int]]:
@@ -640,6 +672,8 @@ def _fitted_notes(recipe: dict[str, Any], train: pd.DataFrame, applied, val_appl
         return {c: (first.get(c, 0), second.get(c, 0)) for c in {**first, **second}}
 
     def rows(pair: tuple[int, int]) -> str:
+        if sample:
+            return f"{pair[0]} (of the training rows it was fitted on)"
         return f"{sum(pair)} ({pair[0]} training, {pair[1]} validation rows)"
 
     for column, pair in sorted(both("coerced").items()):
@@ -1020,13 +1054,19 @@ def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray,
     _check_cells(frame[used], str(path))
     _check_kinds(frame, recipe["types"], recipe["coerce"], str(path), predicting=True)
     _check_types(frame, recipe["types"], str(path))
-    applied = tables.apply(recipe, frame, str(path))
+    x, applied = _table_rows(recipe, frame, str(path))
+    return x, frame.index, _prediction_notes(recipe, applied)
+
+
+def _table_rows(recipe: dict[str, Any], frame: pd.DataFrame, source: str):
+    """Rows of a table as the model takes them (the recipe applied, numbers standardized with
+    the training statistics, one-hot blocks after them), and what `tables.apply` did."""
+    applied = tables.apply(recipe, frame, source)
     what = [f"column {shown(n)}" for n in applied.numeric_names]
     numeric = np.zeros((len(frame), 0), dtype="float32")
     if applied.numeric_names:
-        numeric = _standardized(applied.numeric, recipe["mean"], recipe["scale"], str(path), what)
-    x = np.concatenate([numeric, applied.onehot.astype("float32")], axis=1)
-    return x, frame.index, _prediction_notes(recipe, applied)
+        numeric = _standardized(applied.numeric, recipe["mean"], recipe["scale"], source, what)
+    return np.concatenate([numeric, applied.onehot.astype("float32")], axis=1), applied
 
 
 def _prediction_notes(recipe: dict[str, Any], applied: Any) -> list[str]:
@@ -1104,3 +1144,432 @@ def _legacy_table_rows(recipe: dict[str, Any], frame: pd.DataFrame, path: Path) 
         # A category the training data never had gets all zeros, as OneHotEncoder does.
         blocks.append(np.stack([values == c for c in categories], axis=1))
     return np.concatenate(blocks, axis=1).astype("float32")
+
+
+# Data larger than memory (docs/data.md): read in chunks each epoch through tf.data, never held
+# whole. The recipe is the same one as above, fitted on a sample of the training rows.
+
+# Distinct target values collected while streaming: more than this is no classification.
+MOST_STREAMED_CLASSES = 10_000
+
+
+def streaming(spec: DataSpec) -> tuple[bool, str]:
+    """Whether `training.engine: auto` streams this data rather than hold it, and why, in words:
+    a CSV or Parquet file (with its validation file) above the threshold on disk, or an image
+    folder whose images, decoded at `data.image_size` as float32, are above it."""
+    if spec.builtin or not (spec.images or Path(spec.path).suffix.lower() in TABLE_SUFFIXES):
+        return False, "built-in and NPZ data are held in memory"
+    if spec.images:
+        folder = Path(spec.images)
+        if not folder.is_dir():
+            return False, "the image folder is checked below"
+        count = sum(1 for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        channels = 1 if spec.color_mode == "grayscale" else 3
+        size = count * int(np.prod(spec.image_size)) * channels * 4
+        what = f"{count} images, decoded at data.image_size,"
+    else:
+        files = [Path(f) for f in (spec.path, spec.validation_path) if f]
+        if not all(f.is_file() for f in files):
+            return False, "the data file is checked below"
+        size = sum(f.stat().st_size for f in files)
+        what = "the data file" + ("s" if len(files) > 1 else "")
+    limit = streams.threshold(machine_memory())
+    set_by = (
+        streams.THRESHOLD_VARIABLE
+        if os.environ.get(streams.THRESHOLD_VARIABLE) is not None
+        else f"1/{streams.MEMORY_SHARE} of this machine's memory"
+    )
+    above = size > limit
+    return above, (
+        f"{what} {_size(size)}, {'above' if above else 'within'} the streaming threshold of "
+        f"{_size(limit)} ({set_by})"
+    )
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.3g} {unit}"
+        count /= 1000
+    raise AssertionError  # unreachable
+
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class StreamedData:
+    """Data read in chunks each epoch: what PreparedData says of the data, and tf.data
+    pipelines of (x, y) batches instead of arrays. `reader` is a _TableReader or an
+    _ImageReader; `training_sides` the rows trained on (the validation rows too for
+    export-model --refit-all)."""
+
+    task: str
+    n_outputs: int
+    feature_names: list[str]
+    input_shape: tuple[int, ...]
+    n_train: int
+    n_val: int
+    class_counts: tuple[int, ...]  # training rows per class (class weights)
+    reader: Any
+    class_labels: list[Any] = field(default_factory=list)
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    validation_rows: str = ""
+    target_transform: str = "none"
+    notes: tuple[str, ...] = ()
+    training_sides: tuple[str, ...] = ("train",)
+
+    def summary(self) -> str:
+        classes = f", {len(self.class_labels)} classes" if self.class_labels else ""
+        shape = (
+            f"{len(self.feature_names)} features"
+            if len(self.input_shape) == 1
+            else f"each shaped {self.input_shape}"
+        )
+        return (
+            f"{self.task}{classes}: {self.n_train} training rows, {self.n_val} validation rows, "
+            f"{shape}; streamed"
+        )
+
+    def training_batches(self, batch_size: int, seed: int) -> Any:
+        """Shuffled batches of the training rows, reshuffled each epoch (seeded)."""
+        rows = self.n_train + (self.n_val if "validation" in self.training_sides else 0)
+        return self.reader.dataset(self.training_sides, batch_size, seed, rows)
+
+    def validation_batches(self, batch_size: int) -> Any:
+        return self.reader.dataset(("validation",), batch_size, None, self.n_val)
+
+    def with_validation_rows(self) -> StreamedData:
+        """The same data whose training batches hold the validation rows too."""
+        return dataclasses.replace(self, training_sides=("train", "validation"))
+
+    @functools.cached_property
+    def y_val(self) -> np.ndarray:
+        """The validation rows' targets, as the model learns them (export-model scores on them)."""
+        return self.reader.targets("validation")
+
+
+def _rows_or_refuse(n_train: int, n_val: int, source: str, fraction: float) -> None:
+    if n_train < MIN_TRAIN_ROWS or n_val < MIN_VALIDATION_ROWS:
+        raise DataError(
+            f"{source}: {n_train} training and {n_val} validation rows are too few (need at "
+            f"least {MIN_TRAIN_ROWS} and {MIN_VALIDATION_ROWS}; `data.validation_split: "
+            f"{fraction:g}`). Add rows, change `data.validation_split`, or give "
+            f"`data.validation_path`."
+        )
+
+
+@functools.lru_cache(maxsize=2)
+def prepare_streamed(spec: DataSpec, seed: int = 0) -> StreamedData:
+    """The data a search space names, to be streamed: checked and counted in one pass, the
+    recipe fitted on a sample. Cached per process."""
+    if spec.images:
+        return _stream_images(spec, seed)
+    return _stream_table(spec, seed)
+
+
+def _streamed_held_out(spec: DataSpec, seed: int) -> str:
+    return (
+        f"held out by a hash of each row's number in the file and the seed (seed {seed}; "
+        f"`data.validation_split: {spec.validation_split:g}`, not stratified)"
+    )
+
+
+def _counted_from(start: int, check: Any, *args: Any) -> None:
+    """Run `check` on a chunk; its row numbers count from the chunk's first row."""
+    try:
+        check(*args)
+    except DataError as exc:
+        if not start:
+            raise
+        raise DataError(
+            f"{exc} Read in chunks: those row numbers count from row {start} of the file."
+        ) from None
+
+
+def _stream_table(spec: DataSpec, seed: int) -> StreamedData:
+    """One pass over the file(s): the columns checked, each row's side counted, rows without
+    a target (or, under `missing: drop`, with holes) counted, the class labels collected and
+    the sample of training rows kept. Column kinds are inferred from the file's first chunk."""
+    import pandas as pd
+
+    path, target, source = Path(spec.path), spec.target, spec.path
+    files = [(path, "split" if not spec.validation_path else "train")]
+    if spec.validation_path:
+        files.append((Path(spec.validation_path), "validation"))
+    types: dict[str, str] | None = None
+    notes: list[str] = []
+    counts = {"train": 0, "validation": 0}
+    no_target, no_target_rows, dropped = 0, [], 0
+    labels: dict[Any, int] = {}  # target value -> training rows (classification)
+    collecting = True
+    sample = None
+    for file, side in files:
+        for start, chunk in streams.table_chunks(file):
+            where = str(file)
+            if types is None:
+                _check_target(chunk, target, where)
+                types, notes = tables.column_types(
+                    chunk.drop(columns=[target]), dict(spec.columns), where
+                )
+                header = chunk.iloc[:0]
+            elif start == 0:  # the validation file's first chunk
+                _check_same_columns(header, chunk, where)
+            _counted_from(start, _check_values, chunk, where, target, spec)
+            _counted_from(start, _check_types, chunk, types, where)
+            empty, holes = _missing_rows(chunk, target, types, spec.missing)
+            no_target += int(empty.sum())
+            no_target_rows += chunk.index[empty][: 5 - len(no_target_rows)].tolist()
+            dropped += int(holes.sum())
+            chunk = chunk[~(empty | holes)]
+            rows = chunk.index.to_numpy()
+            validation = (
+                streams.held_out(rows, spec.validation_split, seed)
+                if side == "split"
+                else np.full(len(rows), side == "validation")
+            )
+            counts["validation"] += int(validation.sum())
+            counts["train"] += int((~validation).sum())
+            if collecting:
+                found = chunk[target][~validation].value_counts()
+                for value in chunk[target][validation].unique():
+                    labels.setdefault(value, 0)
+                for value, count in found.items():
+                    labels[value] = labels.get(value, 0) + int(count)
+                collecting = len(labels) <= MOST_STREAMED_CLASSES
+            training = chunk[~validation]
+            training = training.assign(_key=streams.sample_key(training.index.to_numpy(), seed))
+            sample = training if sample is None else pd.concat([sample, training])
+            if len(sample) > streams.SAMPLE_ROWS:
+                sample = sample.nsmallest(streams.SAMPLE_ROWS, "_key")
+    n_train, n_val = counts["train"], counts["validation"]
+    _rows_or_refuse(n_train, n_val, source, spec.validation_split)
+    sample = sample.sort_index().drop(columns=["_key"])
+    if no_target:
+        notes.append(_no_target_note(source, no_target_rows, no_target))
+    if dropped:
+        notes.append(_dropped_note(source, dropped))
+    if all(kind == "ignore" for kind in types.values()):
+        raise DataError(
+            f"{source}: every column besides the target {shown(target)} is ignored "
+            f"({_listed(list(types))}), so there is nothing to learn from. Declare the columns "
+            f"to use in `data.columns` (numeric, categorical or datetime)."
+        )
+    y_sample = sample[target].to_numpy()
+    task = spec.task or _infer_task(sample[target])
+    if task != "regression" and y_sample.dtype.kind == "f" and np.all(y_sample == y_sample // 1):
+        y_sample = y_sample.astype("int64")
+    if task != "regression" and not collecting:
+        raise DataError(
+            f"{source}: target {shown(target)} holds more than {MOST_STREAMED_CLASSES} distinct "
+            f"values, too many classes for a {task} task. Set `data.task: regression`."
+        )
+    features = sample.drop(columns=[target])
+    _, _, names, recipe, fitted = _encode_features(
+        features, features.iloc[:0], types, spec, source, source, sample=True
+    )
+    every_label = np.array(list(labels), dtype=object if y_sample.dtype.kind == "O" else None)
+    if task != "regression" and every_label.dtype.kind == "f":
+        every_label = every_label.astype("int64")
+    _, _, class_labels, mean, std, transform = _encode_target(
+        y_sample, every_label if task != "regression" else y_sample, task, source, target,
+        source, spec.target_transform,
+    )  # fmt: skip
+    if transform == "log1p":
+        fitted.append(
+            f"target {shown(target)} learned as log(1 + y) (`data.target_transform: "
+            f"{spec.target_transform}`, skewness {tables.skewness(y_sample):.2g} in the sample); "
+            f"predictions and scores are in its own units"
+        )
+    recipe = {**recipe, "target": target, "target_transform": transform}
+    index = {label: i for i, label in enumerate(class_labels)}
+    class_counts = tuple(
+        sum(n for value, n in labels.items() if index.get(value) == i) for i in range(len(index))
+    )
+    whole = len(sample) == n_train
+    sampled = (
+        f"the recipe (kinds, fills, categories, scaling) fitted on all {n_train} training rows"
+        if whole
+        else f"the recipe (kinds, fills, categories, scaling) fitted on a sample of "
+        f"{len(sample)} of the {n_train} training rows, drawn evenly by a hash of the row "
+        f"numbers"
+    )
+    reader = _TableReader(
+        files=tuple((str(f), side) for f, side in files), target=target,
+        fraction=spec.validation_split, seed=seed, missing=spec.missing,
+        recipe=json.dumps(recipe), labels=tuple(class_labels), target_mean=mean,
+        target_std=std, n_features=len(names),
+    )  # fmt: skip
+    validation_rows = (
+        f"{spec.validation_path} (`data.validation_path`)"
+        if spec.validation_path
+        else f"{source}, {_streamed_held_out(spec, seed)}"
+    )
+    return StreamedData(
+        task=task, n_outputs=len(class_labels) if task == "multiclass" else 1,
+        feature_names=names, input_shape=(len(names),), n_train=n_train, n_val=n_val,
+        class_counts=class_counts, reader=reader, class_labels=list(class_labels),
+        target_mean=mean, target_std=std, preprocessing=recipe,
+        validation_rows=validation_rows, target_transform=transform,
+        notes=(f"{source}: streamed in chunks of {streams.CHUNK_ROWS} rows; {sampled}",
+               *notes, *fitted),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _TableReader:
+    """A table's rows, chunk by chunk, prepared by its recipe (kept as JSON text: hashable,
+    and the same object predict reads)."""
+
+    files: tuple[tuple[str, str], ...]  # (file, "split" | "train" | "validation")
+    target: str
+    fraction: float
+    seed: int
+    missing: str
+    recipe: str
+    labels: tuple[Any, ...]
+    target_mean: float
+    target_std: float
+    n_features: int
+
+    def chunks(self, side: str):
+        """(x, y) of each chunk's rows of `side` ("train" or "validation")."""
+        recipe = json.loads(self.recipe)
+        index = {label: i for i, label in enumerate(self.labels)}
+        columns = recipe["columns"]
+        for file, kind in self.files:
+            if kind not in ("split", side):
+                continue
+            for _, chunk in streams.table_chunks(Path(file)):
+                empty, holes = _missing_rows(chunk, self.target, recipe["types"], self.missing)
+                chunk = chunk[~(empty | holes)]
+                if kind == "split":
+                    validation = streams.held_out(chunk.index.to_numpy(), self.fraction, self.seed)
+                    chunk = chunk[validation if side == "validation" else ~validation]
+                if not len(chunk):
+                    continue
+                x, _ = _table_rows(recipe, chunk[columns], file)
+                yield x, self._targets(chunk[self.target], recipe, index)
+
+    def _targets(self, values: pd.Series, recipe: dict[str, Any], index: dict) -> np.ndarray:
+        if not self.labels:  # regression, standardized after its transform
+            y = values.to_numpy(dtype="float64")
+            if recipe["target_transform"] == "log1p":
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    y = np.log1p(y)
+            return ((y - self.target_mean) / self.target_std).astype("float32")
+        import pandas as pd
+
+        codes, distinct = pd.factorize(values)  # each distinct label looked up once
+        return np.array([index[v] for v in distinct.tolist()], dtype="float32")[codes]
+
+    def targets(self, side: str) -> np.ndarray:
+        parts = [y for _, y in self.chunks(side)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype="float32")
+
+    def dataset(self, sides: tuple[str, ...], batch_size: int, seed: int | None, rows: int):
+        """A tf.data pipeline of (x, y) batches; with a seed, each chunk's rows shuffled anew
+        each epoch (the chunks come in file order: a file cannot be shuffled whole)."""
+        import itertools
+
+        import tensorflow as tf
+
+        epochs = itertools.count()
+
+        def generate():
+            rng = None if seed is None else np.random.default_rng([seed, next(epochs)])
+            for side in sides:
+                for x, y in self.chunks(side):
+                    if rng is not None:
+                        order = rng.permutation(len(x))
+                        x, y = x[order], y[order]
+                    yield x, y
+
+        signature = (
+            tf.TensorSpec((None, self.n_features), tf.float32),
+            tf.TensorSpec((None,), tf.float32),
+        )
+        return (
+            tf.data.Dataset.from_generator(generate, output_signature=signature)
+            .rebatch(batch_size)
+            .apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))
+            .prefetch(2)
+        )
+
+
+def _stream_images(spec: DataSpec, seed: int) -> StreamedData:
+    """An image folder listed, not decoded: each image's side by a hash of its path."""
+    import zlib
+
+    folder = Path(spec.images)
+    classes = _image_classes(folder)
+    files: dict[str, list[tuple[str, int]]] = {"train": [], "validation": []}
+    for label, name in enumerate(classes):
+        images = sorted(f for f in (folder / name).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        keys = np.array([zlib.crc32(str(f.relative_to(folder)).encode()) for f in images])
+        validation = streams.held_out(keys, spec.validation_split, seed)
+        for image, held in zip(images, validation, strict=True):
+            files["validation" if held else "train"].append((str(image), label))
+    n_train, n_val = len(files["train"]), len(files["validation"])
+    _rows_or_refuse(n_train, n_val, str(folder), spec.validation_split)
+    channels = 1 if spec.color_mode == "grayscale" else 3
+    task = "binary" if len(classes) == 2 else "multiclass"
+    recipe = {
+        "kind": "array", "shape": [*spec.image_size, channels], "mean": [0.0] * channels,
+        "std": [255.0] * channels, "target_transform": "none",
+        "images": {"image_size": list(spec.image_size), "color_mode": spec.color_mode},
+    }  # fmt: skip
+    counts = np.bincount([label for _, label in files["train"]], minlength=len(classes))
+    reader = _ImageReader(
+        train=tuple(files["train"]), validation=tuple(files["validation"]),
+        image_size=tuple(spec.image_size), channels=channels,
+    )  # fmt: skip
+    return StreamedData(
+        task=task, n_outputs=len(classes) if task == "multiclass" else 1,
+        feature_names=[f"x{i}" for i in range(channels)],
+        input_shape=(*spec.image_size, channels), n_train=n_train, n_val=n_val,
+        class_counts=tuple(int(c) for c in counts), reader=reader, class_labels=list(classes),
+        preprocessing=recipe,
+        validation_rows=f"{folder}, {_streamed_held_out(spec, seed).replace('row', 'image')}",
+        notes=(f"{folder}: images decoded in batches each epoch (streamed), scaled to [0, 1]",),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _ImageReader:
+    """Image files decoded, resized and scaled in the pipeline, as Keras' loader does."""
+
+    train: tuple[tuple[str, int], ...]
+    validation: tuple[tuple[str, int], ...]
+    image_size: tuple[int, int]
+    channels: int
+
+    def targets(self, side: str) -> np.ndarray:
+        return np.array([label for _, label in getattr(self, side)], dtype="float32")
+
+    def dataset(self, sides: tuple[str, ...], batch_size: int, seed: int | None, rows: int):
+        import tensorflow as tf
+
+        pairs = [pair for side in sides for pair in getattr(self, side)]
+        paths = tf.constant([p for p, _ in pairs])
+        labels = tf.constant([label for _, label in pairs], dtype=tf.float32)
+        size, channels = self.image_size, self.channels
+
+        def load(path, label):
+            image = tf.image.decode_image(
+                tf.io.read_file(path), channels=channels, expand_animations=False
+            )
+            image = tf.image.resize(image, size, method="bilinear")
+            image.set_shape((*size, channels))
+            return image / 255.0, label
+
+        dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+        if seed is not None:
+            dataset = dataset.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
+        return (
+            dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from dlboost_search.errors import DeviceError
 
@@ -30,6 +31,7 @@ __all__ = [
     "Placement",
     "cpu_cores",
     "device_of",
+    "machine_memory",
     "parse_workers",
     "pin",
     "plan",
@@ -65,8 +67,16 @@ class Placement:
     threads: int | None = None
 
 
-def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0))
+def cpu_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: those it may run on, or fewer where its cgroup's CPU
+    quota says so (a container's CPU limit, which the affinity mask does not show: in a pod
+    limited to 4 CPUs on a 64-core node, `--workers auto` would otherwise start 64)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()
+        return max(1, min(cores, int(quota) // int(period)))
+    except (OSError, ValueError):  # no cgroup v2 file, or "max": no quota
+        return cores
 
 
 def parse_workers(value: str) -> int | None:
@@ -196,3 +206,13 @@ def device_of(placement: Placement | None, gpus_seen: int) -> str:
     if not gpus_seen:
         return "cpu"
     return placement.device if placement is not None and placement.visible else "gpu"
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit if lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total

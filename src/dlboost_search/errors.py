@@ -10,6 +10,8 @@ bug and keeps its traceback.
     ├── StudyError                exit 2   no such study, or a study that conflicts with the space
     ├── DashboardError            exit 2   the dashboard cannot be served as asked
     ├── DeviceError               exit 2   workers or devices asked for that this machine lacks
+    ├── ClusterError              exit 2   a Ray cluster that cannot be used as asked (ray not
+    │                                      installed, unreachable, SQLite across its nodes)
     ├── OutputError               exit 2   where to write is unusable (no such folder, a folder
     │                                      where a file belongs, not writable); checked first
     ├── ArtifactError             exit 2   the store of trial models cannot be used (a folder
@@ -28,6 +30,7 @@ import reprlib
 
 __all__ = [
     "ArtifactError",
+    "ClusterError",
     "DashboardError",
     "DataError",
     "DeviceError",
@@ -64,6 +67,10 @@ class DashboardError(DlboostError):
 
 
 class DeviceError(DlboostError):
+    exit_code = 2
+
+
+class ClusterError(DlboostError):
     exit_code = 2
 
 

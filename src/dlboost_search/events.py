@@ -53,6 +53,7 @@ class StudyRunning(Event):
     budget: float | None = None  # the study's time budget, seconds (None: no limit)
     searched: float = 0.0  # seconds it had searched when this was sent
     devices: tuple[str, ...] = ()  # each worker's here, as trials record it ("cpu", "gpu:0")
+    where: str = "here"  # where the workers run: "on the Ray cluster at ADDRESS (2 nodes)"
 
 
 # Sent by a backend once the study has searched its time budget: no new trial starts, the

@@ -11,12 +11,13 @@ space); their data is.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlboost_search.data import IMAGE_SUFFIXES, prepare
+from dlboost_search import streams
+from dlboost_search.data import IMAGE_SUFFIXES, prepare, prepare_streamed
+from dlboost_search.devices import machine_memory
 from dlboost_search.errors import SpaceError
 from dlboost_search.models import family_module
 
@@ -44,16 +45,6 @@ class Estimate:
     @property
     def total(self) -> int:
         return self.model_bytes + self.batch_bytes + self.data_bytes
-
-
-def machine_memory() -> int:
-    """Bytes of memory this process may use: the machine's, or its cgroup's limit if lower."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-    except OSError:
-        return total
-    return min(total, int(limit)) if limit.isdigit() else total
 
 
 def estimate(space: Any, input_shape: tuple[int, ...], data_bytes: int) -> Estimate:
@@ -146,9 +137,15 @@ def _bytes(count: float) -> str:
     raise AssertionError  # unreachable
 
 
-def data_bytes(spec: Any, seed: int) -> int:
+def data_bytes(spec: Any, seed: int, streamed: bool = False) -> int:
     """The prepared data's bytes: the arrays (loaded already by the checks before this one),
-    or an image folder's images once decoded at data.image_size (counted, not decoded)."""
+    or an image folder's images once decoded at data.image_size (counted, not decoded).
+    Streamed, a table holds its recipe's sample and a few chunks; an image folder, batches."""
+    if streamed:
+        if spec.images:
+            return 0
+        features = len(prepare_streamed(spec, seed).feature_names)
+        return (streams.SAMPLE_ROWS + 3 * streams.CHUNK_ROWS) * features * FLOAT_BYTES
     if spec.images:
         count = sum(1 for f in Path(spec.images).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
         channels = 1 if spec.color_mode == "grayscale" else 3

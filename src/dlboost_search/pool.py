@@ -39,6 +39,8 @@ from dlboost_search.worker import INTERRUPTED_REASON, run_worker
 
 __all__ = [
     "DEFAULT_RECYCLE_EVERY",
+    "SHUTDOWN_GRACE_S",
+    "Worker",
     "WorkerPool",
     "clock_kept",
     "close_abandoned_trials",
@@ -81,6 +83,8 @@ class Worker:
     # every other worker hung at exit waiting to flush its events.
     events: Any = None
     slot: int = 0  # which of the pool's placements (devices.plan) it runs on
+    # What it writes on its trials as their worker (records.worker_id): host and process id.
+    id: str | None = None
 
 
 class WorkerPool:
@@ -114,6 +118,7 @@ class WorkerPool:
         # Several workers share the cores; one alone keeps TensorFlow's defaults.
         self.placements = list(placements or devices.plan(size, None, [], devices.cpu_cores()))
         self.standby: Worker | None = None
+        self.where = "here"  # where the workers run, as the progress says it
 
     def start(self, failures_in_a_row: int, **kwargs: Any) -> int:
         """A worker that runs trials now: the standby if one is ready (and nothing is passed in
@@ -156,7 +161,10 @@ class WorkerPool:
         )
         process.start()
         events_out.close()  # the worker's copy alone: its exit is the pipe's end
-        return Worker(process, datetime.now(), go=go, events=events_in, slot=slot)
+        return Worker(
+            process, datetime.now(), go=go, events=events_in, slot=slot,
+            id=records.worker_id(process.pid),
+        )  # fmt: skip
 
     def prepare_successor(self, worker: Worker) -> None:
         """Start a standby when `worker` nears its last trial (one standby at a time)."""
@@ -193,12 +201,17 @@ class WorkerPool:
                     events_in.close()
                     worker.events = None
                     continue
-                on_event(event)
-                if isinstance(event, events.TrialFinished) and event.failures_in_a_row is not None:
-                    failures = event.failures_in_a_row
-                if worker is not self.standby:
-                    self._note(worker, event)
+                reported = self._pass_on(worker, event, on_event)
+                failures = failures if reported is None else reported
         return failures
+
+    def _pass_on(self, worker: Worker, event: events.Event, on_event: EventHandler) -> int | None:
+        """Hand `worker`'s event on and keep track of the worker; return the failures in a
+        row it reports, if it does."""
+        on_event(event)
+        if worker is not self.standby:
+            self._note(worker, event)
+        return event.failures_in_a_row if isinstance(event, events.TrialFinished) else None
 
     def _all(self) -> list[Worker]:
         return [*self.workers.values(), *([self.standby] if self.standby else [])]
@@ -243,8 +256,12 @@ class WorkerPool:
 
     def running_trials(self, running: list[Any]) -> set[int]:
         """The numbers of the `running` trials that this pool's workers are training."""
-        ours = {records.worker_id(pid) for pid in self.workers}
+        ours = {w.id for w in self.workers.values() if w.id is not None}
         return {t.number for t in running if records.worker_of(t) in ours}
+
+    def death(self, worker: Worker) -> str:
+        """Why a worker that sent no outcome ended, as its lost trials' fail_reason says."""
+        return f"the worker process died (exit code {worker.process.exitcode})"
 
     def interrupt(self) -> None:
         self.discard_standby()
@@ -262,15 +279,17 @@ def drive(
     on_event: EventHandler,
     sole: bool = True,
     placements: Sequence[devices.Placement] | None = None,
+    make_pool: Callable[..., WorkerPool] = WorkerPool,
 ) -> StudySummary:
     """Run worker processes on `study` (stored at `url`, with `space`) until it has its
     target of finished trials or its time budget is spent; fail and retry the trials whose
     worker or machine is gone. `placements`: the device of each of the `workers` (default:
-    the cores, shared)."""
+    the cores, shared). `make_pool`: the pool's class, called as WorkerPool is (a Ray
+    cluster's pool places the workers on its nodes: raypool.RayPool)."""
     name = study.study_name
     target = target_of(study)
     clock = SearchClock(study)
-    pool = WorkerPool(
+    pool = make_pool(
         name, url, space, workers, recycle_every, sole, target, deadline=clock.deadline(),
         placements=placements,
     )  # fmt: skip
@@ -300,6 +319,7 @@ def drive(
                 budget=clock.budget,
                 searched=clock.searched(),
                 devices=tuple(p.device for p in pool.placements),
+                where=pool.where,
             )  # fmt: skip
         )
         while True:
@@ -326,9 +346,9 @@ def drive(
             reported = pool.relay(on_event, timeout=1.0)
             failures_in_a_row = failures_in_a_row if reported is None else reported
             pool.stop_overdue(space.training.trial_timeout_seconds)
-            for pid, worker in pool.exited():
+            for _, worker in pool.exited():
                 failures_in_a_row = _worker_ended(
-                    study, url, space, pid, worker, failures_in_a_row, on_event
+                    study, url, space, pool, worker, failures_in_a_row, on_event
                 )
             clock.tick()
 
@@ -363,30 +383,28 @@ def stopped_together(
         signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-def _worker_ended(study, url, space, pid, worker, failures_in_a_row, on_event) -> int:
+def _worker_ended(study, url, space, pool, worker, failures_in_a_row, on_event) -> int:
     """Close what an exited worker left behind; raise if the search must stop."""
     outcome = worker.outcome
     if worker.timed_out is None and isinstance(outcome, events.WorkerInterrupted):
         # Signalled directly, not through us.
-        close_abandoned_trials(study, pid, worker.started, INTERRUPTED_REASON)
+        close_abandoned_trials(study, worker.id, worker.started, INTERRUPTED_REASON)
         raise KeyboardInterrupt
     if worker.timed_out is None and isinstance(outcome, events.WorkerFailed):
-        close_abandoned_trials(study, pid, worker.started, "the worker stopped (fatal)")
+        close_abandoned_trials(study, worker.id, worker.started, "the worker stopped (fatal)")
         raise outcome.error
     if worker.timed_out is None and isinstance(outcome, events.WorkerDone):
-        close_abandoned_trials(study, pid, worker.started, "the worker stopped (done)")
+        close_abandoned_trials(study, worker.id, worker.started, "the worker stopped (done)")
         return failures_in_a_row
-    code = worker.process.exitcode
     if worker.timed_out is not None:  # not retried: it would most likely hang again
         limit = space.training.trial_timeout_seconds
-        lost = close_abandoned_trials(study, pid, worker.started, timed_out_reason(limit))
+        lost = close_abandoned_trials(study, worker.id, worker.started, timed_out_reason(limit))
         on_event(events.TrialTimedOut(lost, limit))
     else:
         lost = close_abandoned_trials(
-            study, pid, worker.started, f"the worker process died (exit code {code})",
-            retry=space.search.retries,
-        )  # fmt: skip
-        on_event(events.WorkerLost(code, lost))
+            study, worker.id, worker.started, pool.death(worker), retry=space.search.retries
+        )
+        on_event(events.WorkerLost(worker.process.exitcode, lost))
     failures_in_a_row += 1
     lost_in_a_row(failures_in_a_row, worker, space, study.study_name, url)
     return failures_in_a_row
@@ -413,10 +431,12 @@ def lost_in_a_row(
             f"just slow (see train_seconds in `dlboost-search report`), or look for what "
             f"blocks them, then `dlboost-search resume {name}{storage_option(url)}`."
         )
+    code = worker.process.exitcode  # None: a Ray worker, whose exit code Ray does not pass on
     raise SearchAborted(
-        f"the worker process died {failures_in_a_row} times in a row (last exit code "
-        f"{worker.process.exitcode}). Look for out-of-memory kills in the system log, lower "
-        f"units/batch_size, then `dlboost-search resume {name}{storage_option(url)}`."
+        f"the worker process died {failures_in_a_row} times in a row ("
+        f"{'its process or node was lost' if code is None else f'last exit code {code}'}). "
+        f"Look for out-of-memory kills in the system log, lower units/batch_size, then "
+        f"`dlboost-search resume {name}{storage_option(url)}`."
     )
 
 
@@ -433,8 +453,10 @@ def stop_all(study: Any, pool: WorkerPool, on_event: EventHandler) -> list[int]:
             if time.monotonic() > deadline:
                 for worker in pool.workers.values():
                     worker.process.kill()
-            for pid, worker in pool.exited():
-                closed += close_abandoned_trials(study, pid, worker.started, INTERRUPTED_REASON)
+            for _, worker in pool.exited():
+                closed += close_abandoned_trials(
+                    study, worker.id, worker.started, INTERRUPTED_REASON
+                )
         return closed
     finally:
         for sig, handler in previous.items():
@@ -446,21 +468,23 @@ def _raise_keyboard_interrupt(_signum: int, _frame: Any) -> None:
 
 
 def close_abandoned_trials(
-    study: Any, pid: int, since: datetime, reason: str, retry: int = 0
+    study: Any, worker: str | None, since: datetime, reason: str, retry: int = 0
 ) -> list[int]:
     """Mark FAIL the trials a worker left RUNNING when it exited, and queue each for up to
     `retry` re-runs with the same parameters; return their numbers.
 
-    A trial is the worker's when it carries the worker's id, or carries no id yet (stopped
-    while sampling, before the objective's first line) and started after the worker did.
+    A trial is the worker's when it carries the worker's id (`worker`, records.worker_id;
+    None when the worker never said it), or carries no id yet (stopped while sampling, before
+    the objective's first line) and started after the worker did.
     """
     from optuna.trial import TrialState
 
-    worker = records.worker_id(pid)
     closed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = records.worker_of(trial)
-        if owner == worker or (owner is None and trial.datetime_start >= since):
+        if (owner is not None and owner == worker) or (
+            owner is None and trial.datetime_start >= since
+        ):
             failed = fail_trial(study, trial, reason)
             if failed is None:  # it finished, or another runner closed it, meanwhile
                 continue

@@ -11,8 +11,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
-from dlboost_search import events, records
-from dlboost_search.spaces import format_duration
+from dlboost_search import events, limits, records
+from dlboost_search.spaces import ConstraintsSpec, format_duration
 from dlboost_search.storage import masked, storage_option
 
 __all__ = [
@@ -30,8 +30,16 @@ class StudyProgress:
     """Trials done / pruned / failed of the target, best so far, time per trial, time left
     (to the target, and of the time budget)."""
 
-    def __init__(self, console: Console, metric: str, direction: str):
+    def __init__(
+        self,
+        console: Console,
+        metric: str,
+        direction: str,
+        constraints: ConstraintsSpec | None = None,
+    ):
         self.console, self.metric, self.direction = console, metric, direction
+        # objective.constraints: a trial over a limit is never shown as the best.
+        self.constraints = constraints or ConstraintsSpec()
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -122,7 +130,7 @@ class StudyProgress:
                 self.best = (summary.best_value, summary.best_trial, {})
             self.bar.update(self.task, description=summary.name, total=self.target)
             self.console.print(
-                f"{self.workers} worker process(es) here"
+                f"{self.workers} worker process(es) {event.where}"
                 + (f" on {', '.join(event.devices)}" if self.on_gpus else "")
                 + ", "
                 + (
@@ -141,9 +149,11 @@ class StudyProgress:
             self._finished(event)
         elif isinstance(event, events.WorkerLost):
             self._lost(event.trials)
+            code = event.exitcode  # None: a Ray worker, its process or node lost
             self.console.print(
-                f"[red]worker died (exit code {event.exitcode}); trials {event.trials} "
-                "closed as failed and queued to run again; starting a new worker"
+                f"[red]worker died ({'lost' if code is None else f'exit code {code}'}); "
+                f"trials {event.trials} closed as failed and queued to run again; starting a "
+                "new worker"
             )
         elif isinstance(event, events.TrialsLost):
             self._lost(event.trials)
@@ -199,11 +209,14 @@ class StudyProgress:
         else:
             label = "[yellow]pruned[/yellow]" if state == "PRUNED" else "complete"
             detail = f"{label} {self.metric}={value:.5g}"
+        over = limits.over(self.constraints, attrs) if state == "COMPLETE" else []
+        if over:
+            detail += f", [yellow]over {', '.join(over)}[/yellow]"
         seconds = attrs.get(records.TRAIN_SECONDS, 0)
         device = attrs.get(records.DEVICE)
         on = f", {device}" if self.on_gpus and device else ""
         self.console.print(f"trial {number:>4} {detail} ({epochs} epochs, {seconds:.1f} s{on})")
-        if state == "COMPLETE" and self._is_better(value):
+        if state == "COMPLETE" and not over and self._is_better(value):
             self.best = (value, number, event.params)
 
 

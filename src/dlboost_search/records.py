@@ -32,11 +32,13 @@ __all__ = [
     "FAIL_REASON",
     "HYPERBAND_TRIAL",
     "INITIAL_EPOCH",
+    "LATENCY_MS",
     "MODELS",
     "N_PARAMS",
     "RETRY_OF",
     "ROUND",
     "SEARCHED_SECONDS",
+    "SIZE_MB",
     "SPEC",
     "TARGET",
     "TIMEOUT",
@@ -85,9 +87,14 @@ ATTEMPT = "attempt"  # 2 for the first retry, and so on
 ENGINE = "engine"
 EPOCHS_TRAINED = "epochs_trained"
 BEST_EPOCH = "best_epoch"
-N_PARAMS = "n_params"
+N_PARAMS = "n_params"  # model.count_params(): every weight, trainable or not
 TRAIN_SECONDS = "train_seconds"
-TRAINING = (ENGINE, EPOCHS_TRAINED, BEST_EPOCH, N_PARAMS, TRAIN_SECONDS)
+# What the model costs (limits.py): its weights' bytes / 10^6, from when training starts; the
+# median milliseconds of a one-row prediction on the trial's device, once the trial completes
+# (null on pruned trials). Absent on trials of releases before objective.constraints.
+SIZE_MB = "size_mb"
+LATENCY_MS = "latency_ms"
+TRAINING = (ENGINE, EPOCHS_TRAINED, BEST_EPOCH, N_PARAMS, SIZE_MB, LATENCY_MS, TRAIN_SECONDS)
 
 # On the trials the Hyperband backend copies from keras-tuner.
 HYPERBAND_TRIAL = "hyperband_trial"  # keras-tuner's trial id: a trial is never copied twice

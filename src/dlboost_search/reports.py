@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import statistics
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from dlboost_search import importance, records
+from dlboost_search import importance, limits, records
 from dlboost_search.errors import StudyError
+from dlboost_search.spaces import ConstraintsSpec
 from dlboost_search.study import space_of, summarize
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FIGURE_IDS",
     "SLICE_PARAMS",
+    "TRADE_OFF_FIGURE_IDS",
     "best_of",
     "build_report",
     "figures",
@@ -38,6 +41,24 @@ __all__ = [
 ]
 
 TOP_TRIALS = 10
+# What a trial's model costs, against its value: the report's trade-off figures and table.
+TRADE_OFF = (records.N_PARAMS, records.SIZE_MB, records.LATENCY_MS)
+TRADE_OFF_NAMES = {
+    records.N_PARAMS: "parameters",
+    records.SIZE_MB: "size (MB)",
+    records.LATENCY_MS: "latency (ms)",
+}
+# The Pareto fronts drawn and listed: size is the parameters' bytes, so it has no front of its own.
+FRONTS = (records.N_PARAMS, records.LATENCY_MS)
+# Colour and symbol of the trials within the limits, those over one, and the Pareto front.
+TRADE_OFF_MARKERS = (("rgb(66,146,198)", "circle"), ("grey", "x"), ("rgb(203,24,29)", "diamond"))
+# The trade-off figures' ids in the dashboard, by the measure against which they draw the value.
+TRADE_OFF_FIGURE_IDS = {
+    records.N_PARAMS: "dlboost-trade-off-parameters",
+    records.LATENCY_MS: "dlboost-trade-off-latency",
+}
+# Rows of the report's Pareto-front table.
+FRONT_ROWS = 20
 FIGURE_IDS = {name: f"dlboost-importance-{name.lower()}" for name in importance.EVALUATORS}
 # More learning curves than this draw as a solid block and slow the browser down.
 CURVE_SAMPLE = 200
@@ -70,13 +91,22 @@ def _in_memory(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> o
 
 
 def best_of(study: optuna.Study, space: SearchSpace | None = None) -> dict[str, Any]:
-    """The best trial with every parameter it used, and the study's trial counts: what
-    `best` prints, and the head of every report. Raises StudyError without a completed trial.
-    `space`: the study's, when the caller has it (else it is read from the study)."""
+    """The best feasible trial with every parameter it used, and the study's trial counts:
+    what `best` prints, and the head of every report. Raises StudyError without a completed
+    trial, or when none keeps to objective.constraints. `space`: the study's, when the caller
+    has it (else it is read from the study)."""
+    head = _head(study, space)
+    if head["best"] is None:
+        raise StudyError(limits.none_feasible(study, ConstraintsSpec(**head["constraints"])))
+    return head
+
+
+def _head(study: optuna.Study, space: SearchSpace | None) -> dict[str, Any]:
+    """best_of's report, with "best" None when no complete trial keeps to the limits."""
     from optuna.trial import TrialState
 
     summary = summarize(study)
-    if summary.best_trial is None:
+    if summary.complete == 0:
         reasons = sorted(
             {
                 records.fail_reason(t, "no reason recorded")
@@ -90,7 +120,7 @@ def best_of(study: optuna.Study, space: SearchSpace | None = None) -> dict[str, 
             + f" Run `dlboost-search resume {study.study_name}` to add trials."
         )
     space = space_of(study) if space is None else space
-    best = study.best_trial
+    best = limits.best_trial(study, space.objective.constraints)
     return {
         "study": study.study_name,
         "metric": space.objective.metric,
@@ -100,8 +130,12 @@ def best_of(study: optuna.Study, space: SearchSpace | None = None) -> dict[str, 
             "pruned": summary.pruned,
             "failed": summary.failed,
             "running": summary.running,
+            "over_limits": summary.infeasible,
         },
-        "best": {
+        "constraints": space.objective.constraints.given(),
+        "best": None
+        if best is None
+        else {
             "trial": best.number,
             "value": best.value,
             "params": space.resolve(best.params),
@@ -112,14 +146,11 @@ def best_of(study: optuna.Study, space: SearchSpace | None = None) -> dict[str, 
 
 def build_report(study: optuna.Study, space: SearchSpace | None = None) -> dict[str, Any]:
     """The whole report as plain data (what `report --format json` prints)."""
-    from optuna.trial import TrialState
-
     space = space_of(study) if space is None else space
-    report = best_of(study, space)
+    report = _head(study, space)
     basis = importance.basis_of(study, report["metric"])
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    ranked = sorted(complete, key=lambda t: t.value, reverse=report["direction"] == "maximize")
+    ranked = limits.ranked(study, space.objective.constraints)
     return {
         **report,
         "top_trials": [
@@ -135,8 +166,42 @@ def build_report(study: optuna.Study, space: SearchSpace | None = None) -> dict[
             name: importance.importances(study, basis, name) for name in importance.EVALUATORS
         },
         "pruning": _pruning(trials),
-        "notes": _notes(report["trials"]),
+        "limits": _limits(study, space.objective.constraints),
+        "notes": _notes(report["trials"]) + _start_up_note(space, ranked),
         "space": space.to_dict(),  # every setting, defaults included: what `resume` runs
+    }
+
+
+def _limits(study: optuna.Study, constraints: ConstraintsSpec) -> dict[str, Any]:
+    """Each complete trial's cost (parameters, size, latency) against its value, whether it
+    keeps to the limits, and the Pareto fronts of value against parameters and latency among
+    the trials that do."""
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and math.isfinite(t.value)
+    ]
+    feasible = [t for t in complete if limits.feasible(constraints, t)]
+    kept = {t.number for t in feasible}
+    minimize = study.direction == StudyDirection.MINIMIZE
+    return {
+        "constraints": constraints.given(),
+        "feasible": len(feasible),
+        "trials": [
+            {
+                "trial": t.number,
+                "value": t.value,
+                **{key: t.user_attrs.get(key) for key in TRADE_OFF},
+                "feasible": t.number in kept,
+            }
+            for t in complete
+        ],
+        "pareto_front": {
+            key: [t.number for t in limits.pareto_front(feasible, key, minimize)] for key in FRONTS
+        },
     }
 
 
@@ -173,9 +238,33 @@ def _notes(counts: dict[str, int]) -> list[str]:
     return notes
 
 
+def _start_up_note(space: SearchSpace, ranked: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """Say so when the best trial is one TPE drew at random: the search has not yet found
+    better than chance, and more trials may (trial numbers tell: TPE's first `startup()`
+    trials are random)."""
+    search = space.search
+    if search.backend != "optuna" or search.sampler != "tpe" or not ranked:
+        return []
+    startup = search.startup()
+    if ranked[0].number >= startup:
+        return []
+    proposed = [t for t in ranked if t.number >= startup]
+    found = (
+        f"TPE's best so far is trial {proposed[0].number} ({_format(proposed[0].value)})"
+        if proposed
+        else "no trial TPE proposed has completed yet"
+    )
+    return [
+        f"The best trial, {ranked[0].number}, is one of the {startup} random start-up trials "
+        f"TPE draws before it models the results: {found}. More trials (`dlboost-search "
+        f"resume {space.name} --trials N`) give TPE more chances to beat it."
+    ]
+
+
 def figures(study: optuna.Study, report: dict[str, Any]) -> dict[str, go.Figure]:
     """The report's plots, by title. Plots that need more trials than the study has are left out."""
     import optuna.visualization as vis
+    from optuna.trial import TrialState
 
     plots: dict[str, go.Figure] = {}
     for name, found in report["importances"].items():
@@ -188,18 +277,90 @@ def figures(study: optuna.Study, report: dict[str, Any]) -> dict[str, go.Figure]
     if len(shown) < len(curves):
         title += f", a random {len(shown)} of {len(curves)} trials"
     plots[title] = vis.plot_intermediate_values(_in_memory(study, shown))
-    if report["trials"]["complete"] >= 2 and study.best_trial.distributions:
-        minimize = report["direction"] == "minimize"
+    minimize = report["direction"] == "minimize"
+    for measure in FRONTS:
+        figure = _trade_off_figure(report, measure)
+        if figure is not None:
+            plots[_trade_off_title(report, measure)] = figure
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    searched = complete[0].distributions if complete else {}
+    if report["trials"]["complete"] >= 2 and searched:
         plots["Parallel coordinates"] = _recolored_lines(
             vis.plot_parallel_coordinate(study), minimize
         )
-        params = sorted(study.best_trial.distributions)
+        params = sorted(searched)
         chunks = [params[i : i + SLICE_PARAMS] for i in range(0, len(params), SLICE_PARAMS)]
         for i, chunk in enumerate(chunks):
             figure = vis.plot_slice(study, params=chunk)
             title = "Slice plots" + (f" ({i + 1} of {len(chunks)})" if len(chunks) > 1 else "")
             plots[title] = _colored_by_value(figure, report["metric"], minimize)
     return plots
+
+
+def _trade_off_title(report: dict[str, Any], measure: str) -> str:
+    return f"Trade-off: {report['metric']} against {TRADE_OFF_NAMES[measure]}"
+
+
+def _trade_off_figure(report: dict[str, Any], measure: str) -> go.Figure | None:
+    """Each complete trial's value against `measure` (parameters or latency), the Pareto front
+    of the feasible ones joined by a step line, trials over a limit greyed and the limit drawn;
+    None when no trial recorded the measure."""
+    import plotly.graph_objects as go
+
+    found = report["limits"]
+    trials = [t for t in found["trials"] if t[measure] is not None]
+    if not trials:
+        return None
+    name, metric = TRADE_OFF_NAMES[measure], report["metric"]
+    front = set(found["pareto_front"][measure])
+    groups = {  # the front last, drawn on top
+        "Within the limits" if found["constraints"] else "Trials": [
+            t for t in trials if t["feasible"] and t["trial"] not in front
+        ],
+        "Over a limit": [t for t in trials if not t["feasible"]],
+        "Pareto front": [t for t in trials if t["trial"] in front],
+    }
+    figure = go.Figure()
+    for label, (color, symbol) in zip(groups, TRADE_OFF_MARKERS, strict=True):
+        shown = sorted(groups[label], key=lambda t: t[measure])
+        if not shown:
+            continue
+        figure.add_trace(
+            go.Scatter(
+                x=[t[measure] for t in shown],
+                y=[t["value"] for t in shown],
+                # The front as a step: the best value at each cost or less.
+                mode="lines+markers" if label == "Pareto front" else "markers",
+                line={"shape": "hv"},
+                name=label,
+                marker={"color": color, "symbol": symbol, "size": 8},
+                text=[f"trial {t['trial']}" for t in shown],
+                hovertemplate=f"%{{text}}<br>{name} %{{x:.4g}}<br>{metric} %{{y:.5g}}"
+                "<extra></extra>",
+            )
+        )
+    limit = {records.N_PARAMS: "max_params", records.LATENCY_MS: "max_latency_ms"}[measure]
+    if limit in found["constraints"]:
+        # A trace, not add_vline: on a log axis plotly places a line's annotation by the
+        # exponent and the line itself by the value.
+        value, values = found["constraints"][limit], [t["value"] for t in trials]
+        figure.add_trace(
+            go.Scatter(
+                x=[value, value],
+                y=[min(values), max(values)],
+                mode="lines",
+                line={"dash": "dash", "color": "black"},
+                name=f"{limit} {value:g}",
+                hoverinfo="skip",
+            )
+        )
+    figure.update_layout(
+        title=f"{metric} against {name}<br><sub>the Pareto front: trials within the limits "
+        "that no other beats on both</sub>",
+        xaxis={"title": name, "type": "log"},
+        yaxis={"title": metric},
+    )
+    return figure
 
 
 def _importance_figure(name: str, found: dict[str, Any]) -> go.Figure:
@@ -277,7 +438,8 @@ def _recolored_lines(figure: go.Figure, minimize: bool) -> go.Figure:
     # Optuna draws one line per trial, its first point at the normalized objective value, on a
     # scale whose weak end is white: recolored on COLOR_SCALE, the best line darkest.
     for trace in figure.data:
-        if trace.mode == "lines":
+        # Optuna's "Feasible"/"Infeasible" legend entries (objective.constraints) have no points.
+        if trace.mode == "lines" and trace.y[0] is not None:
             value = trace.y[0]
             trace.line.color = _color_of(1 - value if minimize else value)
             trace.opacity = 0.8
@@ -292,6 +454,8 @@ def _colored_by_value(figure: go.Figure, metric: str, minimize: bool) -> go.Figu
     # is often an early one): coloured by the objective instead, the best darkest.
     values = [v for trace in figure.data for v in trace.y]
     for i, trace in enumerate(figure.data):
+        if trace.name == "Infeasible Trial":  # Optuna's, grey: over objective.constraints
+            continue
         trace.marker.update(
             color=list(trace.y),
             cmin=min(values),
@@ -311,26 +475,27 @@ def _format(value: Any) -> str:
 
 def to_markdown(report: dict[str, Any]) -> str:
     best, counts = report["best"], report["trials"]
+    over = f" ({counts['over_limits']} of them over a limit)" if counts.get("over_limits") else ""
     lines = [
         f"# Study `{report['study']}`",
         "",
-        f"**Best {report['metric']}: {best['value']:.6g}** ({report['direction']}d) at trial "
-        f"{best['trial']}: {best['epochs_trained']} epochs (best epoch {best['best_epoch']}), "
-        f"{best['n_params']} parameters, {best['train_seconds']} s of training.",
+        *_best_lines(report),
         "",
-        f"Trials: {counts['complete']} complete, {counts['pruned']} pruned, "
+        f"Trials: {counts['complete']} complete{over}, {counts['pruned']} pruned, "
         f"{counts['failed']} failed, {counts['running']} running.",
         "",
         *[f"> {note}" for note in report["notes"]],
-        "## Best parameters",
-        "",
-        "| parameter | value |",
-        "|---|---|",
-        *[f"| {k} | {_format(v)} |" for k, v in best["params"].items()],
-        "",
-        "## Parameter importances",
-        "",
     ]
+    if best is not None:
+        lines += [
+            "## Best parameters",
+            "",
+            "| parameter | value |",
+            "|---|---|",
+            *[f"| {k} | {_format(v)} |" for k, v in best["params"].items()],
+            "",
+        ]
+    lines += ["## Parameter importances", ""]
     lines += _importance_lines(report)
     pruning = report["pruning"]
     lines += [
@@ -341,7 +506,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"without pruning ({pruning['epochs_saved_fraction']:.0%} saved; a pruned trial is "
         f"counted at the median length of the completed ones).",
         "",
-        f"## Top {len(report['top_trials'])} trials",
+        *_limits_lines(report),
+        f"## Top {len(report['top_trials'])} trials"
+        + (" within the limits" if report["constraints"] else ""),
         "",
         f"| trial | {report['metric']} | epochs | parameters |",
         "|---|---|---|---|",
@@ -361,6 +528,61 @@ def to_markdown(report: dict[str, Any]) -> str:
         "```",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _best_lines(report: dict[str, Any]) -> list[str]:
+    best, limited = report["best"], report["constraints"]
+    within = (
+        f"Limits (objective.constraints): "
+        f"{limits.describe(ConstraintsSpec.model_validate(limited))}."
+        if limited
+        else ""
+    )
+    if best is None:
+        return [f"**No trial keeps to the limits**, so there is no best trial. {within}"]
+    size, latency = best.get(records.SIZE_MB), best.get(records.LATENCY_MS)
+    costs = "".join(
+        (
+            f", {best['n_params']} parameters",
+            "" if size is None else f" ({size:.3g} MB)",
+            "" if latency is None else f", {latency:.3g} ms a row",
+        )
+    )
+    return [
+        f"**Best {report['metric']}: {best['value']:.6g}** ({report['direction']}d) at trial "
+        f"{best['trial']}: {best['epochs_trained']} epochs (best epoch {best['best_epoch']})"
+        f"{costs}, {best['train_seconds']} s of training." + (f" {within}" if within else "")
+    ]
+
+
+def _limits_lines(report: dict[str, Any]) -> list[str]:
+    """The Pareto front of value against parameters, as a table."""
+    found = report["limits"]
+    by_number = {t["trial"]: t for t in found["trials"]}
+    front = [by_number[n] for n in found["pareto_front"][records.N_PARAMS]]
+    if not front:
+        return []
+    among = "the trials"
+    if found["constraints"]:
+        among = (
+            f"of the {found['feasible']} of {len(found['trials'])} complete trials within the "
+            f"limits, those"
+        )
+    lines = [
+        "## Size and latency",
+        "",
+        f"The Pareto front of {report['metric']} against parameters: {among} that no other "
+        "beats on both, smallest first.",
+        "",
+        f"| trial | {report['metric']} | parameters | size (MB) | latency (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for t in front[:FRONT_ROWS]:
+        cells = [_format(t[key]) if t[key] is not None else "-" for key in TRADE_OFF]
+        lines.append(f"| {t['trial']} | {t['value']:.6g} | {' | '.join(cells)} |")
+    if len(front) > FRONT_ROWS:
+        lines += ["", f"{len(front) - FRONT_ROWS} more in the JSON report (`limits`)."]
+    return [*lines, ""]
 
 
 def _importance_lines(report: dict[str, Any]) -> list[str]:
@@ -432,14 +654,19 @@ def to_html(report: dict[str, Any], plots: dict[str, go.Figure]) -> str:
 
 
 def publish(study: optuna.Study, report: dict[str, Any], plots: dict[str, go.Figure]) -> None:
-    """Write the report as the study's dashboard note and its importance plots as figures.
+    """Write the report as the study's dashboard note, and its importance and trade-off plots
+    as figures.
 
     Same ids every time: a new publication replaces the previous one instead of piling up.
     """
     import optuna_dashboard
 
     optuna_dashboard.save_note(study, to_markdown(report))
-    for name, figure_id in FIGURE_IDS.items():
-        figure = plots.get(f"Parameter importances ({name})")
+    titles = {f"Parameter importances ({name})": id_ for name, id_ in FIGURE_IDS.items()}
+    titles |= {
+        _trade_off_title(report, measure): id_ for measure, id_ in TRADE_OFF_FIGURE_IDS.items()
+    }
+    for title, figure_id in titles.items():
+        figure = plots.get(title)
         if figure is not None:
             optuna_dashboard.save_plotly_graph_object(study, figure, graph_object_id=figure_id)

@@ -19,7 +19,6 @@ never one that mixes two models.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from dlboost_search import outputs, records
+from dlboost_search import limits, outputs, records
 from dlboost_search.artifacts import open_models
 from dlboost_search.errors import ArtifactError, DataError, OutputError, StudyError, TrialFailed
 
@@ -55,12 +54,18 @@ def export_model(
     *,
     refit_all: bool = False,
     ensemble: int = 1,
+    smallest_within: float | None = None,
     on_progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
-    """Save the best `ensemble` trials of study `name` to `out_dir`: each trial's model as the
-    search stored it, else (none stored, or `refit_all`) retrained from a fresh model for the
-    epochs at which it scored best, on the training rows (plus the validation rows with
-    `refit_all`). `on_progress` hears which it did for each. Returns the saved metadata."""
+    """Save the best `ensemble` trials of study `name` to `out_dir`; with `smallest_within`
+    (a fraction: 0.01 for 1 %), the one trial with the fewest parameters whose value is within
+    that fraction of the best's. Only trials within the study's objective.constraints are
+    chosen.
+
+    Each trial's model is the one the search stored, else (none stored, or `refit_all`)
+    retrained from a fresh model for the epochs at which it scored best, on the training rows
+    (plus the validation rows with `refit_all`). `on_progress` hears which it did for each.
+    Returns the saved metadata."""
     from optuna.trial import TrialState
 
     from dlboost_search.storage import load_study, masked
@@ -69,22 +74,27 @@ def export_model(
     _check_out_dir(out_dir)
     study = load_study(name, url)
     space = space_of(study)
-    finished = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and math.isfinite(t.value)
-    ]  # fmt: skip
+    constraints = space.objective.constraints
+    finished = limits.ranked(study, constraints)  # best first
+    if not finished and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise StudyError(f"{limits.none_feasible(study, constraints)} Nothing was written.")
     if not finished:
         raise StudyError(
             f"study {name!r} has no complete trial to export yet; run or resume it first "
             f"(`dlboost-search status` shows its trials)."
         )
+    within = " within objective.constraints" if constraints.given() else ""
     if ensemble > len(finished):
         raise StudyError(
-            f"--ensemble {ensemble}: study {name!r} has only {len(finished)} complete trials; "
-            f"ask for at most {len(finished)}."
+            f"--ensemble {ensemble}: study {name!r} has only {len(finished)} complete trials"
+            f"{within}; ask for at most {len(finished)}."
         )
-    sign = 1 if space.direction == "minimize" else -1
-    chosen = sorted(finished, key=lambda t: (sign * t.value, t.number))[:ensemble]
+    chosen = finished[:ensemble]
+    picked = None
+    if smallest_within is not None:
+        chosen = [limits.smallest_within(finished, smallest_within, space.direction == "minimize")]
+        picked = _why_picked(chosen[0], finished[0], smallest_within, space, within)
+        on_progress(picked)
 
     from dlboost_search._tf import import_tensorflow_quietly
 
@@ -126,7 +136,7 @@ def export_model(
                 f"retraining trial {trial.number} of study {name!r} failed: {exc}. Nothing was "
                 f"written.{hint}"
             ) from None
-        predicted = model.predict(prepared.x_val, batch_size=4096, verbose=0)
+        predicted = _validation_predictions(model, prepared)
         described.append(
             {
                 "trial": trial.number,
@@ -155,11 +165,12 @@ def export_model(
         "objective": {"metric": metric, "direction": space.direction},
         "refit_all": refit_all,
         "members": described,
+        **({"picked": picked} if picked else {}),
         "validation_score": _score(prepared, metric, predicted),
         "versions": {"keras": keras.__version__},
     }
     meta["validation"] = {
-        "rows": len(prepared.x_val),
+        "rows": prepared.n_val,
         "from": prepared.validation_rows,
         **_readable_scores(meta, prepared, predicted),
     }
@@ -186,6 +197,37 @@ def _stored_model(models: Any, trial: Any) -> tuple[Any, str | None]:
             return None, f"its stored model {meta['filename']}: {exc}"
         except Exception as exc:  # Keras raises many types for a damaged file
             return None, f"its stored model cannot be loaded ({type(exc).__name__})"
+
+
+def _validation_predictions(model: Any, prepared: Any) -> np.ndarray:
+    """The model's outputs on the validation rows: arrays in memory, or batches streamed."""
+    from dlboost_search.data import StreamedData
+
+    if isinstance(prepared, StreamedData):
+        inputs = prepared.validation_batches(4096).map(lambda x, y: x)
+        return model.predict(inputs, verbose=0)
+    return model.predict(prepared.x_val, batch_size=4096, verbose=0)
+
+
+def _why_picked(picked: Any, best: Any, fraction: float, space: Any, within: str) -> str:
+    """--smallest-within's choice in words: which trial, and why."""
+    metric = space.objective.metric
+
+    def shown(trial: Any) -> str:
+        count = trial.user_attrs.get(records.N_PARAMS)
+        size = "parameters not recorded" if count is None else f"{count:,} parameters"
+        return f"trial {trial.number} ({size}, {metric} {trial.value:.5g})"
+
+    percent = f"{fraction * 100:g}%"
+    if picked.number == best.number:
+        return (
+            f"--smallest-within {percent}: the best trial{within}, {shown(best)}, has the "
+            f"fewest parameters of those within {percent} of its {metric}"
+        )
+    return (
+        f"--smallest-within {percent}: {shown(picked)}, the fewest parameters of the "
+        f"trials{within} whose {metric} is within {percent} of the best, {shown(best)}"
+    )
 
 
 def _is_export(folder: Path) -> bool:
@@ -308,6 +350,7 @@ def model_card(meta: dict[str, Any]) -> str:
             if len(members) > 1
             else f", trial {members[0]['trial']}"
         ),  # fmt: skip
+        *([f"- **Chosen by** {meta['picked']}"] if meta.get("picked") else []),
         f"- **Validation {metric}** (objective: {meta['objective']['direction']} "
         f"{meta['objective']['metric']}{standardized}): {meta['validation_score']:.5g}",
         f"- **Validation scores of the exported model**: {describe_validation(validation)}",

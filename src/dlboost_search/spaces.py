@@ -35,6 +35,7 @@ from dlboost_search.models import BUILDER_PATTERN, FAMILIES, family_params
 
 __all__ = [
     "CategoricalParam",
+    "ConstraintsSpec",
     "DataSpec",
     "FixedParam",
     "FloatParam",
@@ -215,9 +216,59 @@ class ModelSpec(_Strict):
         return raw
 
 
+class ConstraintsSpec(_Strict):
+    """Limits on the model a trial finds (limits.py): over one, the trial is infeasible, and
+    never reported as best. None: no limit."""
+
+    max_params: int | None = None
+    max_latency_ms: float | None = None
+    max_size_mb: float | None = None
+
+    @field_validator("max_params", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        # 1e6 in YAML is a float: a whole one is taken as the number it is.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError("a whole number of parameters, e.g. max_params: 100000")
+        if value is not None and value < 1:
+            raise ValueError("at least 1 parameter; leave the key out for no limit")
+        return value
+
+    @field_validator("max_latency_ms", "max_size_mb", mode="before")
+    @classmethod
+    def _above_zero(cls, value: Any, info: Any) -> Any:
+        unit = "milliseconds" if info.field_name == "max_latency_ms" else "megabytes"
+        example = "max_latency_ms: 5" if unit == "milliseconds" else "max_size_mb: 10"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and not (number and math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"a number of {unit} above 0, e.g. {example}; leave the key out for no limit"
+            )
+        return None if value is None else float(value)
+
+    def given(self) -> dict[str, float]:
+        """The limits set, by key."""
+        return {key: value for key, value in self.model_dump().items() if value is not None}
+
+
 class ObjectiveSpec(_Strict):
     metric: str = "val_loss"
     direction: Literal["minimize", "maximize"] | None = None
+    constraints: ConstraintsSpec = ConstraintsSpec()
+
+    @field_validator("constraints", mode="before")
+    @classmethod
+    def _a_mapping(cls, value: Any) -> Any:
+        if value is None:  # `constraints:` with nothing under it
+            return {}
+        if not isinstance(value, (dict, ConstraintsSpec)):
+            raise ValueError(
+                "a mapping of limits, e.g. {max_params: 100000, max_latency_ms: 5, "
+                "max_size_mb: 10} (any of the three)"
+            )
+        return value
 
 
 class EarlyStoppingSpec(_Strict):
@@ -229,7 +280,8 @@ class TrainingSpec(_Strict):
     max_epochs: int = Field(100, ge=1)
     batch_size: int = Field(32, ge=1)
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
-    # auto: the compiled epoch loop for data held in memory, Keras fit otherwise.
+    # auto: the compiled epoch loop on data held in memory; Keras fit on data streamed because
+    # it is above the size threshold (data.streaming). epoch_loop and fit hold it in memory.
     engine: Literal["auto", "epoch_loop", "fit"] = "auto"
     # A trial still running after this long (a stuck read, a deadlock) is failed and its
     # worker replaced; None: no limit.

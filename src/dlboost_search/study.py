@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dlboost_search import __version__, records
+from dlboost_search import __version__, limits, records
 from dlboost_search.artifacts import open_models
 from dlboost_search.data import fingerprint
 from dlboost_search.errors import StudyError
@@ -397,6 +397,8 @@ class StudySummary:
     best_trial: int | None
     last_activity: datetime | None
     devices: tuple[str, ...] = ()  # what its trials trained on ("cpu", "gpu:0"), as recorded
+    # Complete trials over a limit of objective.constraints: never the best trial.
+    infeasible: int = 0
 
     @property
     def finished(self) -> int:
@@ -409,9 +411,8 @@ def summarize(study: optuna.Study) -> StudySummary:
     trials = study.get_trials(deepcopy=False)
     count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = None
-    if complete:
-        best = study.best_trial
+    constraints = limits.constraints_of(study)
+    best = limits.best_trial(study, constraints)
     stamps = [s for t in trials for s in (t.datetime_start, t.datetime_complete) if s]
     return StudySummary(
         name=study.study_name,
@@ -424,6 +425,7 @@ def summarize(study: optuna.Study) -> StudySummary:
         best_trial=best.number if best else None,
         last_activity=max(stamps) if stamps else None,
         devices=tuple(sorted({d for t in trials if (d := records.device_of(t))})),
+        infeasible=sum(not limits.feasible(constraints, t) for t in complete),
     )
 
 

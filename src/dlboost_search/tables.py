@@ -152,7 +152,12 @@ def _numbers(values: pd.Series) -> np.ndarray:
 
     if values.dtype.kind in "iufb":
         return values.to_numpy(dtype="float64", na_value=np.nan)
-    return pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    # Each distinct text parsed once: parsing is over 20 times slower per cell than finding the
+    # distinct values, and a text column repeats a few values (streamed chunks check them all).
+    codes, distinct = pd.factorize(values)
+    numbers = pd.to_numeric(pd.Series(distinct, dtype=object), errors="coerce")
+    numbers = numbers.to_numpy(dtype="float64", na_value=np.nan)
+    return np.where(codes < 0, np.nan, numbers[codes] if len(numbers) else np.nan)
 
 
 def _numeric_features(recipe: dict[str, Any], frame: pd.DataFrame, source: str):
@@ -170,10 +175,11 @@ def _numeric_features(recipe: dict[str, Any], frame: pd.DataFrame, source: str):
 def _text(values: pd.Series) -> np.ndarray:
     """A categorical column's values as text (missing: None), the form categories are kept in:
     a whole number reads the same whether its column was read as integers or as floats."""
-    present = values.notna().to_numpy()
-    labels = np.full(len(values), None, dtype=object)
-    labels[present] = [_label(v) for v in values[present].tolist()]
-    return labels
+    import pandas as pd
+
+    codes, distinct = pd.factorize(values)  # missing: code -1, the None appended last
+    labels = np.array([_label(v) for v in pd.Series(distinct).tolist()] + [None], dtype=object)
+    return labels[codes]
 
 
 def _label(value: Any) -> str:
@@ -283,7 +289,7 @@ def apply(recipe: dict[str, Any], frame: pd.DataFrame, source: str) -> Applied:
     unknown: dict[str, int] = {}
     for column, categories in recipe["categorical"].items():
         values = _text(frame[column])
-        holes = np.array([v is None for v in values], dtype=bool)
+        holes = np.equal(values, None)
         labels = np.where(holes, MISSING, values).astype(object)
         known = np.isin(labels, np.array(categories, dtype=object))
         if holes.any() and MISSING in categories:

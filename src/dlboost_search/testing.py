@@ -76,10 +76,18 @@ def synthetic_study(
         )
         # Falls to `final` at the last epoch, whatever the number of epochs.
         curve = {e: final + 1.0 / (e + 1) - 1.0 / epochs for e in range(epochs)}
+        n_params = params.get("units", 64) * 12
         attrs = {
             records.EPOCHS_TRAINED: epochs,
             records.BEST_EPOCH: epochs,
-            records.N_PARAMS: params.get("units", 64) * 12,
+            records.N_PARAMS: n_params,
+            records.SIZE_MB: n_params * 4 / 1e6,
+            # Timed only as a trial completes, as real trials are.
+            records.LATENCY_MS: (
+                round(0.1 + n_params / 5000 + rng.uniform(0, 0.05), 4)
+                if state == TrialState.COMPLETE
+                else None
+            ),
             records.TRAIN_SECONDS: round(0.05 * epochs, 3),
             records.WORKER: "synthetic:0",
             records.DEVICE: devices[number % len(devices)],

@@ -15,17 +15,19 @@ from typing import Any
 import numpy as np
 
 from dlboost_search import records
-from dlboost_search.data import PreparedData
+from dlboost_search.data import PreparedData, StreamedData, streaming
 from dlboost_search.errors import SearchAborted, TrialFailed
 from dlboost_search.hyperparams import logged_metrics, metric_direction
+from dlboost_search.limits import weights_mb
 
 __all__ = [
     "TrainingRecord",
     "as_tensors",
     "class_weights",
+    "EngineChoice",
+    "choose_engine",
     "compile_model",
     "epoch_function",
-    "resolve_engine",
     "train",
 ]
 
@@ -42,6 +44,8 @@ class TrainingRecord:
     best_epoch: int | None = None
     best_value: float | None = None
     n_params: int | None = None
+    size_mb: float | None = None
+    latency_ms: float | None = None  # measured once the trial completes (trial.TrialContext)
     train_seconds: float = 0.0
     history: list[float] = field(default_factory=list)
     engine: str | None = None
@@ -52,6 +56,8 @@ class TrainingRecord:
             records.EPOCHS_TRAINED: self.epochs_trained,
             records.BEST_EPOCH: self.best_epoch,
             records.N_PARAMS: self.n_params,
+            records.SIZE_MB: self.size_mb,
+            records.LATENCY_MS: self.latency_ms,
             records.TRAIN_SECONDS: round(self.train_seconds, 3),
         }
 
@@ -62,10 +68,15 @@ def class_weights(y: np.ndarray, setting: str) -> np.ndarray | None:
     that every class weighs as much in all; none: None (every row weighs 1)."""
     if setting == "none":
         return None
-    counts = np.bincount(np.asarray(y, dtype="int64"))
+    return _balanced(np.bincount(np.asarray(y, dtype="int64")))
+
+
+def _balanced(counts: np.ndarray) -> np.ndarray:
+    """Each class's balanced weight from its number of training rows."""
+    counts = np.asarray(counts)
     present = counts > 0
     weights = np.zeros(len(counts))
-    weights[present] = len(y) / (present.sum() * counts[present])
+    weights[present] = counts.sum() / (present.sum() * counts[present])
     return weights
 
 
@@ -188,10 +199,34 @@ class _EpochMonitor:
             self.model.set_weights(self.best_weights)
 
 
-def resolve_engine(engine: str) -> str:
-    """The engine `training.engine` names: every dataset is in memory for now, so auto means
-    the compiled epoch loop."""
-    return "epoch_loop" if engine == "auto" else engine
+@dataclass(frozen=True)
+class EngineChoice:
+    """The engine a space's trials train with, whether their data is streamed, and why."""
+
+    engine: str
+    streamed: bool
+    why: str
+
+    def line(self) -> str:
+        """What validate and start say of it."""
+        how = (
+            "the data streamed through tf.data, chunk by chunk each epoch"
+            if self.streamed
+            else "the data held in memory"
+        )
+        return f"training engine: {self.engine}, {how} ({self.why})"
+
+
+def choose_engine(setting: str, spec: Any) -> EngineChoice:
+    """`training.engine` resolved for the data `spec` names: auto streams data above the size
+    threshold (data.streaming) through Keras' fit, and holds the rest in memory for the
+    compiled epoch loop; epoch_loop and fit hold the data in memory, as asked."""
+    streamed, why = streaming(spec)
+    if setting != "auto":
+        return EngineChoice(setting, False, f"training.engine: {setting}; {why}")
+    if streamed:
+        return EngineChoice("fit", True, f"training.engine: auto; {why}")
+    return EngineChoice("epoch_loop", False, f"training.engine: auto; {why}")
 
 
 def train(
@@ -226,12 +261,14 @@ def train(
     n_classes = 2 if data.task == "binary" else max(data.n_outputs, 2)
     compile_model(model, params, data.task, monitor, n_classes)
     weights = None
-    if (
-        data.task != "regression"
-        and (per_class := class_weights(data.y_train, class_weight)) is not None
-    ):
-        weights = per_class[data.y_train.astype("int64")].astype("float32")
+    if data.task != "regression" and class_weight != "none":
+        if isinstance(data, StreamedData):  # weighed per class in the pipeline
+            weights = _balanced(data.class_counts).astype("float32")
+        else:
+            per_class = class_weights(data.y_train, class_weight)
+            weights = per_class[data.y_train.astype("int64")].astype("float32")
     record.n_params = int(model.count_params())
+    record.size_mb = weights_mb(model)
     record.engine = engine
     monitor_ = _EpochMonitor(model, monitor, direction, patience, min_delta, record, report)
     run = _train_epoch_loop if engine == "epoch_loop" else _train_fit
@@ -247,12 +284,19 @@ def train(
 
 
 def _train_fit(model, data, batch_size, max_epochs, seed, monitor, weights=None) -> None:
-    import keras
     import tensorflow as tf
 
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
-    steps = max(1, math.ceil(len(data.x_train) / batch_size))
+    steps = max(1, math.ceil(data.n_train / batch_size))
     model.steps_per_execution = min(steps, MAX_STEPS_PER_EXECUTION)
+    if isinstance(data, StreamedData):
+        train_ds = data.training_batches(batch_size, seed)
+        if weights is not None:  # here one weight per class, taken by each row's class
+            per_class = tf.constant(weights)
+            train_ds = train_ds.map(lambda x, y: (x, y, tf.gather(per_class, tf.cast(y, tf.int32))))
+        val_ds = data.validation_batches(VALIDATION_BATCH)
+        _fit(model, train_ds, val_ds, max_epochs, monitor)
+        return
     rows = (data.x_train, data.y_train) + (() if weights is None else (weights,))
     train_ds = (
         tf.data.Dataset.from_tensor_slices(rows)
@@ -264,6 +308,11 @@ def _train_fit(model, data, batch_size, max_epochs, seed, monitor, weights=None)
     val_ds = (
         tf.data.Dataset.from_tensor_slices((data.x_val, data.y_val)).batch(VALIDATION_BATCH).cache()
     )
+    _fit(model, train_ds, val_ds, max_epochs, monitor)
+
+
+def _fit(model, train_ds, val_ds, max_epochs, monitor) -> None:
+    import keras
 
     class Monitor(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

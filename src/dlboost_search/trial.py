@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from dlboost_search.data import prepare
+from dlboost_search.data import StreamedData, prepare, prepare_streamed
+from dlboost_search.limits import latency_ms
 from dlboost_search.models import model_builder
 from dlboost_search.spaces import SearchSpace
-from dlboost_search.training import TrainingRecord, resolve_engine, train
+from dlboost_search.training import TrainingRecord, choose_engine, train
 
 __all__ = [
     "TrialContext",
@@ -47,10 +48,12 @@ class TrialContext:
 
             keras.mixed_precision.set_global_policy("mixed_float16")
         self.seed = space.search.seed or 0
-        self.data = prepare(space.data, self.seed)
+        choice = choose_engine(space.training.engine, space.data)
+        load = prepare_streamed if choice.streamed else prepare
+        self.data = load(space.data, self.seed)
         space.check_task(self.data.task, source)
         self.build = model_builder(space, self.data, source)
-        self.engine = resolve_engine(space.training.engine)
+        self.engine = choice.engine
 
     def model(self, params: dict[str, Any], number: int) -> Any:
         """Trial `number`'s model, built after seeding, so its initial weights repeat too."""
@@ -73,11 +76,12 @@ class TrialContext:
         max_epochs: int | None = None,
     ) -> float:
         """Train with the space's early stopping, scored by its objective; return the best
-        value. TrialFailed when the trial cannot give one (a NaN loss)."""
+        value, and record the trained model's latency. TrialFailed when the trial cannot give
+        one (a NaN loss)."""
         training = self.space.training
         if self.observe is not None:
             report = self._observed(model, report)
-        return train(
+        value = train(
             model,
             params,
             self.data,
@@ -92,6 +96,16 @@ class TrialContext:
             engine=self.engine,
             class_weight=training.class_weight,
         )
+        # Once, on the best weights: what the model costs to serve (objective.constraints).
+        record.latency_ms = latency_ms(model, self._one_row())
+        return value
+
+    def _one_row(self) -> Any:
+        """One validation row as the model takes it: from memory, or the first streamed."""
+        if isinstance(self.data, StreamedData):
+            inputs, _ = next(iter(self.data.validation_batches(1)))
+            return inputs
+        return self.data.x_val[:1]
 
     def retrain(
         self, model: Any, params: dict[str, Any], number: int, epochs: int, refit_all: bool
@@ -100,7 +114,9 @@ class TrialContext:
         pay off. With `refit_all` the validation rows are training rows too, so the training
         loss is what is watched."""
         data = self.data
-        if refit_all:
+        if refit_all and isinstance(data, StreamedData):
+            data = data.with_validation_rows()
+        elif refit_all:
             data = dataclasses.replace(
                 data,
                 x_train=np.concatenate([data.x_train, data.x_val]),
@@ -122,7 +138,7 @@ class TrialContext:
         )
 
     def rows_for_retraining(self, refit_all: bool) -> int:
-        return len(self.data.x_train) + (len(self.data.x_val) if refit_all else 0)
+        return self.data.n_train + (self.data.n_val if refit_all else 0)
 
     def _observed(self, model: Any, report: Report) -> Report:
         observe = self.observe

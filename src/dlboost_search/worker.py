@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from dlboost_search import devices, events, records
+from dlboost_search import devices, events, limits, records
 from dlboost_search._tf import import_tensorflow_quietly
 from dlboost_search.errors import DlboostError, SearchAborted, TrialFailed
 from dlboost_search.spaces import SearchSpace
@@ -249,6 +249,7 @@ def _run(
     study.sampler = make_sampler(space, len(study.get_trials(deepcopy=False)), stream)
     study.pruner = make_pruner(space)
     me = records.worker_id()
+    constraints = space.objective.constraints
     models = open_models(study, url, writing=True)
 
     def keep_model(trial: optuna.Trial, model: Any, value: float) -> None:
@@ -302,6 +303,9 @@ def _run(
         finally:
             for key, value in record.as_attrs().items():
                 trial.set_user_attr(key, value)
+            # Over a limit, the trial is infeasible: TPE steers away from it.
+            for key, value in limits.excess(constraints, record.as_attrs()).items():
+                trial.set_constraint(key, value)
             trial.set_user_attr(records.WORKER_RSS_MB, round(rss_mb(), 1))
             # No full garbage collection per trial (0.2 s): recycling bounds the memory.
             keras.backend.clear_session(free_memory=False)
