@@ -129,6 +129,27 @@ def test_refit_all_trains_on_the_validation_rows_too(tumours):
     assert "optimistic" in (folder / "refit" / "model_card.md").read_text()
 
 
+def test_a_file_is_predicted_a_chunk_at_a_time_as_it_is_whole(tumours, monkeypatch):
+    """A file larger than memory is read, predicted and written in chunks: with chunks of 50
+    rows, the 169 rows give the predictions of the file read whole, also as Parquet."""
+    from dlboost_search import shipping, streams
+
+    folder, storage = tumours["folder"], tumours["storage"]
+    done = run(folder, "export-model", "tumours", "--storage", storage, "--out", "chunked")
+    assert done.returncode == 0, done.stderr
+    rows = shipping.predict(folder / "chunked", folder / "validation.csv", folder / "whole.csv")
+    monkeypatch.setattr(streams, "CHUNK_ROWS", 50)
+    chunked = shipping.predict(
+        folder / "chunked", folder / "validation.csv", folder / "chunked.parquet"
+    )
+    assert rows == chunked == 169
+    whole, parts = pd.read_csv(folder / "whole.csv"), pd.read_parquet(folder / "chunked.parquet")
+    assert list(parts.columns) == list(whole.columns)
+    assert (parts["prediction"] == whole["prediction"]).all()
+    assert np.allclose(parts["probability_malignant"], whole["probability_malignant"], atol=1e-6)
+    assert not list(folder.glob(".*.partial"))  # moved into place once complete
+
+
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dlboost_search.data import prepare, read_for_prediction
+from dlboost_search.data import RowsToPredict, prepare, read_for_prediction
 from dlboost_search.errors import DataError
 from dlboost_search.spaces import DataSpec, space_from_dict
 from dlboost_search.tables import MISSING, OTHER, skewness
@@ -230,6 +230,13 @@ def test_prediction_imputes_and_reports_unseen_categories(tmp_path):
     assert "column 'a': 1 missing values imputed as in training (the training median)" in notes
     assert any(n.startswith("column 'c': 3 values the model has no category for") for n in notes)
     assert any(f"grouped as {OTHER!r}" in n for n in notes)
+    # A chunk at a time (as predict reads a file larger than memory): the same rows, and the
+    # same notes, counted over both chunks.
+    rows = RowsToPredict(capped, tmp_path / "new.csv", rows=3)
+    chunks = list(rows.chunks())
+    assert [list(index) for _, index in chunks] == [[0, 1, 2], [3]]
+    assert np.array_equal(np.concatenate([x for x, _ in chunks]), x)
+    assert rows.notes() == notes
     # Without a rare group, an unknown value has no category (all its columns 0), said so.
     x, _, notes = read_for_prediction(uncapped, tmp_path / "new.csv")
     assert x[1, 1:].tolist() == [0.0] * 5

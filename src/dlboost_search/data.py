@@ -14,6 +14,7 @@ import difflib
 import functools
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ __all__ = [
     "preparation_notes",
     "prepare",
     "prepare_streamed",
+    "RowsToPredict",
     "read_for_prediction",
     "streaming",
     "task_and_shape",
@@ -997,42 +999,69 @@ def _series(values: np.ndarray):
 
 def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray, Any, list[str]]:
     """Rows of a new file (or image folder), prepared as the model's training data was
-    (`recipe` is a PreparedData.preprocessing). Returns the model's input, the rows' index (an
-    image's path) and what was done to them that the user should hear of (imputed values,
-    categories the model does not know), one line per column."""
-    if recipe["kind"] == "array":
-        if recipe.get("images") and (path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES):
-            x, index = _read_images(recipe["images"], path)
-            what = [f"channel {i}" for i in range(x.shape[-1])]
-            return _standardized(x, recipe["mean"], recipe["std"], str(path), what), index, []
-        if path.suffix.lower() != ".npz" and recipe.get("images"):
+    (`recipe` is a PreparedData.preprocessing), all at once: the model's input, the rows'
+    index (an image's path) and what was done to them that the user should hear of (imputed
+    values, categories the model does not know), one line per column."""
+    rows = RowsToPredict(recipe, path)
+    chunks = list(rows.chunks())
+    x = np.concatenate([x for x, _ in chunks])
+    index = np.concatenate([np.asarray(index, dtype=object) for _, index in chunks])
+    return x, index, rows.notes()
+
+
+class RowsToPredict:
+    """The rows of a file to predict (a table, an NPZ file, an image file or folder),
+    prepared as in training a chunk at a time, so that a file larger than memory is predicted
+    in pieces; then what was done to them, summed over the chunks."""
+
+    def __init__(self, recipe: dict[str, Any], path: Path, rows: int | None = None):
+        self.recipe, self.path = recipe, path
+        self.rows = rows or streams.CHUNK_ROWS  # rows (or image files) a chunk
+        self._counted: dict[str, dict[str, int]] = {"coerced": {}, "imputed": {}, "unknown": {}}
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, Any]]:
+        """Each chunk: the model's input, and the rows' index (row numbers, or image names)."""
+        recipe, path = self.recipe, self.path
+        if recipe["kind"] == "array":
+            if recipe.get("images") and (path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES):
+                files, root = _image_files(path)
+                for first in range(0, len(files), self.rows):
+                    x, names = _decode_images(
+                        recipe["images"], files[first : first + self.rows], root
+                    )
+                    what = [f"channel {i}" for i in range(x.shape[-1])]
+                    yield _standardized(x, recipe["mean"], recipe["std"], str(path), what), names
+                return
+            yield _npz_for_prediction(recipe, path)
+            return
+        if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
             raise DataError(
-                f"{path}: this model was trained on images; give an image file "
-                f"({', '.join(IMAGE_SUFFIXES)}), a folder of them (sub-folders included), or an "
-                f"NPZ file with an array `x` of rows shaped {tuple(recipe['shape'])}."
+                f"{path}: this model was trained on a table and takes a CSV or Parquet file "
+                f"(.csv, .parquet or .pq) with the same columns, not a {shown(path.suffix)} file."
             )
-        arrays = _read_npz(path)
-        if "x" not in arrays:
-            raise DataError(
-                f"{path}: this model takes an NPZ file with an array `x` of rows shaped "
-                f"{tuple(recipe['shape'])}; found arrays: {_listed(list(arrays)) or 'none'}."
-            )
-        x = _rows(path, "x", arrays["x"])
-        if list(x.shape[1:]) != recipe["shape"] or x.dtype.kind not in "iuf":
-            raise DataError(
-                f"{path}: array x holds {x.dtype} rows shaped {x.shape[1:]}; this model takes "
-                f"numeric rows shaped {tuple(recipe['shape'])}, as it was trained on."
-            )
-        _check_rows_finite(path, "x", x)
-        what = [f"array x, feature {i}" for i in range(x.shape[-1])]
-        x = _standardized(x, recipe["mean"], recipe["std"], str(path), what)
-        return x, np.arange(len(x)), []
-    if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
-        raise DataError(
-            f"{path}: this model was trained on a table and takes a CSV or Parquet file "
-            f"(.csv, .parquet or .pq) with the same columns, not a {shown(path.suffix)} file."
-        )
-    frame = _read_table(path, "the input file")
+        if not path.is_file():
+            raise DataError(f"{path}: data file not found.")
+        empty = True
+        for _, frame in streams.table_chunks(path, self.rows):
+            empty = False
+            x, applied = _table_chunk_for_prediction(recipe, frame, path)
+            if applied is not None:
+                for kind, counts in self._counted.items():
+                    for column, count in getattr(applied, kind).items():
+                        counts[column] = counts.get(column, 0) + count
+            yield x, frame.index
+        if empty:
+            raise DataError(f"{path}: the file has no rows.")
+
+    def notes(self) -> list[str]:
+        """What was done to the rows read so far, one line per column: text cells read as
+        missing, values imputed, categories the model does not know."""
+        return _prediction_notes(self.recipe, **self._counted)
+
+
+def _table_chunk_for_prediction(recipe: dict[str, Any], frame: pd.DataFrame, path: Path):
+    """One chunk of a table to predict, checked and prepared; the model's input and what
+    tables.apply did (None for a model exported by 0.1.0)."""
     columns, target = recipe["columns"], recipe["target"]
     missing = [c for c in columns if c not in frame.columns]
     extra = [c for c in frame.columns if c not in columns and c != target]
@@ -1044,7 +1073,7 @@ def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray,
         )
     frame = frame[columns]
     if "version" not in recipe:  # exported by 0.1.0: no missing value, no type but its own
-        return _legacy_table_rows(recipe, frame, path), frame.index, []
+        return _legacy_table_rows(recipe, frame, path), None
     used = [c for c, kind in recipe["types"].items() if kind != "ignore"]
     if recipe["missing"] == "impute":
         _check_infinite(frame[used], str(path))
@@ -1054,8 +1083,32 @@ def read_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray,
     _check_cells(frame[used], str(path))
     _check_kinds(frame, recipe["types"], recipe["coerce"], str(path), predicting=True)
     _check_types(frame, recipe["types"], str(path))
-    x, applied = _table_rows(recipe, frame, str(path))
-    return x, frame.index, _prediction_notes(recipe, applied)
+    return _table_rows(recipe, frame, str(path))
+
+
+def _npz_for_prediction(recipe: dict[str, Any], path: Path) -> tuple[np.ndarray, Any]:
+    if path.suffix.lower() != ".npz" and recipe.get("images"):
+        raise DataError(
+            f"{path}: this model was trained on images; give an image file "
+            f"({', '.join(IMAGE_SUFFIXES)}), a folder of them (sub-folders included), or an "
+            f"NPZ file with an array `x` of rows shaped {tuple(recipe['shape'])}."
+        )
+    arrays = _read_npz(path)
+    if "x" not in arrays:
+        raise DataError(
+            f"{path}: this model takes an NPZ file with an array `x` of rows shaped "
+            f"{tuple(recipe['shape'])}; found arrays: {_listed(list(arrays)) or 'none'}."
+        )
+    x = _rows(path, "x", arrays["x"])
+    if list(x.shape[1:]) != recipe["shape"] or x.dtype.kind not in "iuf":
+        raise DataError(
+            f"{path}: array x holds {x.dtype} rows shaped {x.shape[1:]}; this model takes "
+            f"numeric rows shaped {tuple(recipe['shape'])}, as it was trained on."
+        )
+    _check_rows_finite(path, "x", x)
+    what = [f"array x, feature {i}" for i in range(x.shape[-1])]
+    x = _standardized(x, recipe["mean"], recipe["std"], str(path), what)
+    return x, np.arange(len(x))
 
 
 def _table_rows(recipe: dict[str, Any], frame: pd.DataFrame, source: str):
@@ -1069,11 +1122,16 @@ def _table_rows(recipe: dict[str, Any], frame: pd.DataFrame, source: str):
     return np.concatenate([numeric, applied.onehot.astype("float32")], axis=1), applied
 
 
-def _prediction_notes(recipe: dict[str, Any], applied: Any) -> list[str]:
+def _prediction_notes(
+    recipe: dict[str, Any],
+    coerced: dict[str, int],
+    imputed: dict[str, int],
+    unknown: dict[str, int],
+) -> list[str]:
     notes = []
-    for column, count in applied.coerced.items():
+    for column, count in coerced.items():
         notes.append(f"column {shown(column)}: {count} text cells read as missing")
-    for column, count in applied.imputed.items():
+    for column, count in imputed.items():
         if recipe["types"][column] != "categorical":
             notes.append(
                 f"column {shown(column)}: {count} missing values imputed as in training "
@@ -1081,7 +1139,7 @@ def _prediction_notes(recipe: dict[str, Any], applied: Any) -> list[str]:
             )
         else:
             notes.append(f"column {shown(column)}: {count} missing values as {tables.MISSING!r}")
-    for column, count in applied.unknown.items():
+    for column, count in unknown.items():
         where = (
             f"grouped as {tables.OTHER!r}"
             if column in recipe["other"]
@@ -1094,9 +1152,9 @@ def _prediction_notes(recipe: dict[str, Any], applied: Any) -> list[str]:
     return notes
 
 
-def _read_images(settings: dict[str, Any], path: Path) -> tuple[np.ndarray, list[str]]:
-    """Image files, or every image under a folder, decoded, resized and colored as the
-    training images were (Keras' own loader and resizing: bilinear, no crop)."""
+def _image_files(path: Path) -> tuple[list[Path], Path]:
+    """An image file, or every image under a folder (sorted), and the folder their names in
+    the predictions are relative to."""
     files = [path] if path.is_file() else sorted(
         f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
     )  # fmt: skip
@@ -1106,6 +1164,14 @@ def _read_images(settings: dict[str, Any], path: Path) -> tuple[np.ndarray, list
         raise DataError(
             f"{path}: holds no image ({', '.join(IMAGE_SUFFIXES)} files, sub-folders included)."
         )
+    return files, path.parent if path.is_file() else path
+
+
+def _decode_images(
+    settings: dict[str, Any], files: list[Path], root: Path
+) -> tuple[np.ndarray, list[str]]:
+    """`files` decoded, resized and colored as the training images were (Keras' own loader
+    and resizing: bilinear, no crop), and their names relative to `root`."""
     import tensorflow as tf
 
     channels = 1 if settings["color_mode"] == "grayscale" else 3
@@ -1119,7 +1185,6 @@ def _read_images(settings: dict[str, Any], path: Path) -> tuple[np.ndarray, list
         except Exception as exc:  # TensorFlow's decoders raise their own types
             raise DataError(f"{file}: cannot be decoded as an image: {exc}") from None
         images.append(image.numpy())
-    root = path.parent if path.is_file() else path
     return np.stack(images), [str(f.relative_to(root)) for f in files]
 
 

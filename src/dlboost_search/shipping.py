@@ -18,6 +18,7 @@ never one that mixes two models.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -458,15 +459,16 @@ def predict(
 ) -> int:
     """Predict every row of `data_path` (a table, an NPZ file, or for a model trained on
     images an image file or folder) with an exported model; write them to `out_path` (CSV, or
-    Parquet by its suffix). `on_note` hears what was done to the rows (values imputed,
-    categories the model does not know). Returns the number of rows."""
+    Parquet by its suffix). A table or folder is read, predicted and written a chunk at a
+    time, so one larger than memory is predicted too. `on_note` hears what was done to the
+    rows (values imputed, categories the model does not know). Returns the number of rows."""
     outputs.check_file(out_path, "--out", keep=(data_path,))
     meta, model_path = _read_model(model_dir)
-    from dlboost_search.data import read_for_prediction
+    from dlboost_search.data import RowsToPredict
 
-    x, index, notes = read_for_prediction(meta["preprocessing"], data_path)
-    for note in notes:
-        on_note(note)
+    rows = RowsToPredict(meta["preprocessing"], data_path)
+    chunks = rows.chunks()
+    first = next(chunks)  # a file the model cannot take is refused before the model loads
 
     from dlboost_search._tf import import_tensorflow_quietly
 
@@ -482,15 +484,55 @@ def predict(
             f"{str(exc)[:200]}). Export it again with `dlboost-search export-model STUDY "
             f"--out {model_dir}`."
         ) from None
-    frame = _predictions(meta, model.predict(x, batch_size=4096, verbose=0))
-    frame.index = index
-    if meta["preprocessing"].get("images"):  # each prediction names its image
-        frame.insert(0, "image", list(index))
-    if out_path.suffix.lower() in (".parquet", ".pq"):
-        frame.to_parquet(out_path)
-    else:
-        frame.to_csv(out_path, index=False)
-    return len(frame)
+    count = 0
+    with _PredictionsFile(out_path) as written:
+        for x, index in itertools.chain([first], chunks):
+            frame = _predictions(meta, model.predict(x, batch_size=4096, verbose=0))
+            frame.index = index
+            if meta["preprocessing"].get("images"):  # each prediction names its image
+                frame.insert(0, "image", list(index))
+            written.append(frame)
+            count += len(frame)
+    for note in rows.notes():
+        on_note(note)
+    return count
+
+
+class _PredictionsFile:
+    """The predictions written chunk by chunk: CSV (a header, then rows appended), or Parquet
+    (one row group per chunk). Written beside `path` and moved there once complete, so a run
+    that fails midway leaves no half file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.partial = path.with_name(f".{path.name}.partial")
+        self.parquet = path.suffix.lower() in (".parquet", ".pq")
+        self._writer: Any = None
+
+    def __enter__(self) -> _PredictionsFile:
+        return self
+
+    def append(self, frame: Any) -> None:
+        if not self.parquet:
+            header = self._writer is None
+            frame.to_csv(self.partial, index=False, header=header, mode="w" if header else "a")
+            self._writer = True
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.partial, table.schema)
+        self._writer.write_table(table)
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if self.parquet and self._writer is not None:
+            self._writer.close()
+        if kind is None:
+            os.replace(self.partial, self.path)
+        else:
+            self.partial.unlink(missing_ok=True)
 
 
 def _predictions(meta: dict[str, Any], outputs: Any) -> Any:

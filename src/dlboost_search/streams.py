@@ -83,18 +83,19 @@ def sample_key(rows: np.ndarray, seed: int) -> np.ndarray:
     return _uniform(rows, 2 * seed + 1)
 
 
-def table_chunks(path: Path) -> Iterator[tuple[int, pd.DataFrame]]:
-    """A CSV or Parquet file's rows, CHUNK_ROWS at a time, each chunk with the number of its
-    first row in the file (from 0, header excluded) as its index. Columns are named as text,
-    as data.py names them when it reads a file whole."""
-    rows = CHUNK_ROWS
+def table_chunks(path: Path, rows: int | None = None) -> Iterator[tuple[int, pd.DataFrame]]:
+    """A CSV or Parquet file's rows, `rows` (default CHUNK_ROWS) at a time, each chunk with
+    the number of its first row in the file (from 0, header excluded) as its index. Columns
+    are named as text, as data.py names them when it reads a file whole."""
+    rows = rows or CHUNK_ROWS
     if path.suffix.lower() == ".csv":
         import pandas as pd
 
         try:
-            reader = pd.read_csv(path, chunksize=rows)
-            for start, chunk in _numbered(reader):
-                yield start, _named(chunk, path)
+            # Closed however the reading ends: a caller that stops at a bad chunk too.
+            with pd.read_csv(path, chunksize=rows) as reader:
+                for start, chunk in _numbered(reader):
+                    yield start, _named(chunk, path)
         except DataError:
             raise
         except Exception as exc:  # the parser raises many types; all mean "cannot read"
@@ -105,14 +106,14 @@ def table_chunks(path: Path) -> Iterator[tuple[int, pd.DataFrame]]:
     try:
         # One row group at a time: iter_batches over the whole file reads ahead every row
         # group, holding as much as the file (1.1 GB of 1.1 GB measured).
-        parquet = pq.ParquetFile(path)
-        batches = (
-            batch.to_pandas()
-            for group in range(parquet.metadata.num_row_groups)
-            for batch in parquet.iter_batches(batch_size=rows, row_groups=[group])
-        )
-        for start, chunk in _numbered(batches):
-            yield start, _named(chunk, path)
+        with pq.ParquetFile(path) as parquet:
+            batches = (
+                batch.to_pandas()
+                for group in range(parquet.metadata.num_row_groups)
+                for batch in parquet.iter_batches(batch_size=rows, row_groups=[group])
+            )
+            for start, chunk in _numbered(batches):
+                yield start, _named(chunk, path)
     except DataError:
         raise
     except Exception as exc:  # pyarrow raises its own types
