@@ -164,8 +164,12 @@ def test_export_import_and_merge_carry_the_models(diabetes, tmp_path):
     assert {p.name for p in diabetes["store"].iterdir()} == kept
 
 
-@pytest.mark.parametrize("any_storage", ["postgresql"], indirect=True)
-def test_a_folder_store_on_postgresql_keeps_the_hyperband_backends_models(any_storage, tmp_path):
+@pytest.mark.parametrize("any_storage", ["postgresql", "mysql"], indirect=True)
+def test_a_folder_store_on_a_database_server_keeps_the_hyperband_backends_models(
+    any_storage, tmp_path
+):
+    """PostgreSQL and MariaDB (SQLite: the module's study): the store is recorded, and
+    keep_models deletes the other trials' models and their attributes on either server."""
     write_space(
         tmp_path,
         {
