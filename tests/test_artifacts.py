@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import TINY_SPACE, call_wsgi, cli_command, cli_env, deep_update, load, system_attrs
-from dlboost_search import shipping, transfer
+from dlboost_search import reports, shipping, transfer
 from dlboost_search.artifacts import settle_models
 from dlboost_search.dashboard import dashboard_app
 from dlboost_search.errors import ArtifactError
@@ -113,6 +113,14 @@ def test_export_model_uses_the_stored_model_and_scores_as_the_study(diabetes, tm
         "the trial's own, stored during the search"
         in (tmp_path / "model" / "model_card.md").read_text()
     )
+
+    # The error in the target's units each regression trial records as it ends is the one
+    # its exported model scores, and the report gives it beside the loss.
+    alone = shipping.export_model("tiny", diabetes["url"], tmp_path / "alone")
+    assert best.user_attrs["rmse"] == pytest.approx(alone["validation"]["rmse"], rel=1e-4)
+    assert best.user_attrs["mae"] == pytest.approx(alone["validation"]["mae"], rel=1e-4)
+    report = reports.to_markdown(reports.build_report(study))
+    assert f"in the target's own units: RMSE {best.user_attrs['rmse']:.4g}" in report
 
     said.clear()
     meta = shipping.export_model(

@@ -41,6 +41,8 @@ __all__ = [
     "prepare",
     "prepare_streamed",
     "RowsToPredict",
+    "errors_in_target_units",
+    "in_target_units",
     "read_for_prediction",
     "streaming",
     "task_and_shape",
@@ -106,6 +108,26 @@ class PreparedData:
             + (f"{len(self.feature_names)} features" if len(self.input_shape) == 1
                else f"each shaped {self.input_shape}")
         )  # fmt: skip
+
+
+def in_target_units(standardized: Any, mean: float, std: float, transform: str) -> np.ndarray:
+    """Regression values back in the target's own units: training saw the target
+    standardized (mean, std), after log(1 + y) when `transform` is "log1p"."""
+    values = np.asarray(standardized, dtype="float64") * std + mean
+    if transform == "log1p":
+        with np.errstate(over="ignore"):
+            values = np.expm1(values)
+    return values
+
+
+def errors_in_target_units(data: PreparedData, predicted: Any) -> dict[str, float]:
+    """RMSE and MAE of a regression model's validation predictions (standardized, as the
+    model outputs them) in the target's own units: what a trial's loss means to its user."""
+    units = (data.target_mean, data.target_std, data.target_transform)
+    error = in_target_units(np.asarray(predicted)[:, 0], *units) - in_target_units(
+        data.y_val, *units
+    )
+    return {"rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error)))}
 
 
 @functools.lru_cache(maxsize=4)

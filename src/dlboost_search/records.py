@@ -33,9 +33,11 @@ __all__ = [
     "HYPERBAND_TRIAL",
     "INITIAL_EPOCH",
     "LATENCY_MS",
+    "MAE",
     "MODELS",
     "N_PARAMS",
     "RETRY_OF",
+    "RMSE",
     "ROUND",
     "SEARCHED_SECONDS",
     "SIZE_MB",
@@ -94,7 +96,21 @@ TRAIN_SECONDS = "train_seconds"
 # (null on pruned trials). Absent on trials of releases before objective.constraints.
 SIZE_MB = "size_mb"
 LATENCY_MS = "latency_ms"
-TRAINING = (ENGINE, EPOCHS_TRAINED, BEST_EPOCH, N_PARAMS, SIZE_MB, LATENCY_MS, TRAIN_SECONDS)
+# A regression trial's validation error in the target's own units (its loss is in standardized,
+# maybe log, units): what the report shows beside the objective.
+RMSE = "rmse"
+MAE = "mae"
+TRAINING = (
+    ENGINE,
+    EPOCHS_TRAINED,
+    BEST_EPOCH,
+    N_PARAMS,
+    SIZE_MB,
+    LATENCY_MS,
+    RMSE,
+    MAE,
+    TRAIN_SECONDS,
+)
 
 # On the trials the Hyperband backend copies from keras-tuner.
 HYPERBAND_TRIAL = "hyperband_trial"  # keras-tuner's trial id: a trial is never copied twice

@@ -548,10 +548,16 @@ def _best_lines(report: dict[str, Any]) -> list[str]:
             "" if latency is None else f", {latency:.3g} ms a row",
         )
     )
+    rmse, mae = best.get(records.RMSE), best.get(records.MAE)
+    units = (
+        ""
+        if rmse is None
+        else f" On the validation rows, in the target's own units: RMSE {rmse:.4g}, MAE {mae:.4g}."
+    )
     return [
         f"**Best {report['metric']}: {best['value']:.6g}** ({report['direction']}d) at trial "
         f"{best['trial']}: {best['epochs_trained']} epochs (best epoch {best['best_epoch']})"
-        f"{costs}, {best['train_seconds']} s of training." + (f" {within}" if within else "")
+        f"{costs}, {best['train_seconds']} s of training.{units}" + (f" {within}" if within else "")
     ]
 
 

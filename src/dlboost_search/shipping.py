@@ -554,10 +554,8 @@ def _predictions(meta: dict[str, Any], outputs: Any) -> Any:
 
 
 def _in_target_units(meta: dict[str, Any], standardized: np.ndarray) -> np.ndarray:
-    """Regression values back in the target's own units: training saw it standardized, after
-    log(1 + y) when `target_transform` says so (absent in exports of 0.1.0: none)."""
-    values = np.asarray(standardized, dtype="float64") * meta["target_std"] + meta["target_mean"]
-    if meta.get("target_transform", "none") == "log1p":
-        with np.errstate(over="ignore"):
-            values = np.expm1(values)
-    return values
+    """Regression values in the target's own units (exports of 0.1.0 have no transform)."""
+    from dlboost_search.data import in_target_units
+
+    transform = meta.get("target_transform", "none")
+    return in_target_units(standardized, meta["target_mean"], meta["target_std"], transform)

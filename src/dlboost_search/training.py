@@ -46,6 +46,8 @@ class TrainingRecord:
     n_params: int | None = None
     size_mb: float | None = None
     latency_ms: float | None = None  # measured once the trial completes (trial.TrialContext)
+    rmse: float | None = None  # regression, in the target's units: also measured at the end
+    mae: float | None = None
     train_seconds: float = 0.0
     history: list[float] = field(default_factory=list)
     engine: str | None = None
@@ -58,6 +60,8 @@ class TrainingRecord:
             records.N_PARAMS: self.n_params,
             records.SIZE_MB: self.size_mb,
             records.LATENCY_MS: self.latency_ms,
+            records.RMSE: self.rmse,
+            records.MAE: self.mae,
             records.TRAIN_SECONDS: round(self.train_seconds, 3),
         }
 

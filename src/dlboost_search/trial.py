@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from dlboost_search.data import StreamedData, prepare, prepare_streamed
+from dlboost_search.data import (
+    StreamedData,
+    errors_in_target_units,
+    prepare,
+    prepare_streamed,
+)
 from dlboost_search.limits import latency_ms
 from dlboost_search.models import model_builder
 from dlboost_search.spaces import SearchSpace
@@ -96,8 +101,13 @@ class TrialContext:
             engine=self.engine,
             class_weight=training.class_weight,
         )
-        # Once, on the best weights: what the model costs to serve (objective.constraints).
+        # Once, on the best weights: what the model costs to serve (objective.constraints),
+        # and a regression's error in the target's units (the report's words for the loss).
         record.latency_ms = latency_ms(model, self._one_row())
+        if self.data.task == "regression" and not isinstance(self.data, StreamedData):
+            predicted = model.predict(self.data.x_val, batch_size=4096, verbose=0)
+            errors = errors_in_target_units(self.data, predicted)
+            record.rmse, record.mae = round(errors["rmse"], 6), round(errors["mae"], 6)
         return value
 
     def _one_row(self) -> Any:
