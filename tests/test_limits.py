@@ -56,6 +56,14 @@ def test_trials_over_max_params_are_never_the_best(write_space, storage, run_cli
     assert {t["trial"] for t in report["limits"]["trials"] if t["feasible"]} == {
         t.number for t in within
     }
+    # Only models within the limits are kept (search.keep_models' default keeps all six
+    # otherwise): one over a limit is never exported.
+    stored = {
+        t.number
+        for t in study.get_trials()
+        if any(k.startswith("artifacts:") for k in t.system_attrs)
+    }
+    assert stored == {t.number for t in within}
 
     done = run_cli("export-model", "tiny", "--storage", storage, "--out", "model")
     assert done.returncode == 0, done.stderr

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from dlboost_search import records
+from dlboost_search import limits, records
 from dlboost_search.errors import ArtifactError, shown
 from dlboost_search.storage import masked, models_dir
 
@@ -176,17 +176,9 @@ def _sign(study: Any) -> int:
 
 
 def _ranked(study: Any) -> list[Any]:
-    """The complete trials, best first (ties: the earlier trial)."""
-    import math
-
-    from optuna.trial import TrialState
-
-    sign = _sign(study)
-    complete = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.value is not None and math.isfinite(t.value)
-    ]  # fmt: skip
-    return sorted(complete, key=lambda t: (sign * t.value, t.number))
+    """The complete trials within the study's objective.constraints, best first (ties: the
+    earlier trial): a model over a limit is never exported, so never kept."""
+    return limits.ranked(study)
 
 
 def _metas(trial: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -230,8 +222,11 @@ class TrialModels:
     keep: int | None
     _removed: set[str] = field(default_factory=set)  # ids this process deleted
 
-    def wanted(self, study: Any, value: float, number: int) -> bool:
-        """Whether a trial scoring `value` would be among the best `keep` complete trials."""
+    def wanted(self, study: Any, value: float, number: int, attrs: dict[str, Any]) -> bool:
+        """Whether a trial scoring `value`, measured as `attrs` (its training record), keeps
+        to the study's limits and would be among the best `keep` complete trials."""
+        if limits.over(limits.constraints_of(study), attrs):
+            return False
         if self.keep is None:
             return True
         sign = _sign(study)

@@ -466,7 +466,7 @@ def _run(
         stored: dict[str, str] = {}
         if trial.status == "COMPLETED" and trial.score is not None and math.isfinite(trial.score):
             state, value = optuna.trial.TrialState.COMPLETE, float(trial.score)
-            if model is not None and models.wanted(study, value, len(copied)):
+            if model is not None and models.wanted(study, value, len(copied), attrs):
                 try:
                     stored = models.write(model, len(copied))
                 except Exception as exc:  # as in the Optuna worker: the trial still counts

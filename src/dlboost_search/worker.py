@@ -252,10 +252,10 @@ def _run(
     constraints = space.objective.constraints
     models = open_models(study, url, writing=True)
 
-    def keep_model(trial: optuna.Trial, model: Any, value: float) -> None:
-        """Upload the model of a trial among the best search.keep_models; a store failing
-        now costs this model only (export-model retrains it), never the trial."""
-        if not models.wanted(study, value, trial.number):
+    def keep_model(trial: optuna.Trial, model: Any, value: float, record: Any) -> None:
+        """Upload the model of a trial among the best search.keep_models within the limits;
+        a store failing now costs this model only (export-model retrains it), never the trial."""
+        if not models.wanted(study, value, trial.number, record.as_attrs()):
             return
         try:
             models.upload(trial, model)
@@ -288,7 +288,7 @@ def _run(
                 model = context.model(params, trial.number)
                 value = context.fit(model, params, trial.number, record=record, report=report)
             with _signals_raise(False):
-                keep_model(trial, model, value)
+                keep_model(trial, model, value, record)
             return value
         except (TrialFailed, SearchAborted) as exc:
             trial.set_user_attr(records.FAIL_REASON, str(exc))
