@@ -41,6 +41,7 @@ __all__ = [
     "prepare",
     "prepare_streamed",
     "RowsToPredict",
+    "always_in_memory",
     "errors_in_target_units",
     "in_target_units",
     "read_for_prediction",
@@ -1241,11 +1242,18 @@ def _legacy_table_rows(recipe: dict[str, Any], frame: pd.DataFrame, path: Path) 
 MOST_STREAMED_CLASSES = 10_000
 
 
+def always_in_memory(spec: DataSpec) -> bool:
+    """Built-in datasets and NPZ files: held in memory whatever their size, never streamed."""
+    return bool(spec.builtin) or not (
+        spec.images or Path(spec.path).suffix.lower() in TABLE_SUFFIXES
+    )
+
+
 def streaming(spec: DataSpec) -> tuple[bool, str]:
     """Whether `training.engine: auto` streams this data rather than hold it, and why, in words:
     a CSV or Parquet file (with its validation file) above the threshold on disk, or an image
     folder whose images, decoded at `data.image_size` as float32, are above it."""
-    if spec.builtin or not (spec.images or Path(spec.path).suffix.lower() in TABLE_SUFFIXES):
+    if always_in_memory(spec):
         return False, "built-in and NPZ data are held in memory"
     if spec.images:
         folder = Path(spec.images)

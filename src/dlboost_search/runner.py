@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from dlboost_search import devices, events, memory
 from dlboost_search.artifacts import settle_models
-from dlboost_search.data import preparation_notes, task_and_shape
+from dlboost_search.data import always_in_memory, preparation_notes, task_and_shape
 from dlboost_search.errors import ArtifactError, DataError, DeviceError, SpaceError, StudyError
 from dlboost_search.models import check_input
 from dlboost_search.pool import DEFAULT_RECYCLE_EVERY
@@ -180,10 +180,12 @@ def mixed_precision_problem(space: SearchSpace, gpus: list[devices.Gpu], where: 
 
 
 def _say_about_data(space: SearchSpace, warning: str | None, on_event: EventHandler) -> None:
-    """The engine and whether the data is streamed, what preparing the data did (imputed,
-    ignored, transformed), then check_data's warning."""
+    """The engine and whether the data is streamed (for a file or folder, whose size decided
+    it), what preparing the data did (imputed, ignored, transformed), then check_data's
+    warning."""
     choice = choose_engine(space.training.engine, space.data)
-    on_event(events.Noted(choice.line()))
+    if not always_in_memory(space.data):
+        on_event(events.Noted(choice.line()))
     for note in preparation_notes(space.data, space.search.seed or 0, choice.streamed):
         on_event(events.Noted(note))
     if warning:
