@@ -484,7 +484,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"Trials: {counts['complete']} complete{over}, {counts['pruned']} pruned, "
         f"{counts['failed']} failed, {counts['running']} running.",
         "",
-        *[f"> {note}" for note in report["notes"]],
+        *[line for note in report["notes"] for line in (f"> {note}", "")],
     ]
     if best is not None:
         lines += [
