@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,9 +76,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> str:
+def cluster() -> Iterator[str]:
     """The address of a two-node Ray cluster on 127.0.0.1, for the module's tests."""
-    temp_dir = tmp_path_factory.mktemp("ray")
+    # A short folder of its own: Ray's socket paths under it must fit in 107 bytes, which
+    # pytest's folders under xdist (.../pytest-84/popen-gw1/...) leave no room for.
+    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp", ignore_cleanup_errors=True) as f:
+        yield from _cluster(Path(f))
+
+
+def _cluster(temp_dir: Path) -> Iterator[str]:
     log = temp_dir / "nodes.log"
     # Ray's test helper writes the cluster's address into RAY_TMPDIR/ray, /tmp/ray by
     # default, which a fresh machine lacks: this cluster keeps it in its own folder.
