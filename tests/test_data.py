@@ -873,6 +873,17 @@ def test_prediction_of_a_table_model_refuses_an_npz(tmp_path: Path):
     )
 
 
+def test_prediction_of_a_missing_or_empty_table_is_refused(tmp_path: Path):
+    """predict reads a table chunk by chunk: a file that is not there, or holds a header and
+    no row, is still refused in one sentence."""
+    recipe = prepare(file_spec(write_csv(tmp_path / "t.csv", regression_columns()))).preprocessing
+    missing = tmp_path / "missing.csv"
+    assert prediction_error(recipe, missing) == f"{missing}: data file not found."
+    empty = tmp_path / "empty.csv"
+    empty.write_text("a,b,y\n")
+    assert prediction_error(recipe, empty) == f"{empty}: the file has no rows."
+
+
 def test_prediction_nan_message_speaks_of_predicting(tmp_path: Path):
     train = write_csv(tmp_path / "t.csv", regression_columns())
     recipe = prepare(file_spec(train, missing="refuse")).preprocessing

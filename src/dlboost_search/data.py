@@ -1067,6 +1067,8 @@ class RowsToPredict:
             raise DataError(f"{path}: data file not found.")
         empty = True
         for _, frame in streams.table_chunks(path, self.rows):
+            if frame.empty:  # a header alone reads as one chunk of no rows
+                continue
             empty = False
             x, applied = _table_chunk_for_prediction(recipe, frame, path)
             if applied is not None:
