@@ -153,6 +153,17 @@ def wait_for_running_trial(url: str, timeout: float = 120) -> optuna.trial.Froze
     raise AssertionError("no trial started training in time")
 
 
+def worker_of(pid: int) -> int:
+    """The worker process the CLI process `pid` started (not multiprocessing's helper)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    (worker,) = [
+        int(c) for c in children
+        if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()
+        and "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()
+    ]  # fmt: skip
+    return worker
+
+
 def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dlboost_search", *args]
 

@@ -8,13 +8,12 @@ import re
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import keras_tuner as kt
 import pytest
 import yaml
 
-from conftest import TINY_SPACE, cli_command, cli_env, deep_update, load
+from conftest import TINY_SPACE, cli_command, cli_env, deep_update, load, worker_of
 from dlboost_search.hyperband import hyperparameters, state_dir
 from dlboost_search.spaces import distributions, space_from_dict
 
@@ -129,17 +128,6 @@ def test_a_killed_worker_is_replaced_and_keras_tuner_runs_its_trial_again(
     assert sorted(int(t.user_attrs["hyperband_trial"]) for t in trials) == list(range(SCHEDULE))
     assert all(t.state.name == "COMPLETE" for t in trials)
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # the killed one and its successor
-
-
-def worker_of(pid: int) -> int:
-    """The worker process the CLI process `pid` started (not multiprocessing's helper)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    (worker,) = [
-        int(c) for c in children
-        if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()
-        and "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()
-    ]  # fmt: skip
-    return worker
 
 
 def test_hyperband_takes_one_worker(write_space, storage, run_cli):

@@ -161,14 +161,19 @@ def test_a_lost_machine_is_found_by_its_heartbeat_and_its_trial_retried(
     write_space, any_storage, tmp_path
 ):
     """Runner and worker both killed: nobody on that machine closes the trial. A worker
-    joining from elsewhere sees the heartbeat stop, fails the trial and runs it again."""
+    joining from elsewhere sees the heartbeat stop, fails the trial and runs it again, from
+    the checkpoint the lost one left in the study's artifact store."""
     search = {"pruner": "none", "trials": 2, "heartbeat_seconds": 1, "stale_after_seconds": 4}
-    space = write_space(training=LONG_TRIALS, search=search)
+    space = write_space(training={**LONG_TRIALS, "checkpoint_every": 5}, search=search)
     machine = subprocess.Popen(
         cli_command("start", str(space), "--storage", any_storage, "-q"),
         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     lost = wait_for_running_trial(any_storage)
+    deadline = time.monotonic() + 120
+    while "dlboost_checkpoint" not in load(any_storage).trials[lost.number].system_attrs:
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
     # The worker first: a worker whose runner is gone closes its trial at the next epoch.
     os.kill(int(lost.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     machine.kill()
@@ -184,6 +189,7 @@ def test_a_lost_machine_is_found_by_its_heartbeat_and_its_trial_retried(
     assert "lost: no heartbeat for" in trials[lost.number].user_attrs["fail_reason"]
     (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
     assert retry.state == TrialState.COMPLETE and retry.params == lost.params
+    assert retry.user_attrs["resumed_from_epoch"] == retry.user_attrs["resume_from"]["epoch"] > 0
     assert len([t for t in trials if t.state in FINISHED]) == 2
     assert "RUNNING" not in states(load(any_storage))
 

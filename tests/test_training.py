@@ -13,7 +13,13 @@ from dlboost_search.data import prepare
 from dlboost_search.errors import SearchAborted, TrialFailed
 from dlboost_search.models import mlp
 from dlboost_search.spaces import space_from_dict
-from dlboost_search.training import TrainingRecord, compile_model, train
+from dlboost_search.training import (
+    Checkpointing,
+    TrainingRecord,
+    TrainingState,
+    compile_model,
+    train,
+)
 
 
 def params(**changes):
@@ -311,3 +317,63 @@ def test_balanced_class_weights_lift_the_rare_class(engine):
         scores[weights] = value
     # Seeded (the autouse fixture): unweighted stays at the majority, 0.5.
     assert scores["balanced"] > max(0.8, scores["none"] + 0.2)
+
+
+# A model with every kind of state a checkpoint must carry: dropout's seed generator, batch
+# norm's moving statistics, Adam's moments and step.
+CHECKPOINTED = {"units": 16, "layers": 2, "dropout": 0.3, "batch_norm": True, "learning_rate": 0.01}
+
+
+def _train_checkpointed(data, engine, resume=None, every=3):
+    """8 epochs of the CHECKPOINTED model, saving a checkpoint every `every` epochs (as
+    bytes, the way a store keeps it); the best value, the record and the checkpoints."""
+    keras.utils.set_random_seed(7)
+    model = mlp.build(params(**CHECKPOINTED), data.input_shape, data.task, data.n_outputs)
+    saved = []
+    record = TrainingRecord()
+    value = train(
+        model, params(**CHECKPOINTED), data, max_epochs=8, patience=8, min_delta=0.0,
+        monitor="val_loss", direction="minimize", seed=7, record=record, engine=engine,
+        checkpointing=Checkpointing(lambda state: saved.append(state.dumps()), epochs=every),
+        resume=None if resume is None else TrainingState.loads(resume),
+    )  # fmt: skip
+    return value, record, saved
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_trial_resumed_from_its_checkpoint_goes_on_as_if_never_stopped(diabetes, engine):
+    value, record, saved = _train_checkpointed(diabetes, engine)
+    assert [TrainingState.loads(s).epoch for s in saved] == [3, 6]
+    assert record.resumed_from_epoch is None
+    keras.backend.clear_session()
+    resumed_value, resumed, _ = _train_checkpointed(diabetes, engine, resume=saved[0])
+    assert resumed.resumed_from_epoch == 3
+    assert resumed.epochs_trained == record.epochs_trained == 8
+    assert resumed.history[:3] == record.history[:3]  # the checkpoint's epochs, as they were
+    if engine == "epoch_loop":
+        # Its shuffle depends on the epoch alone, and the seed generators' state is restored:
+        # the same epochs, to float rounding.
+        assert resumed.history == pytest.approx(record.history, rel=1e-4)
+        assert resumed_value == pytest.approx(value, rel=1e-4)
+    else:
+        # Keras fit draws the later epochs' shuffles afresh: close, not equal (docs/reliability.md).
+        assert resumed_value == pytest.approx(value, rel=0.1)
+
+
+def test_a_checkpoint_of_another_model_is_refused(diabetes):
+    _, _, saved = _train_checkpointed(diabetes, "epoch_loop")
+    model = mlp.build(params(units=4), diabetes.input_shape, "regression", 1)
+    with pytest.raises(TrialFailed, match="checkpoint does not fit this model"):
+        train(
+            model, params(units=4), diabetes, max_epochs=8, patience=8, min_delta=0.0,
+            monitor="val_loss", direction="minimize", seed=7, record=TrainingRecord(),
+            resume=TrainingState.loads(saved[0]),
+        )  # fmt: skip
+
+
+def test_a_time_based_checkpoint_is_due_once_its_interval_has_passed():
+    every_minute = Checkpointing(lambda state: None, seconds=60)
+    assert not every_minute.due(5, since_last=59.9)
+    assert every_minute.due(1, since_last=60.0)
+    every_other = Checkpointing(lambda state: None, epochs=2)
+    assert [every_other.due(epoch, 0.0) for epoch in (1, 2, 3, 4)] == [False, True, False, True]

@@ -23,6 +23,7 @@ This module never imports TensorFlow: the model saves itself (`model.save`).
 
 from __future__ import annotations
 
+import io
 import json
 import mimetypes
 import os
@@ -38,6 +39,7 @@ from dlboost_search.errors import ArtifactError, shown
 from dlboost_search.storage import masked, models_dir
 
 __all__ = [
+    "Checkpoints",
     "TrialModels",
     "carry_models",
     "models_for_dashboard",
@@ -276,12 +278,20 @@ class TrialModels:
         return removed
 
     def remove_all(self, study: Any) -> int:
-        """Delete every model of the study from the store; how many there were."""
+        """Delete every model and checkpoint of the study from the store; how many models
+        there were."""
         count = 0
         for trial in study.get_trials(deepcopy=False):
             for _, meta in _metas(trial):
                 count += self._delete_file(meta["artifact_id"])
+            checkpoint = trial.system_attrs.get(records.CHECKPOINT)
+            if isinstance(checkpoint, dict):
+                self._delete_file(checkpoint["artifact_id"])
         return count
+
+    def checkpoints(self) -> Checkpoints:
+        """The study's mid-trial checkpoints, kept in the same store as its models."""
+        return Checkpoints(self.store, self.shown)
 
     def _remove(self, study: Any, trial: Any, key: str, meta: dict[str, Any]) -> None:
         self._delete_file(meta["artifact_id"])
@@ -319,6 +329,67 @@ class TrialModels:
         except Exception as exc:  # an S3 client raises many types; any means "not readable"
             raise ArtifactError(f"{self.shown} could not be read ({exc})") from None
         return path
+
+
+@dataclass
+class Checkpoints:
+    """Mid-trial checkpoints (training.checkpoint_every) in a study's artifact store, where
+    any machine that retries a trial finds them.
+
+    A running trial writes each checkpoint under a new id, then points its system attribute
+    records.CHECKPOINT at it, then deletes the one before: a worker killed at any moment
+    leaves the pointer on a whole file. A retry of a lost trial is queued carrying the pointer
+    (records.RESUME_FROM, storage.RetryLostTrial); once a trial ends (complete, pruned, failed
+    in its own right), its checkpoints and the one it resumed from are deleted.
+    """
+
+    store: Any
+    shown: str
+
+    def saver(self, study: Any, trial: Any) -> Any:
+        """save(content, epoch) for the running `trial`: store `content` (TrainingState's
+        bytes) as its latest checkpoint."""
+        latest: dict[str, Any] = {}
+
+        def save(content: bytes, epoch: int) -> None:
+            artifact_id = f"checkpoint-{uuid.uuid4()}"
+            self.store.write(artifact_id, io.BytesIO(content))
+            record = {"artifact_id": artifact_id, "epoch": epoch}
+            study._storage.set_trial_system_attr(trial._trial_id, records.CHECKPOINT, record)
+            if latest:
+                self._delete(latest["artifact_id"])
+            latest.update(record)
+
+        return save
+
+    def load(self, record: dict[str, Any]) -> bytes:
+        """A checkpoint's bytes; ArtifactError saying why when it cannot be read."""
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        try:
+            with self.store.open_reader(record["artifact_id"]) as reader:
+                return reader.read()
+        except ArtifactNotFound:
+            raise ArtifactError(f"it is no longer in {self.shown}") from None
+        except Exception as exc:  # an S3 client raises many types; any means "not readable"
+            raise ArtifactError(f"{self.shown} could not be read ({exc})") from None
+
+    def discard(self, study: Any, trial: Any) -> None:
+        """Delete the finished `trial`'s checkpoints: its own, and the one it resumed from."""
+        own = trial.system_attrs.get(records.CHECKPOINT)
+        for record in (own, trial.user_attrs.get(records.RESUME_FROM)):
+            if isinstance(record, dict):
+                self._delete(record["artifact_id"])
+        if isinstance(own, dict):
+            _forget(study, trial._trial_id, records.CHECKPOINT)
+
+    def _delete(self, artifact_id: str) -> None:
+        from optuna.artifacts.exceptions import ArtifactNotFound
+
+        try:
+            self.store.remove(artifact_id)
+        except ArtifactNotFound:  # deleted already (a retry that ended, `delete`)
+            pass
 
 
 def _mimetype(name: str) -> str:

@@ -380,6 +380,18 @@ def _run(
                 callback.set_model(model)
             record, curve = training.setdefault(trial_id, (TrainingRecord(), {}))
             number = len(copied)  # the number its copy will get
+            checkpoint = checkpoint_path(trial_id)
+            resume = _read_checkpoint(checkpoint, number, on_event)
+            if resume is not None:  # a retry of a trial its worker was lost in
+                for epoch, value in enumerate(resume.history):
+                    curve[initial + epoch] = value
+                # keras-tuner's best-epoch file, which a promoted trial continues from, is
+                # rewritten at the first improvement it sees: let it see the epochs before.
+                if resume.best_weights is not None:
+                    model.set_weights(resume.best_weights)
+                for epoch, value in enumerate(resume.history):
+                    for callback in callbacks:
+                        callback.on_epoch_end(initial + epoch, {space.objective.metric: value})
 
             def report(epoch: int, value: float) -> None:
                 stop.check()
@@ -392,6 +404,7 @@ def _run(
                 value = context.fit(
                     model, params, int(trial_id or 0), record=record, report=report,
                     max_epochs=kwargs.get("epochs", space.training.max_epochs) - initial,
+                    save=lambda state: _write_checkpoint(checkpoint, state), resume=resume,
                 )  # fmt: skip
             except TrialFailed as exc:
                 raise kt.errors.FailedTrialError(str(exc)) from None
@@ -448,6 +461,7 @@ def _run(
         """The keras-tuner trial as a finished Optuna trial, unless it is there already."""
         if trial.trial_id in copied or trial.status not in ("COMPLETED", "FAILED", "INVALID"):
             return
+        checkpoint_path(trial.trial_id).unlink(missing_ok=True)  # no retry will need it
         values = trial.hyperparameters.values
         record, curve = training.pop(trial.trial_id, (TrainingRecord(), {}))
         attrs = {
@@ -494,6 +508,10 @@ def _run(
             on_event(events.Warned(f"could not delete models beyond search.keep_models: {exc}"))
 
     folder = state_dir(url, study_name)
+
+    def checkpoint_path(trial_id: str) -> Any:
+        return folder / "checkpoints" / f"trial-{trial_id}.npz"
+
     if copied and not (folder / "hyperband" / "oracle.json").is_file():
         # A new schedule would reuse keras-tuner's trial ids, and its trials would be taken
         # for copies of the old ones.
@@ -561,6 +579,36 @@ def _run(
     finally:
         keras.backend.clear_session(free_memory=False)
     return True
+
+
+def _write_checkpoint(path: Any, state: Any) -> None:
+    """A running trial's mid-trial checkpoint, in keras-tuner's state folder (the backend
+    runs on one machine), replaced whole: a worker killed while writing leaves the last one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(state.dumps())
+    os.replace(partial, path)
+
+
+def _read_checkpoint(path: Any, number: int, on_event: EventHandler) -> Any:
+    """The TrainingState a lost worker's trial saved, or None: none saved, or not readable
+    (then the trial trains from scratch, and says so)."""
+    from dlboost_search.training import TrainingState
+
+    if not path.is_file():
+        return None
+    try:
+        state = TrainingState.loads(path.read_bytes())
+    except Exception as exc:  # a damaged file: any of numpy's, zipfile's or json's errors
+        on_event(
+            events.Warned(
+                f"trial {number} trains from scratch: its checkpoint {path} could "
+                f"not be read ({exc})"
+            )  # fmt: skip
+        )
+        return None
+    on_event(events.Noted(f"trial {number} goes on from its checkpoint at epoch {state.epoch}"))
+    return state
 
 
 def _last_line(message: str | None) -> str:

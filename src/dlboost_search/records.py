@@ -23,6 +23,7 @@ __all__ = [
     "BACKEND",
     "BEST_EPOCH",
     "BRACKET",
+    "CHECKPOINT",
     "CONTINUES",
     "DATA",
     "DATA_CHANGES",
@@ -36,6 +37,8 @@ __all__ = [
     "MAE",
     "MODELS",
     "N_PARAMS",
+    "RESUMED_FROM_EPOCH",
+    "RESUME_FROM",
     "RETRY_OF",
     "RMSE",
     "ROUND",
@@ -84,6 +87,14 @@ DEVICE = "device"  # what it trained on: "cpu", "gpu:0" (nvidia-smi's index); ab
 FAIL_REASON = "fail_reason"  # why a FAIL trial failed, in words
 RETRY_OF = "retry_of"  # on a retried trial: the number of the trial it runs again
 ATTEMPT = "attempt"  # 2 for the first retry, and so on
+# Mid-trial checkpoints (training.checkpoint_every): a running trial's latest, as a system
+# attribute {"artifact_id": its id in the study's artifact store, "epoch": epochs it holds}
+# (not for people: the file is deleted once no trial needs it); a retry queued for a lost
+# trial carries its checkpoint as the user attribute RESUME_FROM, and records the epoch it went
+# on from as RESUMED_FROM_EPOCH (training.TrainingRecord; the Hyperband backend's too).
+CHECKPOINT = "dlboost_checkpoint"
+RESUME_FROM = "resume_from"
+RESUMED_FROM_EPOCH = "resumed_from_epoch"
 
 # On each trial: what its training did (training.TrainingRecord).
 ENGINE = "engine"
@@ -110,6 +121,7 @@ TRAINING = (
     RMSE,
     MAE,
     TRAIN_SECONDS,
+    RESUMED_FROM_EPOCH,
 )
 
 # On the trials the Hyperband backend copies from keras-tuner.

@@ -129,8 +129,9 @@ def _has_optuna_tables(url: str) -> bool:
 
 class RetryLostTrial:
     """Run a trial again, with the same parameters, when its worker was lost (killed, crashed,
-    its machine gone), at most `retries` times. RDBStorage calls it for the trials whose
-    heartbeat stopped (Optuna's stale trials); the runner for a local worker that died."""
+    its machine gone), at most `retries` times, from its last mid-trial checkpoint if any.
+    RDBStorage calls it for the trials whose heartbeat stopped (Optuna's stale trials); the
+    runner for a local worker that died; a worker for its trial stopped after a checkpoint."""
 
     def __init__(self, retries: int):
         self.retries = retries
@@ -141,9 +142,14 @@ class RetryLostTrial:
             return
         # Fresh user attributes: the retry must not inherit the lost trial's fail_reason.
         origin = trial.user_attrs.get(records.RETRY_OF, trial.number)
-        study.enqueue_trial(
-            trial.params, user_attrs={records.RETRY_OF: origin, records.ATTEMPT: attempt + 1}
+        attrs = {records.RETRY_OF: origin, records.ATTEMPT: attempt + 1}
+        # Its latest mid-trial checkpoint, or, lost before its first, the one it resumed from.
+        checkpoint = trial.system_attrs.get(records.CHECKPOINT) or trial.user_attrs.get(
+            records.RESUME_FROM
         )
+        if checkpoint:
+            attrs[records.RESUME_FROM] = checkpoint
+        study.enqueue_trial(trial.params, user_attrs=attrs)
 
 
 # What losing a race to create the schema looks like, on SQLite, PostgreSQL and MySQL.

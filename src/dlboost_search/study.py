@@ -57,6 +57,7 @@ _NOT_DEFINING = (
     "search.startup_trials",
     "search.artifacts",
     "search.keep_models",
+    "training.checkpoint_every",
 )
 
 # Data settings whose default changed when tables got their own preparation (issue 17): a study

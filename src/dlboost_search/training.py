@@ -6,6 +6,8 @@ the caller passes `report(epoch, value)`, which may raise to stop the trial (pru
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import time
 from collections.abc import Callable
@@ -21,7 +23,9 @@ from dlboost_search.hyperparams import logged_metrics, metric_direction
 from dlboost_search.limits import weights_mb
 
 __all__ = [
+    "Checkpointing",
     "TrainingRecord",
+    "TrainingState",
     "as_tensors",
     "class_weights",
     "EngineChoice",
@@ -51,6 +55,7 @@ class TrainingRecord:
     train_seconds: float = 0.0
     history: list[float] = field(default_factory=list)
     engine: str | None = None
+    resumed_from_epoch: int | None = None  # went on from a mid-trial checkpoint of this epoch
 
     def as_attrs(self) -> dict[str, Any]:
         return {
@@ -63,7 +68,82 @@ class TrainingRecord:
             records.RMSE: self.rmse,
             records.MAE: self.mae,
             records.TRAIN_SECONDS: round(self.train_seconds, 3),
+            records.RESUMED_FROM_EPOCH: self.resumed_from_epoch,
         }
+
+
+@dataclass
+class TrainingState:
+    """A mid-trial checkpoint: all a trial needs to go on as if it had never stopped.
+
+    `variables` are the model's, its random seed generators' state included (dropout draws
+    the same masks); `optimizer` its optimizer's (moments, step count). The epoch loop's
+    shuffle depends on the epoch alone, so a resumed trial there repeats the uninterrupted
+    run; Keras fit reshuffles from a fresh iterator, so there it only comes close.
+    """
+
+    epoch: int  # epochs trained
+    history: list[float]
+    best_value: float | None
+    best_epoch: int | None
+    since_improvement: int
+    variables: list[np.ndarray]
+    optimizer: list[np.ndarray]
+    best_weights: list[np.ndarray] | None
+
+    def dumps(self) -> bytes:
+        """The state as one .npz file's bytes: arrays, and the rest as JSON (no pickle)."""
+        arrays = {f"v{i}": a for i, a in enumerate(self.variables)}
+        arrays.update({f"o{i}": a for i, a in enumerate(self.optimizer)})
+        arrays.update({f"b{i}": a for i, a in enumerate(self.best_weights or [])})
+        meta = {
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "since_improvement": self.since_improvement,
+            "counts": [len(self.variables), len(self.optimizer), len(self.best_weights or [])],
+            "has_best_weights": self.best_weights is not None,
+        }
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype="uint8")
+        out = io.BytesIO()
+        np.savez(out, **arrays)
+        return out.getvalue()
+
+    @classmethod
+    def loads(cls, content: bytes) -> TrainingState:
+        with np.load(io.BytesIO(content), allow_pickle=False) as f:
+            meta = json.loads(f["meta"].tobytes().decode())
+            n_vars, n_opt, n_best = meta["counts"]
+            return cls(
+                epoch=meta["epoch"],
+                history=meta["history"],
+                best_value=meta["best_value"],
+                best_epoch=meta["best_epoch"],
+                since_improvement=meta["since_improvement"],
+                variables=[f[f"v{i}"] for i in range(n_vars)],
+                optimizer=[f[f"o{i}"] for i in range(n_opt)],
+                best_weights=[f[f"b{i}"] for i in range(n_best)]
+                if meta["has_best_weights"]
+                else None,
+            )
+
+
+@dataclass
+class Checkpointing:
+    """When a running trial saves its state (training.checkpoint_every: every `epochs`, or
+    at the first epoch's end `seconds` after the last save), and `save`, which keeps it."""
+
+    save: Callable[[TrainingState], None]
+    epochs: int | None = None
+    seconds: float | None = None
+
+    def due(self, epoch: int, since_last: float) -> bool:
+        """Whether to save after `epoch` (counted from 1), `since_last` seconds after the
+        previous save (or the start of training)."""
+        if self.epochs is not None:
+            return epoch % self.epochs == 0
+        return self.seconds is not None and since_last >= self.seconds
 
 
 def class_weights(y: np.ndarray, setting: str) -> np.ndarray | None:
@@ -169,12 +249,18 @@ class _EpochMonitor:
     `patience` epochs without an improvement larger than `min_delta`, keep the best weights.
     """
 
-    def __init__(self, model, monitor, direction, patience, min_delta, record, report):
+    def __init__(
+        self, model, monitor, direction, patience, min_delta, record, report, max_epochs,
+        checkpointing=None,
+    ):  # fmt: skip
         self.model, self.monitor, self.direction = model, monitor, direction
+        self.max_epochs = max_epochs  # the last epoch ends training: no checkpoint after it
         self.patience, self.min_delta = patience, min_delta
         self.record, self.report = record, report
+        self.checkpointing: Checkpointing | None = checkpointing
         self.best_weights: list | None = None
         self.since_improvement = 0
+        self.last_saved = time.monotonic()
 
     def end_epoch(self, epoch: int, logs: dict[str, Any]) -> bool:
         """Handle one epoch's logs; True when training should stop."""
@@ -196,11 +282,55 @@ class _EpochMonitor:
         else:
             self.since_improvement += 1
         self.report(epoch, value)
-        return self.since_improvement >= self.patience
+        stop = self.since_improvement >= self.patience or epoch + 1 >= self.max_epochs
+        saving = self.checkpointing
+        if not stop and saving and saving.due(epoch + 1, time.monotonic() - self.last_saved):
+            saving.save(self.state())
+            self.last_saved = time.monotonic()
+        return stop
 
     def restore_best(self) -> None:
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
+
+    def state(self) -> TrainingState:
+        """This point of training, as a checkpoint holds it."""
+        return TrainingState(
+            epoch=self.record.epochs_trained,
+            history=list(self.record.history),
+            best_value=self.record.best_value,
+            best_epoch=self.record.best_epoch,
+            since_improvement=self.since_improvement,
+            variables=[np.asarray(v) for v in self.model.variables],
+            optimizer=[np.asarray(v) for v in self.model.optimizer.variables],
+            best_weights=self.best_weights,
+        )
+
+    def resume(self, state: TrainingState) -> None:
+        """Go on from `state`: the model's and optimizer's variables and the early-stopping
+        state as they were. TrialFailed when the state is not this model's."""
+        optimizer = self.model.optimizer
+        if not optimizer.built:
+            optimizer.build(self.model.trainable_variables)
+        variables = [*self.model.variables, *optimizer.variables]
+        arrays = [*state.variables, *state.optimizer]
+        if (
+            len(state.variables) != len(self.model.variables)
+            or any(tuple(v.shape) != a.shape for v, a in zip(variables, arrays, strict=False))
+            or len(variables) != len(arrays)
+        ):
+            raise TrialFailed(
+                "its checkpoint does not fit this model (the model builder changed since it "
+                "was saved)"
+            )
+        for variable, array in zip(variables, arrays, strict=True):
+            variable.assign(array)
+        self.record.epochs_trained = state.epoch
+        self.record.history = list(state.history)
+        self.record.best_value, self.record.best_epoch = state.best_value, state.best_epoch
+        self.record.resumed_from_epoch = state.epoch
+        self.since_improvement = state.since_improvement
+        self.best_weights = state.best_weights
 
 
 @dataclass(frozen=True)
@@ -248,13 +378,16 @@ def train(
     report: Callable[[int, float], None] = lambda epoch, value: None,
     engine: str = "epoch_loop",
     class_weight: str = "none",
+    checkpointing: Checkpointing | None = None,
+    resume: TrainingState | None = None,
 ) -> float:
     """Fit `model` with early stopping; return the best value of `monitor`.
 
     `engine` is "epoch_loop" (one compiled call per epoch, for data in memory) or "fit"
     (Keras' own `model.fit`). Both run Keras' own train and test steps. `class_weight`
     (balanced or none) weighs each training row by its class (`class_weights`); validation
-    rows are never weighted.
+    rows are never weighted. `checkpointing` saves the state as it goes; `resume` goes on
+    from a saved one, its epochs counted in `record` as if trained here.
     """
     if metric_direction(data.task, monitor) is None:
         offered = ", ".join(logged_metrics(data.task))
@@ -274,11 +407,16 @@ def train(
     record.n_params = int(model.count_params())
     record.size_mb = weights_mb(model)
     record.engine = engine
-    monitor_ = _EpochMonitor(model, monitor, direction, patience, min_delta, record, report)
+    monitor_ = _EpochMonitor(
+        model, monitor, direction, patience, min_delta, record, report, max_epochs, checkpointing
+    )
+    if resume is not None:
+        monitor_.resume(resume)
     run = _train_epoch_loop if engine == "epoch_loop" else _train_fit
     started = time.perf_counter()
     try:
-        run(model, data, int(params["batch_size"]), max_epochs, seed, monitor_, weights)
+        first = 0 if resume is None else resume.epoch
+        run(model, data, int(params["batch_size"]), first, max_epochs, seed, monitor_, weights)
     finally:
         record.train_seconds = time.perf_counter() - started
     monitor_.restore_best()
@@ -287,7 +425,7 @@ def train(
     return record.best_value
 
 
-def _train_fit(model, data, batch_size, max_epochs, seed, monitor, weights=None) -> None:
+def _train_fit(model, data, batch_size, first, max_epochs, seed, monitor, weights=None) -> None:
     import tensorflow as tf
 
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
@@ -299,7 +437,7 @@ def _train_fit(model, data, batch_size, max_epochs, seed, monitor, weights=None)
             per_class = tf.constant(weights)
             train_ds = train_ds.map(lambda x, y: (x, y, tf.gather(per_class, tf.cast(y, tf.int32))))
         val_ds = data.validation_batches(VALIDATION_BATCH)
-        _fit(model, train_ds, val_ds, max_epochs, monitor)
+        _fit(model, train_ds, val_ds, first, max_epochs, monitor)
         return
     rows = (data.x_train, data.y_train) + (() if weights is None else (weights,))
     train_ds = (
@@ -312,10 +450,10 @@ def _train_fit(model, data, batch_size, max_epochs, seed, monitor, weights=None)
     val_ds = (
         tf.data.Dataset.from_tensor_slices((data.x_val, data.y_val)).batch(VALIDATION_BATCH).cache()
     )
-    _fit(model, train_ds, val_ds, max_epochs, monitor)
+    _fit(model, train_ds, val_ds, first, max_epochs, monitor)
 
 
-def _fit(model, train_ds, val_ds, max_epochs, monitor) -> None:
+def _fit(model, train_ds, val_ds, first, max_epochs, monitor) -> None:
     import keras
 
     class Monitor(keras.callbacks.Callback):
@@ -326,6 +464,7 @@ def _fit(model, train_ds, val_ds, max_epochs, monitor) -> None:
     model.fit(
         train_ds,
         validation_data=val_ds,
+        initial_epoch=first,
         epochs=max_epochs,
         callbacks=[Monitor()],
         shuffle=False,  # the dataset shuffles itself
@@ -333,7 +472,9 @@ def _fit(model, train_ds, val_ds, max_epochs, monitor) -> None:
     )
 
 
-def _train_epoch_loop(model, data, batch_size, max_epochs, seed, monitor, weights=None) -> None:
+def _train_epoch_loop(
+    model, data, batch_size, first, max_epochs, seed, monitor, weights=None
+) -> None:
     import tensorflow as tf
 
     # Grappler's graph rewrites cost 0.1-0.25 s on each new model's first call, more than
@@ -344,10 +485,11 @@ def _train_epoch_loop(model, data, batch_size, max_epochs, seed, monitor, weight
     w = None if weights is None else tf.constant(weights)
     # Create the optimizer's and metrics' variables now, eagerly: created inside the
     # compiled function, they would make TensorFlow trace it twice.
-    model.optimizer.build(model.trainable_variables)
+    if not model.optimizer.built:  # a resumed trial's was built to take its checkpoint
+        model.optimizer.build(model.trainable_variables)
     model.test_step((x_val[:2], y_val[:2]))
     run_epoch = epoch_function(model, len(data.x_train), len(data.x_val), batch_size)
-    for epoch in range(max_epochs):
+    for epoch in range(first, max_epochs):
         train_logs, val_logs = run_epoch(x, y, x_val, y_val, tf.constant([seed, epoch]), w)
         logs = {k: float(v) for k, v in train_logs.items()}
         logs.update({f"val_{k}": float(v) for k, v in val_logs.items()})

@@ -22,7 +22,13 @@ from dlboost_search.data import (
 from dlboost_search.limits import latency_ms
 from dlboost_search.models import model_builder
 from dlboost_search.spaces import SearchSpace
-from dlboost_search.training import TrainingRecord, choose_engine, train
+from dlboost_search.training import (
+    Checkpointing,
+    TrainingRecord,
+    TrainingState,
+    choose_engine,
+    train,
+)
 
 __all__ = [
     "TrialContext",
@@ -79,10 +85,13 @@ class TrialContext:
         record: TrainingRecord,
         report: Report = lambda epoch, value: None,
         max_epochs: int | None = None,
+        save: Callable[[TrainingState], None] | None = None,
+        resume: TrainingState | None = None,
     ) -> float:
         """Train with the space's early stopping, scored by its objective; return the best
         value, and record the trained model's latency. TrialFailed when the trial cannot give
-        one (a NaN loss)."""
+        one (a NaN loss). `save` keeps a checkpoint as training.checkpoint_every asks;
+        `resume` goes on from one."""
         training = self.space.training
         if self.observe is not None:
             report = self._observed(model, report)
@@ -100,6 +109,8 @@ class TrialContext:
             report=report,
             engine=self.engine,
             class_weight=training.class_weight,
+            checkpointing=self._checkpointing(save),
+            resume=resume,
         )
         # Once, on the best weights: what the model costs to serve (objective.constraints),
         # and a regression's error in the target's units (the report's words for the loss).
@@ -109,6 +120,12 @@ class TrialContext:
             errors = errors_in_target_units(self.data, predicted)
             record.rmse, record.mae = round(errors["rmse"], 6), round(errors["mae"], 6)
         return value
+
+    def _checkpointing(self, save: Callable[[TrainingState], None] | None) -> Any:
+        epochs, seconds = self.space.training.checkpoint_policy()
+        if save is None or (epochs is None and seconds is None):
+            return None
+        return Checkpointing(save, epochs, seconds)
 
     def _one_row(self) -> Any:
         """One validation row as the model takes it: from memory, or the first streamed."""

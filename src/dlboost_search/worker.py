@@ -214,7 +214,7 @@ def _run(
     placement: devices.Placement | None = None,
 ) -> None:
     from dlboost_search.artifacts import open_models
-    from dlboost_search.storage import load_study
+    from dlboost_search.storage import RetryLostTrial, load_study
 
     # Heartbeats on: a trial this worker leaves behind by dying is retried by whoever runs next.
     study = load_study(study_name, url, recovery=space.search)
@@ -231,7 +231,7 @@ def _run(
 
     from dlboost_search.spaces import suggest
     from dlboost_search.study import make_pruner, make_sampler
-    from dlboost_search.training import TrainingRecord
+    from dlboost_search.training import TrainingRecord, TrainingState
     from dlboost_search.trial import TrialContext
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -251,6 +251,7 @@ def _run(
     me = records.worker_id()
     constraints = space.objective.constraints
     models = open_models(study, url, writing=True)
+    checkpoints = models.checkpoints()
 
     def keep_model(trial: optuna.Trial, model: Any, value: float, record: Any) -> None:
         """Upload the model of a trial among the best search.keep_models within the limits;
@@ -272,6 +273,7 @@ def _run(
         params = space.resolve(suggest(trial, space))
         sent.put(events.TrialStarted(trial.number, params))
         record = TrainingRecord()
+        resume = resumed_state(trial)
 
         def report(epoch: int, value: float) -> None:
             if os.getppid() != parent:  # the pool is gone
@@ -283,10 +285,22 @@ def _run(
             if prune:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} ({value:.4g})")
 
+        save = checkpoints.saver(study, trial)
+
+        def save_state(state: TrainingState) -> None:
+            with _signals_raise(False):  # written whole, and recorded, or not at all
+                save(state.dumps(), state.epoch)
+
+        # A retry is seeded as the trial it runs again: from scratch it repeats it, and from
+        # a checkpoint it goes on as the lost one would have.
+        seeded_as = trial.user_attrs.get(records.RETRY_OF, trial.number)
         try:
             with _signals_raise(True):
-                model = context.model(params, trial.number)
-                value = context.fit(model, params, trial.number, record=record, report=report)
+                model = context.model(params, seeded_as)
+                value = context.fit(
+                    model, params, seeded_as, record=record, report=report,
+                    save=save_state, resume=resume,
+                )  # fmt: skip
             with _signals_raise(False):
                 keep_model(trial, model, value, record)
             return value
@@ -296,6 +310,11 @@ def _run(
         except (KeyboardInterrupt, Exception) as exc:
             if stop_requested() or os.getppid() != parent:
                 trial.set_user_attr(records.FAIL_REASON, INTERRUPTED_REASON)
+                # Stopped (Ctrl-C, a pre-empted machine's SIGTERM) after a checkpoint: the
+                # next run goes on from it, as for a lost worker.
+                stopped = study._storage.get_trial(trial._trial_id)
+                if stopped.system_attrs.get(records.CHECKPOINT):
+                    RetryLostTrial(space.search.retries)(study, stopped)
                 raise KeyboardInterrupt from None
             if isinstance(exc, Exception):  # unforeseen: the worker stops, the trial says why
                 trial.set_user_attr(records.FAIL_REASON, f"{type(exc).__name__}: {exc}")
@@ -310,8 +329,42 @@ def _run(
             # No full garbage collection per trial (0.2 s): recycling bounds the memory.
             keras.backend.clear_session(free_memory=False)
 
+    def resumed_state(trial: optuna.Trial) -> TrainingState | None:
+        """A retry's checkpoint, its epochs reported again so the trial's curve is whole;
+        None (and a warning) when there is none to read: the trial then trains from scratch."""
+        wanted = trial.user_attrs.get(records.RESUME_FROM)
+        if not wanted:
+            return None
+        origin = trial.user_attrs.get(records.RETRY_OF)
+        try:
+            with _signals_raise(False):
+                state = TrainingState.loads(checkpoints.load(wanted))
+        except Exception as exc:  # missing, unreadable, or not a checkpoint
+            sent.put(
+                events.Warned(
+                    f"trial {trial.number} (a retry of trial {origin}) trains from scratch: its "
+                    f"checkpoint at epoch {wanted.get('epoch')} could not be read ({exc})"
+                )
+            )
+            return None
+        with _signals_raise(False):
+            for epoch, value in enumerate(state.history):
+                trial.report(value, epoch)
+        sent.put(
+            events.Noted(
+                f"trial {trial.number} (a retry of trial {origin}) goes on from its checkpoint "
+                f"at epoch {state.epoch}"
+            )
+        )
+        sent.put(events.EpochEnded(trial.number, state.epoch))
+        return state
+
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal failures_in_a_row
+        try:  # it ended in its own right: no retry will need its checkpoints
+            checkpoints.discard(study, trial)
+        except Exception as exc:  # as with models: the search goes on
+            sent.put(events.Warned(f"could not delete trial {trial.number}'s checkpoint: {exc}"))
         if stop_requested():
             raise KeyboardInterrupt
         if records.fail_reason(trial) == SURPLUS_REASON:
