@@ -1,23 +1,29 @@
-"""How much room the trial models of the shipped spaces take, and what storing one costs.
+"""How much room the trial models and mid-trial checkpoints of the shipped spaces take, and
+what storing one costs.
 
 For each space, 12 parameter sets drawn at random from it (seeded) plus its largest corner
 (every int and float at its upper bound, the largest number among
 numeric choices, the first of other choices: adam for the optimizer), each model built, compiled and trained one step (so
 its optimizer's slots hold values, as a trial's do: a stored model carries them), saved as the
 worker saves it and written to a FileSystemArtifactStore: the file's size, the parameter count and
-the seconds to save and store it.
+the seconds to save and store it; and the mid-trial checkpoint a running trial of it would write
+(training.TrainingState: variables, optimizer state, best weights), its size and the seconds to
+take and store it.
 
     .venv/bin/python benchmarks/model_sizes.py [search_spaces/diabetes_mlp.yaml ...]
 """
 
 from __future__ import annotations
 
+import io
 import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 SPACES = ["search_spaces/diabetes_mlp.yaml", "search_spaces/digits_cnn.yaml"]
 DRAWS = 12
@@ -42,7 +48,7 @@ def measure(path: str) -> dict:
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
     from dlboost_search.spaces import load_space, suggest
-    from dlboost_search.training import compile_model
+    from dlboost_search.training import TrainingState, compile_model
     from dlboost_search.trial import TrialContext
 
     space = load_space(path)
@@ -65,10 +71,20 @@ def measure(path: str) -> dict:
             model.save(file)
             upload_artifact(artifact_store=store, file_path=str(file), study_or_trial=trial)
             seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            checkpoint = TrainingState(
+                epoch=1, history=[0.0], best_value=0.0, best_epoch=1, since_improvement=0,
+                variables=[np.asarray(v) for v in model.variables],
+                optimizer=[np.asarray(v) for v in model.optimizer.variables],
+                best_weights=model.get_weights(),
+            ).dumps()  # fmt: skip
+            store.write(f"checkpoint-{i}", io.BytesIO(checkpoint))
+            checkpoint_seconds = time.perf_counter() - started
             rows.append(
                 {"largest": i == DRAWS, "optimizer": params.get("optimizer"),
                  "n_params": model.count_params(),
-                 "kb": file.stat().st_size / 1024, "seconds": seconds}
+                 "kb": file.stat().st_size / 1024, "seconds": seconds,
+                 "checkpoint_kb": len(checkpoint) / 1024, "checkpoint_seconds": checkpoint_seconds}
             )  # fmt: skip
             study.tell(trial, 0.0)
     drawn = [r for r in rows if not r["largest"]]
@@ -80,6 +96,9 @@ def measure(path: str) -> dict:
         "largest_params": rows[-1]["n_params"],
         "median_params": statistics.median(r["n_params"] for r in drawn),
         "median_store_s": statistics.median(r["seconds"] for r in drawn),
+        "median_checkpoint_kb": statistics.median(r["checkpoint_kb"] for r in drawn),
+        "largest_checkpoint_kb": rows[-1]["checkpoint_kb"],
+        "median_checkpoint_s": statistics.median(r["checkpoint_seconds"] for r in drawn),
         "rows": rows,
     }
 
@@ -101,6 +120,14 @@ def main() -> None:
             f"| {Path(r['space']).stem} | {r['median_params']:,.0f} | {r['median_kb']:,.0f} KB | "
             f"{r['max_drawn_kb']:,.0f} KB | {r['largest_kb']:,.0f} KB ({r['largest_params']:,}) | "
             f"{r['median_store_s']:.2f} s |"
+        )
+    print()
+    print("| space | median checkpoint | largest corner's checkpoint | take + store, median |")
+    print("|---|---:|---:|---:|")
+    for r in results:
+        print(
+            f"| {Path(r['space']).stem} | {r['median_checkpoint_kb']:,.0f} KB | "
+            f"{r['largest_checkpoint_kb']:,.0f} KB | {r['median_checkpoint_s']:.3f} s |"
         )
 
 

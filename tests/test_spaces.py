@@ -129,7 +129,7 @@ BAD_SPACES = [
             "training.max_epoch: unknown key 'max_epoch'.",
             "Did you mean 'max_epochs'?",
             "Allowed here: max_epochs, batch_size, early_stopping, engine, trial_timeout_seconds, "
-            "class_weight, mixed_precision.",
+            "class_weight, mixed_precision, checkpoint_every.",
         ],
         id="unknown-nested-key",
     ),
@@ -1013,3 +1013,28 @@ def test_a_bad_timeout_names_the_key_and_the_forms_it_takes(tmp_path: Path, writ
     message = load_error(tmp_path, make(search={"timeout": written}))
     assert "space.yaml: search.timeout: a duration is a number of seconds (600)" in message
     assert "(90s, 10m, 1.5h)" in message and f"got {written!r}" in message
+
+
+@pytest.mark.parametrize(
+    ("written", "policy"),
+    [(5, (5, None)), ("90s", (None, 90.0)), ("1.5h", (None, 5400.0)), (None, (None, None))],
+)
+def test_checkpoints_are_taken_every_so_many_epochs_or_so_long(
+    tmp_path: Path, written: Any, policy: tuple
+):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(make(training={"checkpoint_every": written})))
+    space = load_space(path)
+    assert space.training.checkpoint_policy() == policy
+    assert space_from_dict(space.to_dict(), "stored").training.checkpoint_policy() == policy
+    assert load_space(write(tmp_path, make())).training.checkpoint_policy() == (None, 600.0)
+
+
+@pytest.mark.parametrize("written", [0, -3, "often", "10 minutes", True, 2.5])
+def test_a_bad_checkpoint_interval_names_the_key_and_the_forms_it_takes(
+    tmp_path: Path, written: Any
+):
+    message = load_error(tmp_path, make(training={"checkpoint_every": written}))
+    assert "space.yaml: training.checkpoint_every: a number of epochs (an integer" in message
+    assert "(90s, 10m, 1.5h), or null for no checkpoints" in message
+    assert f"got {written!r}" in message
