@@ -166,6 +166,7 @@ def test_a_trial_stopped_by_ctrl_c_after_a_checkpoint_goes_on_at_resume(
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=180)
     assert process.returncode == 130, stderr
+    assert "1 running trial(s) closed as failed (1 of them will go on from a mid-trial" in stderr
     stopped, queued = load(storage).get_trials(deepcopy=False)
     assert stopped.state == TrialState.FAIL and "interrupted" in stopped.user_attrs["fail_reason"]
     assert queued.state == TrialState.WAITING

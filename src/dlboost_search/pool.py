@@ -301,9 +301,14 @@ def drive(
         # Workers close their own trials; the pool closes what a worker could not.
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         closed = pool.running_trials(running) | set(stop_all(study, pool, on_event))
+        queued = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                  if t.user_attrs.get(records.RESUME_FROM)]  # fmt: skip
+        goes_on = (
+            f" ({len(queued)} of them will go on from a mid-trial checkpoint)" if queued else ""
+        )
         return Interrupted(
-            f"stopped by the user; {len(closed) or 'no'} running trial(s) closed as failed, "
-            f"nothing else lost. Continue with `dlboost-search resume {name}"
+            f"stopped by the user; {len(closed) or 'no'} running trial(s) closed as failed"
+            f"{goes_on}, nothing else lost. Continue with `dlboost-search resume {name}"
             f"{storage_option(url)}`."
         )
 
