@@ -36,6 +36,28 @@ def start(space, url, cwd) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def run_uninterrupted(space, tmp_path) -> str:
+    """The same space run to its end, the reference: in a folder of its own, since
+    keras-tuner's state goes beside the SQLite file, named by the study. Its storage URL."""
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    url = f"sqlite:///{folder / 'studies.db'}"
+    done = subprocess.run(
+        cli_command("start", str(space), "--storage", url, "-q"),
+        cwd=folder, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return url
+
+
+def wait_for(condition, process: subprocess.Popen) -> None:
+    """Until `condition()` holds, while `process` runs."""
+    deadline = time.monotonic() + 240
+    while not condition():
+        assert time.monotonic() < deadline and process.poll() is None, "no checkpoint in time"
+        time.sleep(0.02)
+
+
 def checkpoint_of(url: str, number: int) -> dict | None:
     try:
         trials = load(url).get_trials(deepcopy=False)
@@ -48,12 +70,7 @@ def checkpoint_of(url: str, number: int) -> dict | None:
 
 def test_a_killed_workers_trial_goes_on_from_its_checkpoint(write_space, tmp_path):
     space = write_space(training=LONG, search={"pruner": "none", "trials": 1}, params=FIXED)
-    reference = f"sqlite:///{tmp_path / 'reference.db'}"
-    done = subprocess.run(
-        cli_command("start", str(space), "--storage", reference, "-q"),
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    reference = run_uninterrupted(space, tmp_path)
     (uninterrupted,) = load(reference).get_trials(deepcopy=False)
     assert "resumed_from_epoch" not in uninterrupted.user_attrs or (
         uninterrupted.user_attrs["resumed_from_epoch"] is None
@@ -61,10 +78,7 @@ def test_a_killed_workers_trial_goes_on_from_its_checkpoint(write_space, tmp_pat
 
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     process = start(space, url, tmp_path)
-    deadline = time.monotonic() + 240
-    while (checkpoint_of(url, 0) or {}).get("epoch", 0) < 50:
-        assert time.monotonic() < deadline and process.poll() is None, "no checkpoint in time"
-        time.sleep(0.05)
+    wait_for(lambda: (checkpoint_of(url, 0) or {}).get("epoch", 0) >= 50, process)
     lost = load(url).trials[0]
     os.kill(int(lost.user_attrs["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     _, stderr = process.communicate(timeout=300)
@@ -107,14 +121,7 @@ HYPERBAND_LONG = {
 
 def test_a_killed_hyperband_workers_trial_goes_on_from_its_checkpoint(write_space, tmp_path):
     space = write_space(**HYPERBAND_LONG)
-    # In a folder of its own: keras-tuner's state goes beside the SQLite file, named by study.
-    (tmp_path / "reference").mkdir()
-    reference = f"sqlite:///{tmp_path / 'reference' / 'studies.db'}"
-    done = subprocess.run(
-        cli_command("start", str(space), "--storage", reference, "-q"),
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    reference = run_uninterrupted(space, tmp_path)
     expected = {t.user_attrs["hyperband_trial"]: t for t in load(reference).trials}
     # The first model trained 4 epochs from scratch: killed after its first checkpoint.
     killed_id = min(
@@ -125,10 +132,7 @@ def test_a_killed_hyperband_workers_trial_goes_on_from_its_checkpoint(write_spac
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     process = start(space, url, tmp_path)
     checkpoint = state_dir(url, "tiny") / "checkpoints" / f"trial-{killed_id}.npz"
-    deadline = time.monotonic() + 240
-    while not checkpoint.is_file():
-        assert time.monotonic() < deadline and process.poll() is None, "no checkpoint in time"
-        time.sleep(0.02)
+    wait_for(checkpoint.is_file, process)
     os.kill(worker_of(process.pid), signal.SIGKILL)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
@@ -159,10 +163,7 @@ def test_a_trial_stopped_by_ctrl_c_after_a_checkpoint_goes_on_at_resume(
         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=interruptible,
     )  # fmt: skip
-    deadline = time.monotonic() + 240
-    while (checkpoint_of(storage, 0) or {}).get("epoch", 0) < 20:
-        assert time.monotonic() < deadline and process.poll() is None, "no checkpoint in time"
-        time.sleep(0.05)
+    wait_for(lambda: (checkpoint_of(storage, 0) or {}).get("epoch", 0) >= 20, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=180)
     assert process.returncode == 130, stderr
