@@ -3,6 +3,7 @@ from its last checkpoint, on either backend, and ends as the uninterrupted run d
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -179,3 +180,43 @@ def test_a_trial_stopped_by_ctrl_c_after_a_checkpoint_goes_on_at_resume(
     assert resumed.user_attrs["resumed_from_epoch"] == queued.user_attrs["resume_from"]["epoch"]
     assert sorted(resumed.intermediate_values) == list(range(300))
     assert not [p.name for p in models_dir(storage).iterdir() if "checkpoint" in p.name]
+
+
+def test_checkpoints_no_trial_will_go_on_from_are_deleted(storage, tmp_path):
+    """What `discard` keeps: only checkpoints a queued or running retry may still need."""
+    import datetime
+
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from dlboost_search.artifacts import Checkpoints
+
+    (tmp_path / "store").mkdir()
+    store = FileSystemArtifactStore(tmp_path / "store")
+    for name in "abcde":
+        store.write(f"checkpoint-{name}", io.BytesIO(b"state"))
+    study = optuna.create_study(study_name="tiny", storage=storage)
+    long_ago = datetime.datetime.now() - datetime.timedelta(minutes=5)
+
+    def add(state, own, resumed=None, ended=long_ago):
+        trial = optuna.trial.create_trial(
+            state=state, value=0.5 if state == TrialState.COMPLETE else None,
+            system_attrs={"dlboost_checkpoint": {"artifact_id": f"checkpoint-{own}", "epoch": 5}},
+            user_attrs={"resume_from": {"artifact_id": f"checkpoint-{resumed}", "epoch": 5}}
+            if resumed else {},
+        )  # fmt: skip
+        trial.datetime_start = trial.datetime_complete = ended
+        study.add_trial(trial)
+
+    add(TrialState.FAIL, "a")  # timed out long ago: nobody goes on from it
+    add(TrialState.FAIL, "b")  # lost long ago, and its retry is queued (below)
+    study.enqueue_trial({}, user_attrs={"resume_from": {"artifact_id": "checkpoint-b"}})
+    add(TrialState.FAIL, "c", ended=datetime.datetime.now())  # its retry may be queued any moment
+    add(TrialState.COMPLETE, "d", resumed="e")  # just ended, after going on from e
+    Checkpoints(store, "the store").discard(study, study.trials[-1])
+
+    kept = sorted(p.name for p in (tmp_path / "store").iterdir())
+    assert kept == ["checkpoint-b", "checkpoint-c"]
+    stored = optuna.load_study(study_name="tiny", storage=optuna.storages.RDBStorage(storage))
+    pointers = [t.system_attrs.get("dlboost_checkpoint") for t in stored.trials]
+    assert [p is not None for p in pointers] == [False, True, False, True, False]  # 2: queued

@@ -30,6 +30,7 @@ import os
 import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -340,7 +341,8 @@ class Checkpoints:
     records.CHECKPOINT at it, then deletes the one before: a worker killed at any moment
     leaves the pointer on a whole file. A retry of a lost trial is queued carrying the pointer
     (records.RESUME_FROM, storage.RetryLostTrial); once a trial ends (complete, pruned, failed
-    in its own right), its checkpoints and the one it resumed from are deleted.
+    in its own right), its checkpoints and the one it resumed from are deleted, and those no
+    trial will go on from any more (`discard`).
     """
 
     store: Any
@@ -374,14 +376,34 @@ class Checkpoints:
         except Exception as exc:  # an S3 client raises many types; any means "not readable"
             raise ArtifactError(f"{self.shown} could not be read ({exc})") from None
 
-    def discard(self, study: Any, trial: Any) -> None:
-        """Delete the finished `trial`'s checkpoints: its own, and the one it resumed from."""
-        own = trial.system_attrs.get(records.CHECKPOINT)
-        for record in (own, trial.user_attrs.get(records.RESUME_FROM)):
-            if isinstance(record, dict):
-                self._delete(record["artifact_id"])
-        if isinstance(own, dict):
-            _forget(study, trial._trial_id, records.CHECKPOINT)
+    def discard(self, study: Any, ended: Any) -> None:
+        """Delete the checkpoints no trial will go on from: those of the trial that just
+        `ended` in its own right (its own, and the one it resumed from), and those of trials
+        that ended otherwise (a time limit, an error, lost once more than search.retries
+        allow) over a minute ago, which no queued or running retry names. The minute covers
+        the moment between a lost trial's failing and its retry's queueing."""
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        live = (TrialState.WAITING, TrialState.RUNNING)
+        needed = {
+            t.user_attrs[records.RESUME_FROM]["artifact_id"]
+            for t in trials
+            if t.state in live and isinstance(t.user_attrs.get(records.RESUME_FROM), dict)
+        }
+        resumed = ended.user_attrs.get(records.RESUME_FROM)
+        if isinstance(resumed, dict):
+            self._delete(resumed["artifact_id"])
+        settled = datetime.now() - timedelta(minutes=1)
+        for trial in trials:
+            own = trial.system_attrs.get(records.CHECKPOINT)
+            if not isinstance(own, dict) or trial.state in live:
+                continue
+            if trial.number == ended.number or (
+                own["artifact_id"] not in needed and (trial.datetime_complete or settled) < settled
+            ):
+                self._delete(own["artifact_id"])
+                _forget(study, trial._trial_id, records.CHECKPOINT)
 
     def _delete(self, artifact_id: str) -> None:
         from optuna.artifacts.exceptions import ArtifactNotFound
