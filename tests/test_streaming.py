@@ -204,3 +204,36 @@ def test_a_threshold_that_is_no_number_is_refused(tmp_path):
     assert refused.returncode == 2
     assert "DLBOOST_STREAM_ABOVE_BYTES='2GB'" in refused.stderr.replace("\n", " ")
     assert "whole number of bytes" in refused.stderr.replace("\n", " ")
+
+
+def test_a_streamed_trial_goes_on_from_its_checkpoint(tmp_path, small_chunks):
+    """Keras fit over streamed data, resumed at epoch 2 from a checkpoint: the epochs go on
+    from there, to a value close to the uninterrupted run's (fit reshuffles afresh)."""
+    import keras
+
+    from dlboost_search.models import mlp
+    from dlboost_search.training import Checkpointing, TrainingRecord, TrainingState, train
+
+    messy(300).to_csv(tmp_path / "t.csv", index=False)
+    data = prepare_streamed(DataSpec(path=str(tmp_path / "t.csv"), target="y"))
+    params = {"units": 8, "layers": 1, "dropout": 0.2, "learning_rate": 0.01, "batch_size": 32,
+              "optimizer": "adam", "activation": "relu", "batch_norm": False, "l1": 0.0,
+              "l2": 0.0, "clipvalue": None, "clipnorm": None}  # fmt: skip
+
+    def run(resume=None):
+        keras.utils.set_random_seed(3)
+        record, saved = TrainingRecord(), []
+        model = mlp.build(params, data.input_shape, data.task, data.n_outputs)
+        value = train(
+            model, params, data, max_epochs=6, patience=6, min_delta=0.0, monitor="val_loss",
+            direction="minimize", seed=3, record=record, engine="fit", resume=resume,
+            checkpointing=Checkpointing(lambda state: saved.append(state.dumps()), epochs=2),
+        )  # fmt: skip
+        keras.backend.clear_session()
+        return value, record, saved
+
+    value, record, saved = run()
+    resumed_value, resumed, _ = run(TrainingState.loads(saved[0]))
+    assert (resumed.resumed_from_epoch, resumed.epochs_trained) == (2, 6)
+    assert resumed.history[:2] == record.history[:2]
+    assert resumed_value == pytest.approx(value, rel=0.1)
