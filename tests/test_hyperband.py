@@ -136,3 +136,26 @@ def test_hyperband_takes_one_worker(write_space, storage, run_cli):
     assert "one worker" in refused.stderr and "Traceback" not in refused.stderr
     with pytest.raises(KeyError):  # refused before the study was created
         load(storage)
+
+
+@pytest.mark.slow
+def test_two_sqlite_files_side_by_side_never_share_a_schedule(write_space, tmp_path, run_cli):
+    """keras-tuner's state folder is named by the study: a same-named study in another SQLite
+    file of the folder used to reload the first one's finished schedule and copy its trials
+    as its own, untrained. It is refused, and deleting it leaves the first one's state."""
+    space = write_space(**HYPERBAND)
+    first, second = (f"sqlite:///{tmp_path / name}" for name in ("first.db", "second.db"))
+    assert run_cli("start", str(space), "--storage", first, "-q").returncode == 0
+    trials = [(t.number, t.value) for t in load(first).trials]
+    refused = run_cli("start", str(space), "--storage", second)
+    assert refused.returncode == 2, refused.stderr
+    assert "belongs to another study named 'tiny'" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    with pytest.raises(KeyError):  # the study start made for it was not kept
+        load(second)
+    assert (state_dir(first, "tiny") / "hyperband" / "oracle.json").is_file()
+    assert [(t.number, t.value) for t in load(first).trials] == trials
+    # The first study goes on with its own state, which deleting it removes.
+    assert run_cli("resume", "tiny", "--storage", first, "-q").returncode == 0
+    assert run_cli("delete", "tiny", "--storage", first, "--yes").returncode == 0
+    assert not state_dir(first, "tiny").exists()

@@ -31,6 +31,7 @@ __all__ = [
     "ENGINE",
     "EPOCHS_TRAINED",
     "FAIL_REASON",
+    "HYPERBAND_STATE",
     "HYPERBAND_TRIAL",
     "INITIAL_EPOCH",
     "LATENCY_MS",
@@ -72,6 +73,10 @@ DATA_CHANGES = "dlboost_data_changes"  # when, and from what to what, a change w
 # before models were kept (artifacts.py: the default store). Each model's own record is
 # Optuna's: the trial's system attribute "artifacts:<id>", which optuna-dashboard reads.
 MODELS = "dlboost_models"
+# A random token the Hyperband backend also writes into keras-tuner's state folder (storage.
+# claim_state_dir): the folder is named by the study alone, and is this study's only if the
+# tokens match. Absent on studies made before, whose unmarked folder is taken as theirs.
+HYPERBAND_STATE = "dlboost_hyperband_state"
 
 # On the study, as user attributes: short, for people.
 TARGET = "dlboost_target"  # the finished trials the study is being driven to (null: none)

@@ -23,6 +23,7 @@ from dlboost_search.errors import ArtifactError, DataError, DeviceError, SpaceEr
 from dlboost_search.models import check_input
 from dlboost_search.pool import DEFAULT_RECYCLE_EVERY
 from dlboost_search.spaces import SearchSpace
+from dlboost_search.storage import claim_state_dir
 from dlboost_search.study import (
     StudySummary,
     as_stored,
@@ -118,6 +119,7 @@ class HyperbandBackend:
     ):  # fmt: skip
         from dlboost_search import hyperband
 
+        claim_state_dir(study, url)
         # Its schedule sets the target: the trials its brackets hold.
         return hyperband.drive(study, url, space, recycle_every, on_event, placements[0])
 
@@ -274,10 +276,11 @@ def start(
                 recycle_every=recycle_every, on_event=on_event, joining=False, placements=where,
                 cluster=cluster,
             )  # fmt: skip
-        except (SpaceError, DataError) as exc:
+        except (SpaceError, DataError, StudyError) as exc:
             # Found by the workers (a custom builder or a backbone tried on the space, images
-            # decoded): a study left behind with no trials would refuse the fixed space as "a
-            # different search space", so it goes, and the fixed space starts afresh.
+            # decoded), or keras-tuner's state folder taken: a study left behind with no trials
+            # would refuse the fixed space as "a different search space", so it goes, and the
+            # fixed space starts afresh.
             if study.get_trials(deepcopy=False):
                 raise
             delete_study(study, url)

@@ -9,6 +9,7 @@ can be made from an archived copy. This module never imports TensorFlow.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -37,6 +38,8 @@ __all__ = [
     "masked",
     "models_dir",
     "open_storage",
+    "claim_state_dir",
+    "owns_state_dir",
     "state_dir",
     "storage_url",
     "stored_spec",
@@ -251,6 +254,48 @@ def state_dir(url: str, study_name: str) -> Path:
     if url.startswith("sqlite:///"):
         return Path(_sqlite_path(url)).parent / f"{study_name}.keras-tuner"
     return Path("storage") / "keras-tuner" / study_name
+
+
+# In keras-tuner's state folder: which study it is (records.HYPERBAND_STATE's token). The folder
+# is named by the study alone, so two SQLite files side by side could otherwise share it.
+STATE_OWNER = "dlboost-study.json"
+
+
+def _state_owner(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / STATE_OWNER).read_text())["study"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no folder yet, or one an earlier release made
+
+
+def owns_state_dir(study: optuna.Study, folder: Path) -> bool:
+    """Whether keras-tuner's state in `folder` is `study`'s (or unmarked: an earlier release's)."""
+    owner = _state_owner(folder)
+    return owner is None or owner == records.study_record(study, records.HYPERBAND_STATE)
+
+
+def claim_state_dir(study: optuna.Study, url: str) -> Path:
+    """keras-tuner's state folder for `study`, marked as the study's; StudyError, nothing
+    changed, when another study of the same name marked it first."""
+    import uuid
+
+    folder = state_dir(url, study.study_name)
+    if not owns_state_dir(study, folder):
+        raise StudyError(
+            f"keras-tuner's state at {folder.resolve()} belongs to another study named "
+            f"{study.study_name!r} (in another SQLite file of this folder, or another database "
+            f"used from this directory): sharing it would mix the two schedules. Nothing was "
+            f"changed. Start this study under another name, or keep each SQLite file in a "
+            f"folder of its own."
+        )
+    token = records.study_record(study, records.HYPERBAND_STATE)
+    if token is None:
+        token = str(uuid.uuid4())
+        records.set_study_record(study, records.HYPERBAND_STATE, token)
+    if _state_owner(folder) is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / STATE_OWNER).write_text(json.dumps({"study": token}))
+    return folder
 
 
 def models_dir(url: str) -> Path:

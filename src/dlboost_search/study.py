@@ -20,6 +20,7 @@ from dlboost_search.storage import (
     RetryLostTrial,
     masked,
     open_storage,
+    owns_state_dir,
     state_dir,
     storage_option,
     stored_spec,
@@ -440,8 +441,9 @@ def delete_study(study: optuna.Study, url: str) -> Path | None:
     if any(t.system_attrs for t in study.get_trials(deepcopy=False)):  # models, maybe
         open_models(study, url).remove_all(study)
     folder = state_dir(url, study.study_name)
+    mine = owns_state_dir(study, folder)  # not another same-named study's, side by side
     optuna.delete_study(study_name=study.study_name, storage=study._storage)
-    if folder.is_dir():
+    if folder.is_dir() and mine:
         shutil.rmtree(folder)
         return folder
     return None
