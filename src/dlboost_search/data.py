@@ -43,6 +43,7 @@ __all__ = [
     "RowsToPredict",
     "always_in_memory",
     "errors_in_target_units",
+    "rmse_and_mae",
     "in_target_units",
     "read_for_prediction",
     "streaming",
@@ -125,9 +126,13 @@ def errors_in_target_units(data: PreparedData, predicted: Any) -> dict[str, floa
     """RMSE and MAE of a regression model's validation predictions (standardized, as the
     model outputs them) in the target's own units: what a trial's loss means to its user."""
     units = (data.target_mean, data.target_std, data.target_transform)
-    error = in_target_units(np.asarray(predicted)[:, 0], *units) - in_target_units(
-        data.y_val, *units
+    return rmse_and_mae(
+        in_target_units(np.asarray(predicted)[:, 0], *units) - in_target_units(data.y_val, *units)
     )
+
+
+def rmse_and_mae(error: np.ndarray) -> dict[str, float]:
+    """The root mean square and the mean absolute value of prediction errors."""
     return {"rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error)))}
 
 

@@ -290,10 +290,11 @@ def _readable_scores(meta: dict[str, Any], prepared: Any, predicted: Any) -> dic
     """The exported model's validation scores in the data's own terms: for regression RMSE and
     MAE in the target's units, for classifiers the accuracy and the loss. Predictions go
     through `predict`'s own path (`_predictions`), so they are what a user will get."""
+    from dlboost_search.data import rmse_and_mae
+
     shown = _predictions(meta, predicted)["prediction"].to_numpy()
     if meta["task"] == "regression":
-        error = shown - _in_target_units(meta, prepared.y_val)
-        return {"rmse": float(np.sqrt(np.mean(error**2))), "mae": float(np.mean(np.abs(error)))}
+        return rmse_and_mae(shown - _in_target_units(meta, prepared.y_val))
     labels = np.array(meta["class_labels"], dtype=object)
     return {
         "accuracy": float(np.mean(shown == labels[prepared.y_val.astype(int)])),
