@@ -8,9 +8,11 @@ the validation split, so values compare within a seed only.
 
     .venv/bin/python benchmarks/main_job_seeds.py --seeds 0 1 2 3 4 5 6 7 8 9
     .venv/bin/python benchmarks/main_job_seeds.py --startup-trials 10   # one setting changed
+    .venv/bin/python benchmarks/main_job_seeds.py --bootstrap 2   # search.halving_bootstrap
 
 Appends one JSON line per seed to benchmarks/results/main_job_seeds.jsonl (a rerun of a seed
-replaces it) and prints the table for the seeds and setting given.
+replaces it) and prints the table for the seeds and setting given. Rows without
+`halving_bootstrap` ran before that setting existed: successive halving's bootstrap was 0.
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from dlboost_search.spaces import HALVING_BOOTSTRAP, space_from_dict
+
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "search_spaces" / "diabetes_mlp.yaml"
 LINES = ROOT / "benchmarks" / "results" / "main_job_seeds.jsonl"
 
 
-def run(seed: int, startup_trials: int | None) -> dict:
+def run(seed: int, startup_trials: int | None, bootstrap: int | None) -> dict:
     space = yaml.safe_load(SPACE.read_text())
     space["search"]["seed"] = seed
     if startup_trials is not None:
         space["search"]["startup_trials"] = startup_trials
+    if bootstrap is not None:
+        space["search"]["halving_bootstrap"] = bootstrap
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "space.yaml"
         path.write_text(yaml.safe_dump(space, sort_keys=False))  # key order draws the trials
@@ -49,18 +55,21 @@ def run(seed: int, startup_trials: int | None) -> dict:
         seconds = time.perf_counter() - started
         study = optuna.load_study(study_name=space["name"], storage=url)
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    from dlboost_search.spaces import space_from_dict
-
-    startup = space_from_dict(space, str(SPACE)).search.startup()
+        deepest = max((t.last_step or 0) for t in study.get_trials(deepcopy=False))
+    search = space_from_dict(space, str(SPACE)).search
+    startup = search.startup()
     tpe = [t.value for t in complete if t.number >= startup]
+    best = min(complete, key=lambda t: t.value) if complete else None  # none: every trial pruned
     return {
         "seed": seed,
         "startup_trials": startup,
-        "best_trial": study.best_trial.number,
-        "best": round(study.best_value, 4),
-        "from_start_up": study.best_trial.number < startup,
+        "halving_bootstrap": search.bootstrap(),
+        "best_trial": best and best.number,
+        "best": best and round(best.value, 4),
+        "from_start_up": best and best.number < startup,
         "tpe_best": round(min(tpe), 4) if tpe else None,
         "complete": len(complete),
+        "deepest_epoch": deepest,
         "seconds": round(seconds, 1),
     }
 
@@ -69,28 +78,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--startup-trials", type=int, help="default: the space's rule (20 here)")
+    parser.add_argument("--bootstrap", type=int,
+                        help="search.halving_bootstrap (default: the space's rule)")  # fmt: skip
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for seed in [] if args.report_only else args.seeds:
-        line = run(seed, args.startup_trials)
+        line = run(seed, args.startup_trials, args.bootstrap)
         print(json.dumps(line), flush=True)
-        same = (seed, line["startup_trials"])
-        kept = [row for row in _lines() if (row["seed"], row["startup_trials"]) != same]
+        kept = [row for row in _lines() if _setting(row) != _setting(line)]
         LINES.write_text("".join(json.dumps(row) + "\n" for row in [*kept, line]))
-    startup = args.startup_trials or 20
+    wanted = (
+        args.startup_trials or 20,
+        HALVING_BOOTSTRAP if args.bootstrap is None else args.bootstrap,
+    )
     rows = sorted(
-        (r for r in _lines() if r["seed"] in args.seeds and r["startup_trials"] == startup),
+        (r for r in _lines() if r["seed"] in args.seeds and _setting(r)[1:] == wanted),
         key=lambda r: r["seed"],
     )
     print("| seed | best trial | best val_loss | from start-up | TPE's best | complete | s |")
     print("|---:|---:|---:|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['seed']} | {r['best_trial']} | {r['best']} | "
-              f"{'yes' if r['from_start_up'] else 'no'} | {r['tpe_best']} | {r['complete']} | "
+              f"{_who(r['from_start_up'])} | {r['tpe_best']} | {r['complete']} | "
               f"{r['seconds']} |")  # fmt: skip
-    print(f"best trial proposed by TPE in {sum(not r['from_start_up'] for r in rows)} of "
+    print(f"best trial proposed by TPE in {sum(r['from_start_up'] is False for r in rows)} of "
           f"{len(rows)} seeds")  # fmt: skip
+
+
+def _who(from_start_up: bool | None) -> str:
+    return {True: "yes", False: "no", None: "none complete"}[from_start_up]
+
+
+def _setting(row: dict) -> tuple[int, int, int]:
+    return row["seed"], row["startup_trials"], row.get("halving_bootstrap", 0)
 
 
 def _lines() -> list[dict]:

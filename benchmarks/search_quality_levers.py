@@ -12,6 +12,10 @@ of the service's sampler and pruner: same space, data, splits, seeds and 300-epo
   startup20 TPE's first 20 trials random instead of 10: the default now (search.startup_trials)
   indep     TPE samples each parameter on its own (multivariate=False)
   rung2     successive halving's first rung at 2 epochs (rungs 2, 6, 18)
+  boot2     startup20, and successive halving promotes from a rung only once 2 trials reached
+            it before (Optuna's bootstrap_count=2): no free pass for a trial alone at a rung
+  boot3     the same with 3 (bootstrap_count=3)
+  boot1     the same with 1 (bootstrap_count=1)
 Each run is a fresh process appended to benchmarks/results/search_quality_levers.jsonl; the
 report compares every setting over one set of seeds, with random search's final value from
 search_quality.jsonl as the mark to reach:
@@ -43,6 +47,9 @@ LEVERS = {  # lever: (sampler changes, pruner changes)
     "startup20": ({"n_startup_trials": 20}, {}),
     "indep": ({"multivariate": False}, {}),
     "rung2": ({}, {"min_resource": 2}),
+    "boot2": ({"n_startup_trials": 20}, {"bootstrap_count": 2}),
+    "boot3": ({"n_startup_trials": 20}, {"bootstrap_count": 3}),
+    "boot1": ({"n_startup_trials": 20}, {"bootstrap_count": 1}),
 }
 NOW_DEFAULT = "startup20"
 

@@ -1,4 +1,5 @@
-"""The sampler a space's search settings make: TPE's random start-up trials."""
+"""The sampler and pruner a space's search settings make: TPE's random start-up trials,
+successive halving's bootstrap."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 import optuna
 import pytest
 
-from dlboost_search.spaces import space_from_dict, suggest
-from dlboost_search.study import make_sampler
+from dlboost_search.spaces import HALVING_BOOTSTRAP, space_from_dict, suggest
+from dlboost_search.study import make_pruner, make_sampler
 
 PARAMS = {
     "units": {"type": "int", "low": 16, "high": 256, "log": True},
@@ -50,3 +51,22 @@ def test_tpe_samples_at_random_until_its_start_up_trials_are_done(setting, start
     random = sampled(optuna.samplers.RandomSampler(seed=5), space, startup + 1)
     assert tpe[:startup] == random[:startup]
     assert tpe[startup] != random[startup]  # TPE's own choice from then on
+
+
+@pytest.mark.parametrize("setting", [{}, {"halving_bootstrap": 0}, {"halving_bootstrap": 2}])
+def test_successive_halving_promotes_from_a_rung_only_after_its_bootstrap(setting):
+    space = space_from_dict(
+        {"name": "t", "data": {"builtin": "diabetes"}, "params": PARAMS,
+         "search": {"pruner": "successive_halving", **setting}},
+        "test",
+    )  # fmt: skip
+    bootstrap = setting.get("halving_bootstrap", HALVING_BOOTSTRAP)
+    study = optuna.create_study(pruner=make_pruner(space))
+    stopped = []
+    for value in (0.9, 0.8, 0.7, 0.6):  # each the best at the first rung (epoch 1) so far
+        trial = study.ask()
+        trial.report(value, step=1)
+        stopped.append(trial.should_prune())
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    # The first `bootstrap` trials to reach the rung stop there, alone or not; then the best go on.
+    assert stopped == [i < bootstrap for i in range(4)]

@@ -352,6 +352,19 @@ BAD_SPACES = [
         id="negative-start-up-trials",
     ),
     pytest.param(
+        make(search={"halving_bootstrap": -1}),
+        ["search.halving_bootstrap: Input should be greater than or equal to 0; got -1."],
+        id="negative-halving-bootstrap",
+    ),
+    pytest.param(
+        make(search={"pruner": "median", "halving_bootstrap": 2}),
+        [
+            "search.halving_bootstrap: only the successive_halving pruner takes it; got "
+            "pruner: median. Remove halving_bootstrap or set pruner: successive_halving."
+        ],
+        id="halving-bootstrap-without-successive-halving",
+    ),
+    pytest.param(
         make(search={"pruner": "asha"}),
         [
             "search.pruner: Input should be 'hyperband', 'median', 'successive_halving', "

@@ -96,6 +96,14 @@ def test_the_start_up_trials_may_change_between_runs(storage):
         create_or_check(space_from_dict(deep_update(before, {"search": {"seed": 3}}), "t"), storage)
 
 
+def test_the_halving_bootstrap_may_change_between_runs(storage):
+    # It decides which trials go on, not what a trial's value means (like the start-up trials).
+    halving = deep_update(TINY_SPACE, {"search": {"pruner": "successive_halving"}})
+    create_or_check(space_from_dict(halving, "test"), storage)
+    again = deep_update(halving, {"search": {"halving_bootstrap": 3}})
+    create_or_check(space_from_dict(again, "test"), storage)  # no StudyError
+
+
 def test_workers_are_recycled(write_space, storage, run_cli):
     space = write_space(search={"trials": 5})
     result = run_cli("start", str(space), "--storage", storage, "--recycle-every", "2", "-q")

@@ -63,6 +63,10 @@ MAX_FILE_BYTES = 1_000_000
 MAX_VALUES = 100_000
 # The trial target of a space that gives neither search.trials nor search.timeout.
 DEFAULT_TRIALS = 50
+# search.halving_bootstrap when unset: 0, Optuna's own, promotes a trial alone at a rung. 1 and
+# 2 let TPE propose the main job's best more often but stop every trial by epoch 27, for a worse
+# best (one seed of ten with no complete trial): benchmarks/README.md, main job's best trial.
+HALVING_BOOTSTRAP = 0
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 CHECKPOINT_HELP = (
     "a number of epochs (an integer, 1 or more), a duration with its unit (90s, 10m, 1.5h), "
@@ -340,6 +344,9 @@ class SearchSettings(_Strict):
     pruner: Literal["hyperband", "median", "successive_halving", "patient", "none"] = (
         "successive_halving"
     )
+    # successive_halving: how many trials must have reached a rung before it promotes any
+    # (Optuna's bootstrap_count); the first ones to reach it stop there. None: HALVING_BOOTSTRAP.
+    halving_bootstrap: int | None = Field(None, ge=0)
     # The target of finished trials, and the time budget (seconds; YAML takes 10m, 1.5h...),
     # both for the study's whole life: a run stops at whichever comes first. With neither,
     # the target is DEFAULT_TRIALS; with a timeout alone, time alone ends the search.
@@ -374,6 +381,10 @@ class SearchSettings(_Strict):
             return self.startup_trials
         target = self.trial_target()
         return 20 if target is None else min(20, max(5, target // 2))
+
+    def bootstrap(self) -> int:
+        """Successive halving's bootstrap: as given, else HALVING_BOOTSTRAP."""
+        return HALVING_BOOTSTRAP if self.halving_bootstrap is None else self.halving_bootstrap
 
     def trial_target(self, timeout: float | None = None) -> int | None:
         """The finished trials to reach: `trials`, else DEFAULT_TRIALS unless a time budget
@@ -697,6 +708,11 @@ def _semantic_problems(space: SearchSpace) -> list[str]:
             f"search.stale_after_seconds: {search.stale_after_seconds} is less than twice "
             f"search.heartbeat_seconds ({search.heartbeat_seconds}), so one late heartbeat "
             f"would fail a live trial. Make it at least {2 * search.heartbeat_seconds}."
+        )
+    if search.halving_bootstrap is not None and search.pruner != "successive_halving":
+        problems.append(
+            f"search.halving_bootstrap: only the successive_halving pruner takes it; got "
+            f"pruner: {search.pruner}. Remove halving_bootstrap or set pruner: successive_halving."
         )
     metric = space.objective.metric
     if not any(metric.removeprefix("val_") in m for m in TASK_METRICS.values()):

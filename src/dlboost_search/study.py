@@ -56,6 +56,7 @@ _NOT_DEFINING = (
     "search.trials",
     "search.timeout",
     "search.startup_trials",
+    "search.halving_bootstrap",
     "search.artifacts",
     "search.keep_models",
     "training.checkpoint_every",
@@ -106,7 +107,9 @@ def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
         # faces the cut, where the Hyperband pruner splits a small study into brackets too
         # thin to compare within. The default since the search-quality benchmark
         # (benchmarks/README.md).
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1, reduction_factor=3, bootstrap_count=space.search.bootstrap()
+        )
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if name == "patient":
