@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -220,3 +221,24 @@ def test_checkpoints_no_trial_will_go_on_from_are_deleted(storage, tmp_path):
     stored = optuna.load_study(study_name="tiny", storage=optuna.storages.RDBStorage(storage))
     pointers = [t.system_attrs.get("dlboost_checkpoint") for t in stored.trials]
     assert [p is not None for p in pointers] == [False, True, False, True, False]  # 2: queued
+
+
+def test_a_store_that_fails_mid_trial_costs_the_checkpoint_not_the_trial(
+    write_space, storage, tmp_path
+):
+    space = write_space(training=LONG, search={"pruner": "none", "trials": 1}, params=FIXED)
+    process = subprocess.Popen(  # not quiet: the warning is part of the progress
+        cli_command("start", str(space), "--storage", storage),
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(lambda: checkpoint_of(storage, 0) is not None, process)
+    store = models_dir(storage)
+    shutil.rmtree(store)
+    store.write_text("no longer a folder")  # every later write there fails
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    said = " ".join((stdout + stderr).split())  # the console wraps long lines
+    assert "trial 0's checkpoint at epoch" in said and "it trains on" in said, said
+    (trial,) = load(storage).get_trials(deepcopy=False)
+    assert trial.state == TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == list(range(300))

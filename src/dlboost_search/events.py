@@ -69,11 +69,13 @@ class Warned(Event):
     message: str
 
 
-# What preparing the data did that the user should hear of (values imputed, rows dropped,
-# columns ignored): one line each, before the first trial.
+# What the user should hear of that is no warning, one line each: what preparing the data did
+# (values imputed, rows dropped, columns ignored), before the first trial; a retry going on
+# from a mid-trial checkpoint (topic "trial").
 @dataclass(frozen=True)
 class Noted(Event):
     message: str
+    topic: str = "data"  # shown before the message
 
 
 # Sent by the trial's worker (the Optuna backend) or by the Hyperband backend.

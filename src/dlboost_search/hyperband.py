@@ -404,7 +404,8 @@ def _run(
                 value = context.fit(
                     model, params, int(trial_id or 0), record=record, report=report,
                     max_epochs=kwargs.get("epochs", space.training.max_epochs) - initial,
-                    save=lambda state: _write_checkpoint(checkpoint, state), resume=resume,
+                    save=lambda state: _write_checkpoint(checkpoint, state, number, on_event),
+                    resume=resume,
                 )  # fmt: skip
             except TrialFailed as exc:
                 raise kt.errors.FailedTrialError(str(exc)) from None
@@ -581,13 +582,22 @@ def _run(
     return True
 
 
-def _write_checkpoint(path: Any, state: Any) -> None:
+def _write_checkpoint(path: Any, state: Any, number: int, on_event: EventHandler) -> None:
     """A running trial's mid-trial checkpoint, in keras-tuner's state folder (the backend
-    runs on one machine), replaced whole: a worker killed while writing leaves the last one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    runs on one machine), replaced whole: a worker killed while writing leaves the last one.
+    A disk that refuses it costs this checkpoint only."""
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(state.dumps())
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(state.dumps())
+        os.replace(partial, path)
+    except OSError as exc:
+        on_event(
+            events.Warned(
+                f"trial {number}'s checkpoint at epoch {state.epoch} was not written "
+                f"to {path.parent} ({exc.strerror or exc}); it trains on"
+            )  # fmt: skip
+        )
 
 
 def _read_checkpoint(path: Any, number: int, on_event: EventHandler) -> Any:
@@ -607,7 +617,11 @@ def _read_checkpoint(path: Any, number: int, on_event: EventHandler) -> Any:
             )  # fmt: skip
         )
         return None
-    on_event(events.Noted(f"trial {number} goes on from its checkpoint at epoch {state.epoch}"))
+    on_event(
+        events.Noted(
+            f"trial {number} goes on from its checkpoint at epoch {state.epoch}", topic="checkpoint"
+        )
+    )
     return state
 
 

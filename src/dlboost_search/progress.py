@@ -109,7 +109,7 @@ class StudyProgress:
             self.console.print(f"[yellow]warning:[/yellow] {event.message}", highlight=False)
             return
         if isinstance(event, events.Noted):
-            self.console.print(Text(f"data: {event.message}"), highlight=False)
+            self.console.print(Text(f"{event.topic}: {event.message}"), highlight=False)
             return
         self._show()
         if isinstance(event, events.StudyRunning):

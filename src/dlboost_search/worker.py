@@ -288,8 +288,16 @@ def _run(
         save = checkpoints.saver(study, trial)
 
         def save_state(state: TrainingState) -> None:
-            with _signals_raise(False):  # written whole, and recorded, or not at all
-                save(state.dumps(), state.epoch)
+            try:
+                with _signals_raise(False):  # written whole, and recorded, or not at all
+                    save(state.dumps(), state.epoch)
+            except Exception as exc:  # as for models: a store failing costs this checkpoint only
+                sent.put(
+                    events.Warned(
+                        f"trial {trial.number}'s checkpoint at epoch {state.epoch} was not "
+                        f"stored in {models.shown} ({type(exc).__name__}: {exc}); it trains on"
+                    )
+                )
 
         # A retry is seeded as the trial it runs again: from scratch it repeats it, and from
         # a checkpoint it goes on as the lost one would have.
@@ -353,7 +361,8 @@ def _run(
         sent.put(
             events.Noted(
                 f"trial {trial.number} (a retry of trial {origin}) goes on from its checkpoint "
-                f"at epoch {state.epoch}"
+                f"at epoch {state.epoch}",
+                topic="checkpoint",
             )
         )
         sent.put(events.EpochEnded(trial.number, state.epoch))
