@@ -321,7 +321,7 @@ def _run(
                 # Stopped (Ctrl-C, a pre-empted machine's SIGTERM) after a checkpoint: the
                 # next run goes on from it, as for a lost worker.
                 stopped = study._storage.get_trial(trial._trial_id)
-                if stopped.system_attrs.get(records.CHECKPOINT):
+                if stopped.system_attrs.get(records.CHECKPOINT) or resume is not None:
                     RetryLostTrial(space.search.retries)(study, stopped)
                 raise KeyboardInterrupt from None
             if isinstance(exc, Exception):  # unforeseen: the worker stops, the trial says why
