@@ -43,6 +43,7 @@ __all__ = [
     "SearchSettings",
     "SearchSpace",
     "DEFAULT_TRIALS",
+    "HALVING_BOOTSTRAP",
     "check_study_name",
     "distributions",
     "format_duration",
