@@ -9,10 +9,12 @@ the validation split, so values compare within a seed only.
     .venv/bin/python benchmarks/main_job_seeds.py --seeds 0 1 2 3 4 5 6 7 8 9
     .venv/bin/python benchmarks/main_job_seeds.py --startup-trials 10   # one setting changed
     .venv/bin/python benchmarks/main_job_seeds.py --bootstrap 2   # search.halving_bootstrap
+    .venv/bin/python benchmarks/main_job_seeds.py --max-epochs 27 --patience 5   # training budget
 
 Appends one JSON line per seed to benchmarks/results/main_job_seeds.jsonl (a rerun of a seed
 replaces it) and prints the table for the seeds and setting given. Rows without
-`halving_bootstrap` ran before that setting existed: successive halving's bootstrap was 0.
+`halving_bootstrap` ran before that setting existed: successive halving's bootstrap was 0;
+rows without `max_epochs` and `patience` ran with 100 and 10, the space's before it had 27 and 5.
 """
 
 from __future__ import annotations
@@ -36,9 +38,14 @@ SPACE = ROOT / "search_spaces" / "diabetes_mlp.yaml"
 LINES = ROOT / "benchmarks" / "results" / "main_job_seeds.jsonl"
 
 
-def run(seed: int, startup_trials: int | None, bootstrap: int | None) -> dict:
+def run(seed: int, args: argparse.Namespace) -> dict:
+    startup_trials, bootstrap = args.startup_trials, args.bootstrap
     space = yaml.safe_load(SPACE.read_text())
     space["search"]["seed"] = seed
+    if args.max_epochs is not None:
+        space["training"]["max_epochs"] = args.max_epochs
+    if args.patience is not None:
+        space["training"]["early_stopping"]["patience"] = args.patience
     if startup_trials is not None:
         space["search"]["startup_trials"] = startup_trials
     if bootstrap is not None:
@@ -56,7 +63,8 @@ def run(seed: int, startup_trials: int | None, bootstrap: int | None) -> dict:
         study = optuna.load_study(study_name=space["name"], storage=url)
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         deepest = max((t.last_step or 0) for t in study.get_trials(deepcopy=False))
-    search = space_from_dict(space, str(SPACE)).search
+    parsed = space_from_dict(space, str(SPACE))
+    search = parsed.search
     startup = search.startup()
     tpe = [t.value for t in complete if t.number >= startup]
     best = min(complete, key=lambda t: t.value) if complete else None  # none: every trial pruned
@@ -64,6 +72,8 @@ def run(seed: int, startup_trials: int | None, bootstrap: int | None) -> dict:
         "seed": seed,
         "startup_trials": startup,
         "halving_bootstrap": search.bootstrap(),
+        "max_epochs": parsed.training.max_epochs,
+        "patience": parsed.training.early_stopping.patience,
         "best_trial": best and best.number,
         "best": best and round(best.value, 4),
         "from_start_up": best and best.number < startup,
@@ -80,17 +90,24 @@ def main() -> None:
     parser.add_argument("--startup-trials", type=int, help="default: the space's rule (20 here)")
     parser.add_argument("--bootstrap", type=int,
                         help="search.halving_bootstrap (default: the space's rule)")  # fmt: skip
+    parser.add_argument("--max-epochs", type=int, help="training.max_epochs (default: the space's)")
+    parser.add_argument(
+        "--patience", type=int, help="early stopping's patience (default: the space's)"
+    )
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for seed in [] if args.report_only else args.seeds:
-        line = run(seed, args.startup_trials, args.bootstrap)
+        line = run(seed, args)
         print(json.dumps(line), flush=True)
         kept = [row for row in _lines() if _setting(row) != _setting(line)]
         LINES.write_text("".join(json.dumps(row) + "\n" for row in [*kept, line]))
+    shipped = space_from_dict(yaml.safe_load(SPACE.read_text()), str(SPACE))
     wanted = (
         args.startup_trials or 20,
         HALVING_BOOTSTRAP if args.bootstrap is None else args.bootstrap,
+        args.max_epochs or shipped.training.max_epochs,
+        args.patience or shipped.training.early_stopping.patience,
     )
     rows = sorted(
         (r for r in _lines() if r["seed"] in args.seeds and _setting(r)[1:] == wanted),
@@ -110,8 +127,14 @@ def _who(from_start_up: bool | None) -> str:
     return {True: "yes", False: "no", None: "none complete"}[from_start_up]
 
 
-def _setting(row: dict) -> tuple[int, int, int]:
-    return row["seed"], row["startup_trials"], row.get("halving_bootstrap", 0)
+def _setting(row: dict) -> tuple[int, ...]:
+    return (
+        row["seed"],
+        row["startup_trials"],
+        row.get("halving_bootstrap", 0),
+        row.get("max_epochs", 100),
+        row.get("patience", 10),
+    )
 
 
 def _lines() -> list[dict]:

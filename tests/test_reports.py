@@ -6,6 +6,7 @@ import json
 import math
 import random
 import re
+from pathlib import Path
 
 import optuna
 import optuna_dashboard
@@ -311,3 +312,20 @@ def test_report_of_a_study_that_does_not_exist(run_cli, space, storage):
     create_or_check(space, storage)
     result = run_cli("report", "nope", "--storage", storage)
     assert result.returncode == 2 and "studies there: synthetic" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_main_job_s_report_rests_on_twenty_trials_and_a_best_that_tpe_proposed(
+    run_cli, tmp_path
+):
+    """Issue 16: the README's main job, as shipped, gives importances over at least 20 trials
+    and a best trial of TPE's own, not one of its random start-up trials."""
+    space = Path("search_spaces/diabetes_mlp.yaml").resolve()
+    assert run_cli("start", str(space), "-q").returncode == 0
+    assert run_cli("report", "diabetes-mlp", "--out", "report.json").returncode == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    startup = space_from_dict(yaml.safe_load(space.read_text()), str(space)).search.startup()
+    assert report["best"]["trial"] >= startup
+    assert not any("random start-up" in note for note in report["notes"])
+    assert all(method["n_trials"] >= 20 for method in report["importances"].values())
+    assert report["importances"]["fANOVA"]["params"]  # ranked, not "too few"

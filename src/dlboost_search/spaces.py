@@ -65,8 +65,8 @@ MAX_VALUES = 100_000
 # The trial target of a space that gives neither search.trials nor search.timeout.
 DEFAULT_TRIALS = 50
 # search.halving_bootstrap when unset: 0, Optuna's own, promotes a trial alone at a rung. 1 and
-# 2 let TPE propose the main job's best more often but stop every trial by epoch 27, for a worse
-# best (one seed of ten with no complete trial): benchmarks/README.md, main job's best trial.
+# 2 let TPE propose a 100-epoch main job's best more often but stop every trial by epoch 27, for
+# a worse best (one seed of ten with no complete trial): benchmarks/README.md, "Who proposes".
 HALVING_BOOTSTRAP = 0
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
 CHECKPOINT_HELP = (
