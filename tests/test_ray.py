@@ -221,6 +221,21 @@ def test_an_sqlite_study_is_refused_on_a_cluster_of_two_nodes(cluster, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("any_storage", ["postgresql"], indirect=True)
+def test_workers_no_node_can_hold_are_withdrawn_once_the_time_budget_is_spent(
+    cluster, any_storage, tmp_path
+):
+    """Each node has one CPU and a worker asks for two: Ray holds the task for ever, and the
+    run ends when its time budget does, instead of waiting for it."""
+    space = write_space(tmp_path)
+    args = ["--storage", any_storage, "--ray", cluster, "--cpus-per-worker", "2"]
+    result = run(tmp_path, "start", str(space), *args, "--timeout", "5s", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "no node of the Ray cluster has 2 CPUs for a worker" in result.stdout + result.stderr
+    assert load(any_storage).get_trials(deepcopy=False) == []  # nothing ran, nothing left
+
+
+@pytest.mark.slow
 def test_ray_local_runs_its_own_instance_and_stops_it(tmp_path):
     """`--ray local` with SQLite (every worker is on this machine): the instance the run
     started, and every process of it, is gone when the run ends."""

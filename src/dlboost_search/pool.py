@@ -58,6 +58,7 @@ DEFAULT_RECYCLE_EVERY = 50
 # (several seconds) while the old one finishes, so no trial waits for an import.
 STANDBY_LEAD_TRIALS = 10
 SHUTDOWN_GRACE_S = 120  # how long a worker may take to close its trial after Ctrl-C
+WITHDRAWN_REASON = "the search ended as the worker started; `dlboost-search resume` goes on"
 # A worker's last event says how it ended; a worker that sent none crashed.
 WORKER_OUTCOMES = (
     events.WorkerDone,
@@ -85,6 +86,7 @@ class Worker:
     slot: int = 0  # which of the pool's placements (devices.plan) it runs on
     # What it writes on its trials as their worker (records.worker_id): host and process id.
     id: str | None = None
+    withdrawn: bool = False  # never placed (a Ray task waiting for a node) when the search ended
 
 
 class WorkerPool:
@@ -254,6 +256,10 @@ class WorkerPool:
             del self.workers[pid]
         return ended
 
+    def withdraw_unstarted(self) -> None:
+        """Stop the workers that have not started, once the search needs no more: none here
+        (a process starts at once and sees the target and the deadline itself)."""
+
     def running_trials(self, running: list[Any]) -> set[int]:
         """The numbers of the `running` trials that this pool's workers are training."""
         ours = {w.id for w in self.workers.values() if w.id is not None}
@@ -336,8 +342,10 @@ def drive(
                 on_event(events.TimeBudgetSpent(clock.searched(), clock.budget))
             summary = summarize(study)
             reached = target is not None and summary.finished >= target
-            if (reached or out_of_time) and not pool.workers:
-                return summary
+            if reached or out_of_time:
+                pool.withdraw_unstarted()
+                if not pool.workers:
+                    return summary
             # Running trials of other machines count as work under way; each of our workers
             # as one trial, whether it is training or still importing TensorFlow.
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -391,6 +399,12 @@ def stopped_together(
 def _worker_ended(study, url, space, pool, worker, failures_in_a_row, on_event) -> int:
     """Close what an exited worker left behind; raise if the search must stop."""
     outcome = worker.outcome
+    if worker.withdrawn:  # it may have started as it was withdrawn: its trial goes on later
+        if worker.id is not None:
+            close_abandoned_trials(
+                study, worker.id, worker.started, WITHDRAWN_REASON, retry=space.search.retries
+            )
+        return failures_in_a_row
     if worker.timed_out is None and isinstance(outcome, events.WorkerInterrupted):
         # Signalled directly, not through us.
         close_abandoned_trials(study, worker.id, worker.started, INTERRUPTED_REASON)

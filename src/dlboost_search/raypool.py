@@ -246,7 +246,7 @@ class RayCluster:
             f"no node of the Ray cluster has {self.cpus_per_worker:g} CPUs"
             + (f" and {gpus:g} GPU" if gpus else "")
             + " for a worker (--cpus-per-worker, --gpus-per-worker): the workers wait until "
-            "the cluster has such a node."
+            "the cluster has such a node, or until the time budget (--timeout) is spent."
         )
 
     def pool(self) -> Callable[..., RayPool]:
@@ -435,6 +435,17 @@ class RayPool(WorkerPool):
     def interrupt(self) -> None:
         for worker in self.workers.values():
             worker.process.interrupt()
+
+    def withdraw_unstarted(self) -> None:
+        """Cancel the tasks that never started (a task sends its worker id first of all):
+        Ray holds a task until a node has room for it, which may be never, and the search
+        waits for every task it placed."""
+        self._fetch()
+        started = {key for key, _, _ in self.unrelayed}
+        for key, worker in self.workers.items():
+            if worker.id is None and key not in started and not worker.withdrawn:
+                worker.withdrawn = True
+                worker.process.kill()
 
     def death(self, worker: Worker) -> str:
         return f"the Ray worker died ({worker.process.error or 'lost'})"
