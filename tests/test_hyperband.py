@@ -15,7 +15,8 @@ import yaml
 
 from conftest import TINY_SPACE, cli_command, cli_env, deep_update, load, worker_of
 from dlboost_search.hyperband import hyperparameters, state_dir
-from dlboost_search.spaces import distributions, space_from_dict
+from dlboost_search.spaces import distributions, load_space, space_from_dict
+from dlboost_search.study import create_or_check
 
 # max_epochs 3, factor 3: two brackets, six trials (three 1-epoch models, the best of them
 # continued to epoch 3, two 3-epoch models).
@@ -136,6 +137,20 @@ def test_hyperband_takes_one_worker(write_space, storage, run_cli):
     assert "one worker" in refused.stderr and "Traceback" not in refused.stderr
     with pytest.raises(KeyError):  # refused before the study was created
         load(storage)
+
+
+def test_trials_from_the_command_line_are_refused_not_ignored(write_space, storage, run_cli):
+    """keras-tuner's schedule sets the trials: a --trials that could not bound it is refused."""
+    space = write_space(**HYPERBAND)
+    refused = run_cli("start", str(space), "--storage", storage, "--trials", "3")
+    assert refused.returncode == 2, refused.stderr
+    assert "--trials 3 would not bound it" in refused.stderr and "--timeout" in refused.stderr
+    with pytest.raises(KeyError):  # refused before the study was created
+        load(storage)
+    create_or_check(load_space(str(space)), storage)
+    refused = run_cli("resume", "tiny", "--storage", storage, "--trials", "3")
+    assert refused.returncode == 2 and "schedule sets the number of trials" in refused.stderr
+    assert load(storage).get_trials(deepcopy=False) == []
 
 
 @pytest.mark.slow

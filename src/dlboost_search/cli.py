@@ -56,7 +56,7 @@ TrialsOption = typer.Option(
     min=1,
     help="Target number of finished (complete or pruned) trials for the study; a re-run "
     "continues up to it. Default: search.trials from the space (50 when it gives neither "
-    "trials nor a timeout).",
+    "trials nor a timeout). Not for search.backend: hyperband, whose schedule sets the trials.",
     show_default=False,
 )
 TimeoutOption = typer.Option(

@@ -54,6 +54,8 @@ class Backend(Protocol):
     most_workers: int | None
     # Whether its workers may run on a Ray cluster (`--ray`).
     on_ray: bool
+    # Whether a target of finished trials (`--trials`) bounds it, or its schedule sets them.
+    takes_trials: bool
 
     def check_workers(self, name: str, workers: int, joining: bool) -> None:
         """Refuse, before anything is stored or run, a number of workers it cannot use."""
@@ -82,6 +84,7 @@ class Backend(Protocol):
 class OptunaBackend:
     most_workers = None
     on_ray = True
+    takes_trials = True
 
     def check_workers(self, name: str, workers: int, joining: bool) -> None:
         pass  # any number, on this machine and others
@@ -102,6 +105,7 @@ class OptunaBackend:
 class HyperbandBackend:
     most_workers = 1
     on_ray = False
+    takes_trials = False
 
     def check_workers(self, name: str, workers: int, joining: bool) -> None:
         if workers != 1 or joining:
@@ -215,7 +219,18 @@ def _cluster(
         yield cluster
 
 
-def _check_backend(backend: Backend, space: SearchSpace, ray: str | None) -> None:
+def _check_backend(
+    backend: Backend, space: SearchSpace, ray: str | None, trials: int | None
+) -> None:
+    """Refuse what the command line asks of `backend` that it cannot do (`trials`: --trials)."""
+    if trials is not None and not backend.takes_trials:
+        raise StudyError(
+            f"study {space.name!r} searches with search.backend: {space.search.backend}, whose "
+            f"schedule sets the number of trials (training.max_epochs, search.factor and "
+            f"search.hyperband_iterations decide it; `dlboost-search status` shows it as the "
+            f"target): --trials {trials} would not bound it. Leave --trials out, and bound "
+            f"the search by time with --timeout if need be."
+        )
     if ray is not None and not backend.on_ray:
         raise StudyError(
             f"study {space.name!r} searches with search.backend: {space.search.backend}, whose "
@@ -249,10 +264,10 @@ def start(
     `cpus_per_worker` CPUs and `gpus_per_worker` of a GPU (raypool.connected).
     `artifacts`: where trial models go (--artifacts), else search.artifacts
     (artifacts.settle_models)."""
+    backend = BACKENDS[space.search.backend]
+    _check_backend(backend, space, ray, target)
     timeout = timeout or space.search.timeout
     target = target or space.search.trial_target(timeout)
-    backend = BACKENDS[space.search.backend]
-    _check_backend(backend, space, ray)
     with _cluster(ray, url, cpus_per_worker, gpus_per_worker) as cluster:
         where = placements(space, workers, gpus_per_worker, cluster)
         workers = len(where)
@@ -310,7 +325,7 @@ def resume(
     anywhere. `workers`, `gpus_per_worker`, `ray`, `cpus_per_worker`: see `start`."""
     name = study.study_name
     backend = BACKENDS[space.search.backend]
-    _check_backend(backend, space, ray)
+    _check_backend(backend, space, ray, target)
     with _cluster(ray, url, cpus_per_worker, gpus_per_worker) as cluster:
         where = placements(space, workers, gpus_per_worker, cluster)
         workers = len(where)
