@@ -305,7 +305,8 @@ def test_balanced_class_weights_lift_the_rare_class(engine):
     y = (rng.random(1000) < 0.05).astype("float32")
     x = rng.normal(size=(1000, 4)).astype("float32")
     x[:, 0] += 3.0 * y
-    data = PreparedData(x[:800], y[:800], x[800:], y[800:], "binary", 1, ["a", "b", "c", "d"],
+    data = PreparedData(x_train=x[:800], y_train=y[:800], x_val=x[800:], y_val=y[800:],
+                        task="binary", n_outputs=1, feature_names=["a", "b", "c", "d"],
                         class_labels=[0, 1])  # fmt: skip
     scores = {}
     for weights in ("none", "balanced"):

@@ -66,12 +66,11 @@ SKEWED_TARGET = 1.0
 QUOTE_LIMIT = 80
 
 
-@dataclass(frozen=True)
-class PreparedData:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
+@dataclass(frozen=True, kw_only=True)
+class DataFacts:
+    """What training, export-model and the model card need to know of prepared data, however
+    it is held: in arrays (PreparedData) or read in chunks (StreamedData)."""
+
     task: str
     n_outputs: int
     feature_names: list[str]
@@ -90,6 +89,24 @@ class PreparedData:
     # one line each: validate and start print them, the model card lists them.
     notes: tuple[str, ...] = ()
 
+    def summary(self) -> str:
+        classes = f", {len(self.class_labels)} classes" if self.class_labels else ""
+        shape = self.input_shape  # each subclass has it, as n_train and n_val
+        return (
+            f"{self.task}{classes}: {self.n_train} training rows, "
+            f"{self.n_val} validation rows, "
+            + (f"{len(self.feature_names)} features" if len(shape) == 1
+               else f"each shaped {shape}")
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedData(DataFacts):
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
@@ -101,15 +118,6 @@ class PreparedData:
     @property
     def n_val(self) -> int:
         return len(self.x_val)
-
-    def summary(self) -> str:
-        classes = f", {len(self.class_labels)} classes" if self.class_labels else ""
-        return (
-            f"{self.task}{classes}: {len(self.x_train)} training rows, "
-            f"{len(self.x_val)} validation rows, "
-            + (f"{len(self.feature_names)} features" if len(self.input_shape) == 1
-               else f"each shaped {self.input_shape}")
-        )  # fmt: skip
 
 
 def in_target_units(standardized: Any, mean: float, std: float, transform: str) -> np.ndarray:
@@ -652,7 +660,7 @@ def _prepare_frame(
             f"and scores are in its own units"
         )
     return PreparedData(
-        x_train, y_train, x_val, y_val, task,
+        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, task=task,
         n_outputs=len(labels) if task == "multiclass" else 1,
         feature_names=names, class_labels=labels, target_mean=mean, target_std=std,
         preprocessing={**recipe, "target": target, "target_transform": transform},
@@ -852,7 +860,7 @@ def _prepare_arrays(
         "target_transform": transform,
     }
     return PreparedData(
-        x_train, y_train, x_val, y_val, task,
+        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, task=task,
         n_outputs=len(labels) if task == "multiclass" else 1,
         feature_names=[f"x{i}" for i in range(x_train.shape[-1])],
         class_labels=labels, target_mean=t_mean, target_std=t_std, preprocessing=recipe,
@@ -1300,41 +1308,22 @@ def _size(count: float) -> str:
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
-@dataclass(frozen=True)
-class StreamedData:
+@dataclass(frozen=True, kw_only=True)
+class StreamedData(DataFacts):
     """Data read in chunks each epoch: what PreparedData says of the data, and tf.data
     pipelines of (x, y) batches instead of arrays. `reader` is a _TableReader or an
     _ImageReader; `training_sides` the rows trained on (the validation rows too for
     export-model --refit-all)."""
 
-    task: str
-    n_outputs: int
-    feature_names: list[str]
     input_shape: tuple[int, ...]
     n_train: int
     n_val: int
     class_counts: tuple[int, ...]  # training rows per class (class weights)
     reader: Any
-    class_labels: list[Any] = field(default_factory=list)
-    target_mean: float = 0.0
-    target_std: float = 1.0
-    preprocessing: dict[str, Any] = field(default_factory=dict)
-    validation_rows: str = ""
-    target_transform: str = "none"
-    notes: tuple[str, ...] = ()
     training_sides: tuple[str, ...] = ("train",)
 
     def summary(self) -> str:
-        classes = f", {len(self.class_labels)} classes" if self.class_labels else ""
-        shape = (
-            f"{len(self.feature_names)} features"
-            if len(self.input_shape) == 1
-            else f"each shaped {self.input_shape}"
-        )
-        return (
-            f"{self.task}{classes}: {self.n_train} training rows, {self.n_val} validation rows, "
-            f"{shape}; streamed"
-        )
+        return f"{super().summary()}; streamed"
 
     def training_batches(self, batch_size: int, seed: int) -> Any:
         """Shuffled batches of the training rows, reshuffled each epoch (seeded)."""
