@@ -16,7 +16,7 @@ import pytest
 import yaml
 from test_families import write_images
 
-from conftest import cli_command, cli_env
+from conftest import cli_command, cli_env, load
 from dlboost_search import streams
 from dlboost_search.data import StreamedData, prepare, prepare_streamed
 from dlboost_search.spaces import DataSpec
@@ -146,8 +146,6 @@ def write_space(folder: Path, data: dict, **changes) -> None:
 
 
 def engines(folder: Path) -> list[str]:
-    from conftest import load
-
     study = load(f"sqlite:///{folder / 's.db'}", "streamed")
     return [(t.state.name, t.user_attrs.get("engine")) for t in study.trials]
 
@@ -195,6 +193,25 @@ def test_a_streamed_parquet_file_and_image_folder_through_start(tmp_path):
     assert started.returncode == 0, started.stderr
     assert "images decoded in batches each epoch (streamed)" in started.stdout
     assert engines(tmp_path) == [("COMPLETE", "fit")] * 2
+
+
+@pytest.mark.slow
+def test_a_streamed_csv_on_the_hyperband_backend(tmp_path):
+    """keras-tuner's schedule over streamed rows: every trial trains through fit on the
+    pipelines, and the configuration promoted to the second round goes on from its parent."""
+    messy(300, seed=2).to_csv(tmp_path / "t.csv", index=False)
+    write_space(tmp_path, {"path": "t.csv", "target": "y"},
+                training={"max_epochs": 3, "batch_size": 32, "early_stopping": {"patience": 3}},
+                search={"backend": "hyperband", "factor": 3, "seed": 0},
+                params={"units": {"type": "int", "low": 4, "high": 32}, "layers": 1})  # fmt: skip
+    started = streamed_cli(tmp_path, "start", "space.yaml", "--storage", "sqlite:///s.db")
+    assert started.returncode == 0, started.stderr
+    assert "training engine: fit, the data streamed" in started.stdout
+    assert engines(tmp_path) == [("COMPLETE", "fit")] * 6  # two brackets: 3 + 1 + 2 trials
+    trials = load(f"sqlite:///{tmp_path / 's.db'}", "streamed").trials
+    (continued,) = [t for t in trials if t.user_attrs["continues"] is not None]
+    assert sorted(continued.intermediate_values) == [1, 2]  # epochs 2-3, after its parent's
+    assert continued.user_attrs["initial_epoch"] == 1
 
 
 def test_a_threshold_that_is_no_number_is_refused(tmp_path):
