@@ -1,7 +1,7 @@
 """Who proposes the main job's best trial: TPE, or one of its random start-up trials?
 
 Runs the README's main job (search_spaces/diabetes_mlp.yaml, 60 trials, TPE with 20 random
-start-up trials, successive halving) once per search seed, each a fresh SQLite study through
+start-up trials, successive halving), or another shipped space (--space), once per search seed, each a fresh SQLite study through
 the real CLI, and tabulates the best trial's number, whether it was a start-up trial, the best
 value TPE's own trials reached, the completed trials and the wall time. The seed also draws
 the validation split, so values compare within a seed only.
@@ -9,12 +9,14 @@ the validation split, so values compare within a seed only.
     .venv/bin/python benchmarks/main_job_seeds.py --seeds 0 1 2 3 4 5 6 7 8 9
     .venv/bin/python benchmarks/main_job_seeds.py --startup-trials 10   # one setting changed
     .venv/bin/python benchmarks/main_job_seeds.py --bootstrap 2   # search.halving_bootstrap
-    .venv/bin/python benchmarks/main_job_seeds.py --max-epochs 27 --patience 5   # training budget
+    .venv/bin/python benchmarks/main_job_seeds.py --max-epochs 100 --patience 10   # training budget
+    .venv/bin/python benchmarks/main_job_seeds.py --space search_spaces/sunspots_rnn.yaml
 
 Appends one JSON line per seed to benchmarks/results/main_job_seeds.jsonl (a rerun of a seed
 replaces it) and prints the table for the seeds and setting given. Rows without
 `halving_bootstrap` ran before that setting existed: successive halving's bootstrap was 0;
-rows without `max_epochs` and `patience` ran with 100 and 10, the space's before it had 27 and 5.
+rows without `max_epochs` and `patience` ran with 100 and 10, the space's before it had 27 and 5;
+rows without `space` ran the main job.
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ from optuna.trial import TrialState
 from dlboost_search.spaces import HALVING_BOOTSTRAP, space_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-SPACE = ROOT / "search_spaces" / "diabetes_mlp.yaml"
+MAIN_JOB = ROOT / "search_spaces" / "diabetes_mlp.yaml"
 LINES = ROOT / "benchmarks" / "results" / "main_job_seeds.jsonl"
 
 
 def run(seed: int, args: argparse.Namespace) -> dict:
     startup_trials, bootstrap = args.startup_trials, args.bootstrap
-    space = yaml.safe_load(SPACE.read_text())
+    space = yaml.safe_load(args.space.read_text())
     space["search"]["seed"] = seed
+    if args.trials is not None:
+        space["search"]["trials"] = args.trials
     if args.max_epochs is not None:
         space["training"]["max_epochs"] = args.max_epochs
     if args.patience is not None:
@@ -63,13 +67,15 @@ def run(seed: int, args: argparse.Namespace) -> dict:
         study = optuna.load_study(study_name=space["name"], storage=url)
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         deepest = max((t.last_step or 0) for t in study.get_trials(deepcopy=False))
-    parsed = space_from_dict(space, str(SPACE))
+    parsed = space_from_dict(space, str(args.space))
     search = parsed.search
     startup = search.startup()
     tpe = [t.value for t in complete if t.number >= startup]
     best = min(complete, key=lambda t: t.value) if complete else None  # none: every trial pruned
     return {
+        "space": args.space.stem,
         "seed": seed,
+        "trials": search.trial_target(),
         "startup_trials": startup,
         "halving_bootstrap": search.bootstrap(),
         "max_epochs": parsed.training.max_epochs,
@@ -87,6 +93,8 @@ def run(seed: int, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    parser.add_argument("--space", type=Path, default=MAIN_JOB, help="default: the main job's")
+    parser.add_argument("--trials", type=int, help="search.trials (default: the space's)")
     parser.add_argument("--startup-trials", type=int, help="default: the space's rule (20 here)")
     parser.add_argument("--bootstrap", type=int,
                         help="search.halving_bootstrap (default: the space's rule)")  # fmt: skip
@@ -100,17 +108,19 @@ def main() -> None:
     for seed in [] if args.report_only else args.seeds:
         line = run(seed, args)
         print(json.dumps(line), flush=True)
-        kept = [row for row in _lines() if _setting(row) != _setting(line)]
+        kept = [r for r in _lines() if (r["seed"], _setting(r)) != (seed, _setting(line))]
         LINES.write_text("".join(json.dumps(row) + "\n" for row in [*kept, line]))
-    shipped = space_from_dict(yaml.safe_load(SPACE.read_text()), str(SPACE))
+    shipped = space_from_dict(yaml.safe_load(args.space.read_text()), str(args.space))
     wanted = (
-        args.startup_trials or 20,
+        args.space.stem,
+        args.trials or shipped.search.trial_target(),
+        args.startup_trials or _startup(shipped, args.trials),
         HALVING_BOOTSTRAP if args.bootstrap is None else args.bootstrap,
         args.max_epochs or shipped.training.max_epochs,
         args.patience or shipped.training.early_stopping.patience,
     )
     rows = sorted(
-        (r for r in _lines() if r["seed"] in args.seeds and _setting(r)[1:] == wanted),
+        (r for r in _lines() if r["seed"] in args.seeds and _setting(r) == wanted),
         key=lambda r: r["seed"],
     )
     print("| seed | best trial | best val_loss | from start-up | TPE's best | complete | s |")
@@ -127,14 +137,21 @@ def _who(from_start_up: bool | None) -> str:
     return {True: "yes", False: "no", None: "none complete"}[from_start_up]
 
 
-def _setting(row: dict) -> tuple[int, ...]:
+def _setting(row: dict) -> tuple[str | int, ...]:
     return (
-        row["seed"],
+        row.get("space", MAIN_JOB.stem),
+        row["trials"],
         row["startup_trials"],
         row.get("halving_bootstrap", 0),
         row.get("max_epochs", 100),
         row.get("patience", 10),
     )
+
+
+def _startup(space, trials: int | None) -> int:
+    """TPE's start-up trials by the space's rule, for `trials` in place of its own."""
+    search = space.search if trials is None else space.search.model_copy(update={"trials": trials})
+    return search.startup()
 
 
 def _lines() -> list[dict]:
