@@ -1,8 +1,8 @@
 """Who proposes the main job's best trial: TPE, or one of its random start-up trials?
 
 Runs the README's main job (search_spaces/diabetes_mlp.yaml, 60 trials, TPE with 20 random
-start-up trials, successive halving), or another shipped space (--space), once per search seed, each a fresh SQLite study through
-the real CLI, and tabulates the best trial's number, whether it was a start-up trial, the best
+start-up trials, successive halving), or another shipped space (--space), once per search
+seed, each a fresh SQLite study through the real CLI, and tabulates the best trial's number, whether it was a start-up trial, the best
 value TPE's own trials reached, the completed trials and the wall time. The seed also draws
 the validation split, so values compare within a seed only.
 
@@ -33,27 +33,46 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from dlboost_search.spaces import HALVING_BOOTSTRAP, space_from_dict
+from dlboost_search.spaces import space_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_JOB = ROOT / "search_spaces" / "diabetes_mlp.yaml"
 LINES = ROOT / "benchmarks" / "results" / "main_job_seeds.jsonl"
 
 
-def run(seed: int, args: argparse.Namespace) -> dict:
-    startup_trials, bootstrap = args.startup_trials, args.bootstrap
+def configured(args: argparse.Namespace, seed: int = 0) -> dict:
+    """The --space YAML with the settings the command line changes."""
     space = yaml.safe_load(args.space.read_text())
     space["search"]["seed"] = seed
-    if args.trials is not None:
-        space["search"]["trials"] = args.trials
-    if args.max_epochs is not None:
-        space["training"]["max_epochs"] = args.max_epochs
+    changes = {
+        ("search", "trials"): args.trials,
+        ("search", "startup_trials"): args.startup_trials,
+        ("search", "halving_bootstrap"): args.bootstrap,
+        ("training", "max_epochs"): args.max_epochs,
+    }
+    for (part, key), value in changes.items():
+        if value is not None:
+            space[part][key] = value
     if args.patience is not None:
         space["training"]["early_stopping"]["patience"] = args.patience
-    if startup_trials is not None:
-        space["search"]["startup_trials"] = startup_trials
-    if bootstrap is not None:
-        space["search"]["halving_bootstrap"] = bootstrap
+    return space
+
+
+def setting_of(space: dict, args: argparse.Namespace) -> dict:
+    """What a row records of the settings it ran with, as the space resolves them."""
+    parsed = space_from_dict(space, str(args.space))
+    return {
+        "space": args.space.stem,
+        "trials": parsed.search.trial_target(),
+        "startup_trials": parsed.search.startup(),
+        "halving_bootstrap": parsed.search.bootstrap(),
+        "max_epochs": parsed.training.max_epochs,
+        "patience": parsed.training.early_stopping.patience,
+    }
+
+
+def run(seed: int, args: argparse.Namespace) -> dict:
+    space = configured(args, seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "space.yaml"
         path.write_text(yaml.safe_dump(space, sort_keys=False))  # key order draws the trials
@@ -67,19 +86,13 @@ def run(seed: int, args: argparse.Namespace) -> dict:
         study = optuna.load_study(study_name=space["name"], storage=url)
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         deepest = max((t.last_step or 0) for t in study.get_trials(deepcopy=False))
-    parsed = space_from_dict(space, str(args.space))
-    search = parsed.search
-    startup = search.startup()
+    setting = setting_of(space, args)
+    startup = setting["startup_trials"]
     tpe = [t.value for t in complete if t.number >= startup]
     best = min(complete, key=lambda t: t.value) if complete else None  # none: every trial pruned
     return {
-        "space": args.space.stem,
         "seed": seed,
-        "trials": search.trial_target(),
-        "startup_trials": startup,
-        "halving_bootstrap": search.bootstrap(),
-        "max_epochs": parsed.training.max_epochs,
-        "patience": parsed.training.early_stopping.patience,
+        **setting,
         "best_trial": best and best.number,
         "best": best and round(best.value, 4),
         "from_start_up": best and best.number < startup,
@@ -110,15 +123,7 @@ def main() -> None:
         print(json.dumps(line), flush=True)
         kept = [r for r in _lines() if (r["seed"], _setting(r)) != (seed, _setting(line))]
         LINES.write_text("".join(json.dumps(row) + "\n" for row in [*kept, line]))
-    shipped = space_from_dict(yaml.safe_load(args.space.read_text()), str(args.space))
-    wanted = (
-        args.space.stem,
-        args.trials or shipped.search.trial_target(),
-        args.startup_trials or _startup(shipped, args.trials),
-        HALVING_BOOTSTRAP if args.bootstrap is None else args.bootstrap,
-        args.max_epochs or shipped.training.max_epochs,
-        args.patience or shipped.training.early_stopping.patience,
-    )
+    wanted = _setting(setting_of(configured(args), args))
     rows = sorted(
         (r for r in _lines() if r["seed"] in args.seeds and _setting(r) == wanted),
         key=lambda r: r["seed"],
@@ -146,12 +151,6 @@ def _setting(row: dict) -> tuple[str | int, ...]:
         row.get("max_epochs", 100),
         row.get("patience", 10),
     )
-
-
-def _startup(space, trials: int | None) -> int:
-    """TPE's start-up trials by the space's rule, for `trials` in place of its own."""
-    search = space.search if trials is None else space.search.model_copy(update={"trials": trials})
-    return search.startup()
 
 
 def _lines() -> list[dict]:
