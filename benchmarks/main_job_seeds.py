@@ -11,10 +11,12 @@ the validation split, so values compare within a seed only.
     .venv/bin/python benchmarks/main_job_seeds.py --bootstrap 2   # search.halving_bootstrap
     .venv/bin/python benchmarks/main_job_seeds.py --max-epochs 100 --patience 10   # training budget
     .venv/bin/python benchmarks/main_job_seeds.py --space search_spaces/sunspots_rnn.yaml
+    .venv/bin/python benchmarks/main_job_seeds.py --pruner median   # search.pruner
 
 Appends one JSON line per seed to benchmarks/results/main_job_seeds.jsonl (a rerun of a seed
 replaces it) and prints the table for the seeds and setting given. Rows without
 `halving_bootstrap` ran before that setting existed: successive halving's bootstrap was 0;
+rows without `pruner` ran with successive halving;
 rows without `max_epochs` and `patience` ran with 100 and 10, the space's before it had 27 and 5;
 rows without `space` ran the main job.
 """
@@ -31,8 +33,8 @@ from pathlib import Path
 
 import optuna
 import yaml
-from optuna.trial import TrialState
 
+from dlboost_search import limits
 from dlboost_search.spaces import space_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +50,7 @@ def configured(args: argparse.Namespace, seed: int = 0) -> dict:
         ("search", "trials"): args.trials,
         ("search", "startup_trials"): args.startup_trials,
         ("search", "halving_bootstrap"): args.bootstrap,
+        ("search", "pruner"): args.pruner,
         ("training", "max_epochs"): args.max_epochs,
     }
     for (part, key), value in changes.items():
@@ -66,6 +69,7 @@ def setting_of(space: dict, args: argparse.Namespace) -> dict:
         "trials": parsed.search.trial_target(),
         "startup_trials": parsed.search.startup(),
         "halving_bootstrap": parsed.search.bootstrap(),
+        "pruner": parsed.search.pruner,
         "max_epochs": parsed.training.max_epochs,
         "patience": parsed.training.early_stopping.patience,
     }
@@ -84,19 +88,19 @@ def run(seed: int, args: argparse.Namespace) -> dict:
         )
         seconds = time.perf_counter() - started
         study = optuna.load_study(study_name=space["name"], storage=url)
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        complete = limits.ranked(study)  # best first, in the objective's direction
         deepest = max((t.last_step or 0) for t in study.get_trials(deepcopy=False))
     setting = setting_of(space, args)
     startup = setting["startup_trials"]
     tpe = [t.value for t in complete if t.number >= startup]
-    best = min(complete, key=lambda t: t.value) if complete else None  # none: every trial pruned
+    best = complete[0] if complete else None  # none: every trial pruned
     return {
         "seed": seed,
         **setting,
         "best_trial": best and best.number,
         "best": best and round(best.value, 4),
         "from_start_up": best and best.number < startup,
-        "tpe_best": round(min(tpe), 4) if tpe else None,
+        "tpe_best": round(tpe[0], 4) if tpe else None,
         "complete": len(complete),
         "deepest_epoch": deepest,
         "seconds": round(seconds, 1),
@@ -111,6 +115,7 @@ def main() -> None:
     parser.add_argument("--startup-trials", type=int, help="default: the space's rule (20 here)")
     parser.add_argument("--bootstrap", type=int,
                         help="search.halving_bootstrap (default: the space's rule)")  # fmt: skip
+    parser.add_argument("--pruner", help="search.pruner (default: the space's)")
     parser.add_argument("--max-epochs", type=int, help="training.max_epochs (default: the space's)")
     parser.add_argument(
         "--patience", type=int, help="early stopping's patience (default: the space's)"
@@ -128,7 +133,7 @@ def main() -> None:
         (r for r in _lines() if r["seed"] in args.seeds and _setting(r) == wanted),
         key=lambda r: r["seed"],
     )
-    print("| seed | best trial | best val_loss | from start-up | TPE's best | complete | s |")
+    print("| seed | best trial | best value | from start-up | TPE's best | complete | s |")
     print("|---:|---:|---:|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['seed']} | {r['best_trial']} | {r['best']} | "
@@ -148,6 +153,7 @@ def _setting(row: dict) -> tuple[str | int, ...]:
         row["trials"],
         row["startup_trials"],
         row.get("halving_bootstrap", 0),
+        row.get("pruner", "successive_halving"),
         row.get("max_epochs", 100),
         row.get("patience", 10),
     )
