@@ -88,12 +88,12 @@ def run(seed: int, args: argparse.Namespace) -> dict:
         )
         seconds = time.perf_counter() - started
         study = optuna.load_study(study_name=space["name"], storage=url)
-        complete = limits.ranked(study)  # best first, in the objective's direction
+        ranked = limits.ranked(study)  # complete trials, best first in the objective's direction
         deepest = max((t.last_step or 0) for t in study.get_trials(deepcopy=False))
     setting = setting_of(space, args)
     startup = setting["startup_trials"]
-    tpe = [t.value for t in complete if t.number >= startup]
-    best = complete[0] if complete else None  # none: every trial pruned
+    tpe = [t.value for t in ranked if t.number >= startup]
+    best = ranked[0] if ranked else None  # none: every trial pruned
     return {
         "seed": seed,
         **setting,
@@ -101,7 +101,7 @@ def run(seed: int, args: argparse.Namespace) -> dict:
         "best": best and round(best.value, 4),
         "from_start_up": best and best.number < startup,
         "tpe_best": round(tpe[0], 4) if tpe else None,
-        "complete": len(complete),
+        "complete": len(ranked),
         "deepest_epoch": deepest,
         "seconds": round(seconds, 1),
     }
