@@ -217,6 +217,7 @@ def test_a_best_trial_from_tpe_s_random_start_up_is_said(space, storage):
     add(study.best_value + 1.0)
     said = [n for n in reports.build_report(study)["notes"] if "random start-up" in n]
     assert said and f"TPE's best so far is trial {startup} " in said[0]
+    assert f"{1.0 / abs(study.best_value):.1%} behind" in said[0]
     assert f"trial, {study.best_trial.number}, is one of the {startup}" in said[0]
     add(study.best_value - 1.0)
     assert not any("random start-up" in n for n in reports.build_report(study)["notes"])

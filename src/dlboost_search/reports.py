@@ -248,14 +248,19 @@ def _start_up_note(space: SearchSpace, ranked: list[optuna.trial.FrozenTrial]) -
     startup = search.startup()
     if ranked[0].number >= startup:
         return []
-    proposed = [t for t in ranked if t.number >= startup]
-    found = (
-        f"TPE's best so far is trial {proposed[0].number} ({_format(proposed[0].value)})"
-        if proposed
-        else "no trial TPE proposed has completed yet"
-    )
+    best = ranked[0]
+    proposed = next((t for t in ranked if t.number >= startup), None)
+    if proposed is None:
+        found = "no trial TPE proposed has completed yet"
+    else:
+        found = f"TPE's best so far is trial {proposed.number} ({_format(proposed.value)}"
+        if best.value:
+            found += f", {abs(proposed.value - best.value) / abs(best.value):.1%} behind"
+        # Measured: gaps of 2-7% were ties once both trained again with other initial
+        # weights (benchmarks/README.md, "How far apart are the two best trials?").
+        found += "; a gap of a few percent may come from the initial weights alone)"
     return [
-        f"The best trial, {ranked[0].number}, is one of the {startup} random start-up trials "
+        f"The best trial, {best.number}, is one of the {startup} random start-up trials "
         f"TPE draws before it models the results: {found}. More trials (`dlboost-search "
         f"resume {space.name} --trials N`) give TPE more chances to beat it."
     ]
