@@ -75,19 +75,26 @@ def setting_of(space: dict, args: argparse.Namespace) -> dict:
     }
 
 
+def run_study(space: dict, folder: str) -> tuple[optuna.Study, float]:
+    """`space`'s study, run by the real CLI from the repository root (where custom builders
+    import from) into a fresh SQLite file in `folder`, and its seconds."""
+    path = Path(folder) / "space.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))  # key order draws the trials
+    url = f"sqlite:///{folder}/studies.db"
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "dlboost_search", "start", str(path), "--storage", url, "-q"],
+        check=True,
+        cwd=ROOT,
+    )
+    seconds = time.perf_counter() - started
+    return optuna.load_study(study_name=space["name"], storage=url), seconds
+
+
 def run(seed: int, args: argparse.Namespace) -> dict:
     space = configured(args, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "space.yaml"
-        path.write_text(yaml.safe_dump(space, sort_keys=False))  # key order draws the trials
-        url = f"sqlite:///{tmp}/studies.db"
-        started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "dlboost_search", "start", str(path), "--storage", url, "-q"],
-            check=True,
-        )
-        seconds = time.perf_counter() - started
-        study = optuna.load_study(study_name=space["name"], storage=url)
+        study, seconds = run_study(space, tmp)
         ranked = limits.ranked(study)  # complete trials, best first in the objective's direction
         deepest = max((t.last_step or 0) for t in study.get_trials(deepcopy=False))
     setting = setting_of(space, args)

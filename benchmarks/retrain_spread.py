@@ -1,7 +1,7 @@
 """Is a study's best trial better than the runner-up, or did it draw lucky initial weights?
 
-Runs a shipped space's study (the real CLI, a fresh SQLite file, its shipped seed unless
---seed), then trains again the best random start-up trial and the best trial TPE proposed,
+Runs a shipped space's study (the real CLI, a fresh SQLite file, search seed 0 as shipped
+unless --seed), then trains again the best random start-up trial and the best trial TPE proposed,
 each with its parameters, the same validation split and --repeats other weight seeds
 (TrialContext.fit, as a trial trains, early stopping included). It prints each one's value in
 the study and the median and range of its retrained values.
@@ -17,29 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import optuna
 import yaml
+from main_job_seeds import run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 LINES = ROOT / "benchmarks" / "results" / "retrain_spread.jsonl"
 # Weight seeds far from the study's own (search.seed + trial number), so none repeats a trial.
 SEED_OFFSET = 10_000
-
-
-def study_of(space_file: Path, seed: int, tmp: str) -> tuple[dict, optuna.Study]:
-    space = yaml.safe_load(space_file.read_text())
-    space["search"]["seed"] = seed
-    path = Path(tmp) / "space.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))  # key order draws the trials
-    url = f"sqlite:///{tmp}/studies.db"
-    cli = [sys.executable, "-m", "dlboost_search", "start", str(path), "--storage", url, "-q"]
-    subprocess.run(cli, check=True, cwd=ROOT)  # from the root: custom builders import from it
-    return space, optuna.load_study(study_name=space["name"], storage=url)
 
 
 def retrained(context, params: dict, repeats: int) -> list[float]:
@@ -68,11 +57,12 @@ def main() -> None:
     from dlboost_search.spaces import space_from_dict
     from dlboost_search.trial import TrialContext
 
-    with tempfile.TemporaryDirectory() as tmp:
-        raw, study = study_of(args.space, args.seed, tmp)
+    raw = yaml.safe_load(args.space.read_text())
+    raw["search"]["seed"] = args.seed
     space = space_from_dict(raw, str(args.space))
+    with tempfile.TemporaryDirectory() as tmp:  # read the trials before the file goes
+        ranked = limits.ranked(run_study(raw, tmp)[0])
     startup = space.search.startup()
-    ranked = limits.ranked(study)
     picks = {
         "start-up": next((t for t in ranked if t.number < startup), None),
         "TPE": next((t for t in ranked if t.number >= startup), None),
@@ -88,12 +78,9 @@ def main() -> None:
         row[who] = {"trial": trial.number, "value": round(trial.value, 4), "retrained": values}
         print(f"| {who} | {trial.number} | {trial.value:.4f} | {statistics.median(values):.4f} "
               f"| {min(values):.4f} | {max(values):.4f} |")  # fmt: skip
-    kept = [
-        line
-        for line in (LINES.read_text().splitlines() if LINES.exists() else [])
-        if (json.loads(line)["space"], json.loads(line)["seed"]) != (row["space"], args.seed)
-    ]
-    LINES.write_text("".join(f"{line}\n" for line in [*kept, json.dumps(row)]))
+    rows = [json.loads(line) for line in LINES.read_text().splitlines()] if LINES.exists() else []
+    kept = [r for r in rows if (r["space"], r["seed"]) != (row["space"], row["seed"])]
+    LINES.write_text("".join(json.dumps(r) + "\n" for r in [*kept, row]))
 
 
 if __name__ == "__main__":

@@ -245,10 +245,9 @@ def _start_up_note(space: SearchSpace, ranked: list[optuna.trial.FrozenTrial]) -
     search = space.search
     if search.backend != "optuna" or search.sampler != "tpe" or not ranked:
         return []
-    startup = search.startup()
-    if ranked[0].number >= startup:
+    startup, best = search.startup(), ranked[0]
+    if best.number >= startup:
         return []
-    best = ranked[0]
     proposed = next((t for t in ranked if t.number >= startup), None)
     if proposed is None:
         found = "no trial TPE proposed has completed yet"
